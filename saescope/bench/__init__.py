@@ -1,0 +1,1 @@
+"""Benchmarks with known answers: synthetic activations built from ground-truth directions."""

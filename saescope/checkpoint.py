@@ -1,0 +1,114 @@
+"""The SAE folder format: ``cfg.json`` plus ``sae_weights.safetensors``.
+
+The tensor names and the row-vector orientation (``x @ W_enc``) match SAELens and Gemma Scope; the
+config is flat JSON, architecture fields first, then provenance (hookpoint, model, normalisation,
+training summary, saescope version). Loading validates everything it reads and names the file at
+fault. No pickle: weights are safetensors, everything else is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from saescope.saes import SparseAutoencoder, get_architecture
+
+CONFIG_NAME = "cfg.json"
+WEIGHTS_NAME = "sae_weights.safetensors"
+_PROVENANCE_KEYS = ("architecture", "saescope_version", "dtype", "apply_b_dec_to_input", "normalization", "training")
+
+
+def save_sae(sae: SparseAutoencoder, path: str | os.PathLike, **extra: Any) -> Path:
+    """Write ``sae`` to the folder ``path`` (created if needed); files are replaced atomically."""
+    from saescope import __version__
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().contiguous().cpu() for name, t in sae.export_tensors().items()}
+    cfg = {
+        "architecture": sae.architecture,
+        **sae.cfg.to_dict(),
+        "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),
+        "apply_b_dec_to_input": sae.apply_b_dec_to_input,
+        "normalization": sae.normalization,
+        "training": sae.training_summary,
+        "saescope_version": __version__,
+        **extra,
+    }
+    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp)))
+    _atomic_write(folder / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2, default=_json_default) + "\n"))
+    return folder
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SparseAutoencoder:
+    """Load an SAE folder written by ``SparseAutoencoder.save``.
+
+    Example:
+        >>> sae = saescope.load("runs/demo/jumprelu")          # doctest: +SKIP
+        >>> feature_acts = sae.encode(activations)               # doctest: +SKIP
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such SAE folder (expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
+    cfg_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for required in (cfg_path, weights_path):
+        if not required.is_file():
+            raise FileNotFoundError(f"{required}: missing; an SAE folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{cfg_path}: not valid JSON ({error}); the file is corrupt, re-save the SAE") from None
+    if not isinstance(cfg, dict) or "architecture" not in cfg:
+        raise ValueError(f"{cfg_path}: no 'architecture' key; is this a saescope SAE folder?")
+    try:
+        sae_class = get_architecture(cfg["architecture"])
+    except ValueError as error:
+        raise ValueError(f"{cfg_path}: {error}") from None
+    fields = {k: v for k, v in cfg.items() if k not in _PROVENANCE_KEYS}
+    try:
+        sae = sae_class(sae_class.config_class.from_dict(fields))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{cfg_path}: invalid config: {error}") from None
+
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{weights_path}: cannot read weights ({error}); the file is truncated or corrupt, re-save it") from None
+    expected = {name: tuple(t.shape) for name, t in sae.export_tensors().items()}
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights_path}: tensors do not match a {cfg['architecture']} SAE (missing {missing}, unexpected {unexpected})"
+        )
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(
+                f"{weights_path}: {name} has shape {list(tensors[name].shape)}, but {CONFIG_NAME} "
+                f"(d_in={sae.d_in}, d_sae={sae.d_sae}) implies {list(shape)}"
+            )
+        if not torch.isfinite(tensors[name]).all():
+            raise ValueError(f"{weights_path}: {name} contains NaN or inf; the SAE diverged or the file is corrupt")
+    sae.load_export_tensors({name: t.float() for name, t in tensors.items()})
+    sae.normalization = cfg.get("normalization") or {}
+    sae.training_summary = cfg.get("training") or {}
+    return sae.to(device).eval()
+
+
+def _atomic_write(target: Path, write) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    write(tmp)
+    os.replace(tmp, target)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

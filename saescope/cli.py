@@ -1,0 +1,160 @@
+"""The ``saescope`` command line. Every subcommand is a thin wrapper over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _load_activations(path: str) -> Any:
+    """A .npy file (memory-mapped, any float dtype, shape [..., d_in])."""
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"error: --data {path}: no such file")
+    if file.suffix != ".npy":
+        raise SystemExit(f"error: --data {path}: expected a .npy array of shape [n_tokens, d_in]")
+    try:
+        return np.load(file, mmap_mode="r")
+    except ValueError as error:
+        raise SystemExit(f"error: --data {path}: cannot read ({error})") from None
+
+
+def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
+    from saescope.bench.recovery import RecoveryBenchConfig, format_rows, run_recovery_benchmark
+
+    options: dict[str, Any] = {"progress": not args.json and sys.stderr.isatty() or args.progress}
+    if args.variants:
+        options["variants"] = tuple(args.variants)
+    if args.archs:
+        options["architectures"] = tuple(args.archs)
+    if args.steps:
+        options["steps"] = args.steps
+    if args.quick:
+        options.update(steps=args.steps or 300, eval_tokens=16_384, d_sae=256, n_features=128, d_in=32)
+    try:
+        config = RecoveryBenchConfig(**options)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    rows = run_recovery_benchmark(config)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_rows(rows))
+        print(
+            f"\n{config.d_sae} latents, {config.n_features} true features in d={config.d_in}, true L0 {config.true_l0}, "
+            f"target L0 {config.target_l0}, {config.steps * config.batch_size:,} training tokens; recovered = best decoder cosine > 0.9"
+        )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from saescope.saes import create_sae
+    from saescope.training import TrainConfig, train_saes
+
+    data = _load_activations(args.data)
+    d_in = int(data.shape[-1])
+    width = args.width or d_in * args.expansion
+    saes = {}
+    try:
+        for arch in args.arch:
+            options: dict[str, Any] = {"lr": args.lr, "target_l0": args.target_l0}
+            if arch in ("topk", "batchtopk"):
+                options["k"] = args.k
+            else:
+                options["sparsity_coefficient"] = args.sparsity_coefficient
+            saes[arch] = create_sae(arch, d_in, width, **options)
+        config = TrainConfig(
+            total_tokens=args.tokens,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_dir=str(Path(args.out) / "checkpoint") if args.checkpoint_every else None,
+        )
+    except (ValueError, TypeError) as error:
+        raise SystemExit(f"error: {error}") from None
+    trained = train_saes(data, saes, config, out_dir=args.out, resume=args.resume)
+    for name, sae in trained.items():
+        print(f"{name}: saved to {Path(args.out) / name}  (lr {sae.training_summary['lr']:.3g}, {sae.training_summary['tokens_per_second']:.0f} tok/s)")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from saescope.checkpoint import load
+    from saescope.metrics import evaluate_sae
+
+    try:
+        sae = load(args.sae)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    try:
+        metrics = evaluate_sae(sae, _load_activations(args.data), batch_size=args.batch_size)
+    except (ValueError, TypeError) as error:
+        raise SystemExit(f"error: {error}") from None
+    values = metrics.to_dict()
+    if args.json:
+        print(json.dumps(values, indent=2))
+    else:
+        for key, value in values.items():
+            if key != "density_histogram":
+                print(f"{key:>26}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from saescope import __version__
+    from saescope.saes import ARCHITECTURES
+
+    parser = argparse.ArgumentParser(prog="saescope", description="Train, measure and interpret sparse autoencoders.")
+    parser.add_argument("--version", action="version", version=f"saescope {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    bench = commands.add_parser("bench", help="benchmarks with known answers")
+    bench_kinds = bench.add_subparsers(dest="bench", required=True)
+    synthetic = bench_kinds.add_parser("synthetic", help="ground-truth feature recovery on synthetic activations")
+    synthetic.add_argument("--json", action="store_true", help="print rows as JSON")
+    synthetic.add_argument("--variants", nargs="+", help="uniform, zipf, hierarchical (default: all)")
+    synthetic.add_argument("--archs", nargs="+", help="architectures to compare (default: all)")
+    synthetic.add_argument("--steps", type=int, help="training steps per variant (default 2000)")
+    synthetic.add_argument("--quick", action="store_true", help="a small, fast setting (for smoke tests)")
+    synthetic.add_argument("--progress", action="store_true", help="show progress bars even with --json")
+    synthetic.set_defaults(func=_cmd_bench_synthetic)
+
+    train = commands.add_parser("train", help="train SAEs on an activation array")
+    train.add_argument("--data", required=True, help=".npy array of activations, shape [n_tokens, d_in]")
+    train.add_argument("--arch", nargs="+", default=["jumprelu"], choices=sorted(ARCHITECTURES), help="one or more architectures, trained in one pass")
+    train.add_argument("--width", type=int, help="latents (default: expansion x d_in)")
+    train.add_argument("--expansion", type=int, default=8, help="latents per input dimension when --width is not given")
+    train.add_argument("--target-l0", type=float, help="adapt sparsity so the final L0 lands here (k for topk/batchtopk)")
+    train.add_argument("--sparsity-coefficient", type=float, help="fixed λ instead of a target L0")
+    train.add_argument("--k", type=int, help="active latents per token (topk, batchtopk)")
+    train.add_argument("--lr", type=float, help="learning rate (default: per architecture, scaled by width)")
+    train.add_argument("--tokens", type=int, default=10_000_000, help="training tokens")
+    train.add_argument("--batch-size", type=int, default=4096)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    train.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    train.add_argument("--out", required=True, help="output folder; one SAE folder per architecture")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser("eval", help="measure a saved SAE on activations")
+    evaluate.add_argument("sae", help="SAE folder (cfg.json + sae_weights.safetensors)")
+    evaluate.add_argument("--data", required=True, help=".npy array of activations")
+    evaluate.add_argument("--batch-size", type=int, default=4096)
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(func=_cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)

@@ -1,0 +1,72 @@
+"""SAE architectures, registered by name.
+
+Adding an architecture means writing one file with a ``SaeConfig`` subclass and a
+``SparseAutoencoder`` subclass, then calling ``register_architecture``; the trainer, metrics and
+checkpoints work with it unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from saescope.saes.base import ForwardOutput, SaeConfig, SparseAutoencoder
+from saescope.saes.batchtopk import BatchTopKConfig, BatchTopKSae
+from saescope.saes.gated import GatedConfig, GatedSae
+from saescope.saes.jumprelu import JumpReLUConfig, JumpReLUSae
+from saescope.saes.relu import ReLUConfig, ReLUSae
+from saescope.saes.topk import TopKConfig, TopKSae
+
+ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {}
+
+
+def register_architecture(sae_class: type[SparseAutoencoder]) -> type[SparseAutoencoder]:
+    """Make ``sae_class`` available by its ``architecture`` name (usable as a class decorator)."""
+    name = sae_class.architecture
+    if not name:
+        raise ValueError(f"{sae_class.__name__} has no `architecture` name")
+    ARCHITECTURES[name] = sae_class
+    return sae_class
+
+
+for _cls in (JumpReLUSae, ReLUSae, GatedSae, TopKSae, BatchTopKSae):
+    register_architecture(_cls)
+
+
+def get_architecture(name: str) -> type[SparseAutoencoder]:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(f"unknown SAE architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
+
+
+def create_sae(architecture: str, d_in: int, d_sae: int, **options: Any) -> SparseAutoencoder:
+    """Build a freshly initialised SAE.
+
+    Example:
+        >>> sae = create_sae("jumprelu", d_in=64, d_sae=512, target_l0=8)
+        >>> sae.W_enc.shape, sae.W_dec.shape
+        (torch.Size([64, 512]), torch.Size([512, 64]))
+    """
+    sae_class = get_architecture(architecture)
+    return sae_class(sae_class.config_class.from_dict({"d_in": d_in, "d_sae": d_sae, **options}))
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "BatchTopKConfig",
+    "BatchTopKSae",
+    "ForwardOutput",
+    "GatedConfig",
+    "GatedSae",
+    "JumpReLUConfig",
+    "JumpReLUSae",
+    "ReLUConfig",
+    "ReLUSae",
+    "SaeConfig",
+    "SparseAutoencoder",
+    "TopKConfig",
+    "TopKSae",
+    "create_sae",
+    "get_architecture",
+    "register_architecture",
+]

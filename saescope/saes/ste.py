@@ -1,0 +1,89 @@
+"""Straight-through estimators of the JumpReLU paper (Rajamanoharan et al. 2024, eq. 11).
+
+Rectangle kernel K(u) = 1 if -1/2 < u < 1/2 else 0, bandwidth ε. Forward passes are exact; only the
+gradients with respect to the threshold θ are pseudo-derivatives:
+
+    JumpReLU_θ(z) = z·H(z-θ):  ∂/∂z = H(z-θ) (true derivative),  ∂/∂θ := -(θ/ε)·K((z-θ)/ε)
+    Step_θ(z)     = H(z-θ):    ∂/∂z := 0 (no sparsity gradient reaches the encoder),
+                               ∂/∂θ := -(1/ε)·K((z-θ)/ε)
+
+The θ gradients are summed over the batch, so θ keeps shape [d_sae]; the 1/n_tokens of a batch-mean
+loss is already in the incoming gradient. θ must be positive: the factor θ (not |θ|) is the jump height.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def rectangle_window(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """Boolean K((pre-θ)/ε) != 0, i.e. |pre-θ| < ε/2."""
+    return (pre - threshold).abs_() < bandwidth / 2
+
+
+class JumpReLUFunction(torch.autograd.Function):
+    """f = pre·H(pre-θ), with the θ/ε rectangle STE for the threshold.
+
+    With ``ste_to_input`` the jump's pseudo-derivative also reaches the pre-activation,
+    ∂f/∂z := H(z-θ) + (θ/ε)·K((z-θ)/ε), as in Anthropic's 2025 recipe: latents just below their
+    threshold then get encoder gradient. The paper's estimator leaves it out (the default).
+    """
+
+    @staticmethod
+    def forward(pre: Tensor, threshold: Tensor, bandwidth: float, ste_to_input: bool = False) -> Tensor:
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pre, threshold, bandwidth, *rest = inputs
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        ctx.ste_to_input = bool(rest and rest[0])
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        window_grad = None
+        if ctx.needs_input_grad[1] or ctx.ste_to_input:
+            window_grad = (threshold / eps) * (grad_output * rectangle_window(pre, threshold, eps))
+        grad_pre = None
+        if ctx.needs_input_grad[0]:
+            grad_pre = grad_output * (pre > threshold)
+            if ctx.ste_to_input:
+                grad_pre = grad_pre + window_grad
+        grad_threshold = -window_grad.sum(dim=0) if ctx.needs_input_grad[1] else None
+        return grad_pre, grad_threshold, None, None
+
+
+class StepFunction(torch.autograd.Function):
+    """H(pre-θ) with the 1/ε rectangle STE for θ and no gradient to pre."""
+
+    @staticmethod
+    def forward(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pre, threshold, bandwidth = inputs
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_threshold = None
+        if ctx.needs_input_grad[1]:
+            window = rectangle_window(pre, threshold, eps)
+            grad_threshold = -(1.0 / eps) * (grad_output * window).sum(dim=0)
+        return None, grad_threshold, None
+
+
+def jumprelu(pre: Tensor, threshold: Tensor, bandwidth: float, ste_to_input: bool = False) -> Tensor:
+    return JumpReLUFunction.apply(pre, threshold, bandwidth, ste_to_input)
+
+
+def step(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    return StepFunction.apply(pre, threshold, bandwidth)

@@ -1,0 +1,83 @@
+"""Run-level training settings. Per-SAE settings (λ, target L0, lr, k) live in each SAE's config."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+
+@dataclass
+class TrainConfig:
+    total_tokens: int = 10_000_000
+    """Training tokens per SAE (all SAEs see the same batches)."""
+    batch_size: int = 4096
+    """Tokens per optimiser step."""
+    lr_warmup_fraction: float = 0.01
+    """Fraction of the run over which the lr rises (cosine) from 0.1×lr to lr."""
+    lr_decay_fraction: float = 0.2
+    """Final fraction of the run over which the lr decays linearly to 0."""
+    sparsity_warmup_fraction: float | None = None
+    """Fraction of the run over which λ rises linearly from 0. None: the architecture's default."""
+    grad_clip: float | None = 1.0
+    """Global gradient-norm clip per SAE (None disables)."""
+    dead_window_tokens: int | None = None
+    """A latent is dead after this many tokens without firing. None: min(10M, total_tokens / 5)."""
+    normalization_tokens: int = 65_536
+    """Tokens used to estimate the input scale before training."""
+    log_every: int = 50
+    """Steps between progress updates (the only host synchronisations in the loop)."""
+    checkpoint_every: int | None = None
+    """Steps between resumable checkpoints (needs checkpoint_dir)."""
+    checkpoint_dir: str | None = None
+    """Folder for trainer_state.json / trainer_state.safetensors."""
+    seed: int = 0
+    """Seeds SAE initialisation and data shuffling."""
+    shuffle: bool = True
+    """Shuffle array sources (a seeded permutation per epoch)."""
+    device: str | None = None
+    """"cuda", "cpu", ... None: cuda when available, else cpu."""
+    logger: Literal["auto", "none", "tensorboard", "wandb"] = "auto"
+    """Metrics sink besides the progress bar. "auto": TensorBoard when installed and log_dir is set."""
+    log_dir: str | None = None
+    """Where TensorBoard event files go."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        positive = {"total_tokens": self.total_tokens, "batch_size": self.batch_size, "log_every": self.log_every,
+                    "normalization_tokens": self.normalization_tokens}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("lr_warmup_fraction", "lr_decay_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.lr_warmup_fraction + self.lr_decay_fraction > 1:
+            raise ValueError("TrainConfig: lr_warmup_fraction + lr_decay_fraction must not exceed 1")
+        if self.sparsity_warmup_fraction is not None and not 0 <= self.sparsity_warmup_fraction <= 1:
+            raise ValueError(f"TrainConfig.sparsity_warmup_fraction must be in [0, 1], got {self.sparsity_warmup_fraction}")
+        if self.checkpoint_every is not None and (self.checkpoint_every <= 0 or not self.checkpoint_dir):
+            raise ValueError("TrainConfig.checkpoint_every needs a positive value and a checkpoint_dir")
+        if self.logger not in ("auto", "none", "tensorboard", "wandb"):
+            raise ValueError(f"TrainConfig.logger must be auto, none, tensorboard or wandb; got {self.logger!r}")
+        if self.total_tokens < self.batch_size:
+            raise ValueError(f"TrainConfig.total_tokens={self.total_tokens} is less than one batch ({self.batch_size})")
+
+    @property
+    def total_steps(self) -> int:
+        return self.total_tokens // self.batch_size
+
+    def resolved_dead_window(self) -> int:
+        if self.dead_window_tokens is not None:
+            return self.dead_window_tokens
+        return max(self.batch_size, min(10_000_000, self.total_tokens // 5))
+
+    def resolved_device(self) -> str:
+        if self.device is not None:
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,209 @@
+"""The training loop: one pass over the data feeds every SAE.
+
+Each batch is read once, moved to the device once and handed to every ``SaeTrainer`` in turn, so a λ
+or L0 sweep, or jumprelu against topk, costs one read of the data. Host synchronisation happens only
+every ``log_every`` steps. Checkpoints are resumable bit for bit: data order is a pure function of
+(seed, step), and every piece of mutable state is saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saescope.data import as_source
+from saescope.saes import SparseAutoencoder
+from saescope.training.config import TrainConfig
+from saescope.training.progress import ProgressReporter
+from saescope.training.sae_trainer import SaeTrainer
+from saescope.training.state import has_trainer_state, load_trainer_state, save_trainer_state
+
+logger = logging.getLogger("saescope")
+Callback = Callable[[int, dict[str, dict[str, float]]], None]
+
+
+def _named(saes: Sequence[SparseAutoencoder] | Mapping[str, SparseAutoencoder]) -> dict[str, SparseAutoencoder]:
+    for sae in saes.values() if isinstance(saes, Mapping) else saes:
+        if not isinstance(sae, SparseAutoencoder):
+            raise TypeError(f"expected a saescope SparseAutoencoder, got {type(sae).__name__}; build one with saescope.create_sae")
+    if isinstance(saes, Mapping):
+        named = dict(saes)
+    else:
+        named, counts = {}, {}
+        for sae in saes:
+            counts[sae.architecture] = counts.get(sae.architecture, 0) + 1
+        seen: dict[str, int] = {}
+        for sae in saes:
+            arch = sae.architecture
+            if counts[arch] == 1:
+                named[arch] = sae
+            else:
+                named[f"{arch}-{seen.get(arch, 0)}"] = sae
+                seen[arch] = seen.get(arch, 0) + 1
+    if not named:
+        raise ValueError("Trainer needs at least one SAE")
+    return named
+
+
+class Trainer:
+    """Train several SAEs on the same activation batches.
+
+    Example:
+        >>> saes = [create_sae("jumprelu", 64, 512, target_l0=8), create_sae("topk", 64, 512, k=8)]
+        >>> trained = Trainer(saes, TrainConfig(total_tokens=2_000_000)).fit(activations)   # doctest: +SKIP
+    """
+
+    def __init__(self, saes: Sequence[SparseAutoencoder] | Mapping[str, SparseAutoencoder], config: TrainConfig | None = None) -> None:
+        self.config = config or TrainConfig()
+        self.device = torch.device(self.config.resolved_device())
+        self.saes = _named(saes)
+        torch.manual_seed(self.config.seed)
+        self.trainers = [SaeTrainer(sae, self.config, self.device, name) for name, sae in self.saes.items()]
+        self.callbacks: list[Callback] = []
+
+    def add_callback(self, callback: Callback) -> None:
+        """``callback(step, metrics_by_sae)`` runs at every log step, after any checkpoint."""
+        self.callbacks.append(callback)
+
+    def fit(self, data: Any, resume: bool = False) -> dict[str, SparseAutoencoder]:
+        """Train on ``data`` (tensor, numpy array/memmap, iterable of batches) and return the SAEs.
+
+        The returned SAEs take raw activations: the input scale used in training is folded into
+        their biases and thresholds. With ``resume=True`` and a state in ``config.checkpoint_dir``,
+        training continues from the last checkpoint.
+        """
+        config, device = self.config, self.device
+        source = as_source(data)
+        start_step = 0
+        if resume and has_trainer_state(config.checkpoint_dir):
+            start_step = self._load_checkpoint()
+        else:
+            self._estimate_normalization(source)
+        total_steps = config.total_steps
+        reporter = ProgressReporter(total_steps, start_step, config.progress, config.logger, config.log_dir, config.to_dict())
+        batches = source.iter_batches(config.batch_size, shuffle=config.shuffle, seed=config.seed, start_batch=start_step, loop=True)
+        d_in = self.trainers[0].sae.d_in
+        started = last_log_time = time.perf_counter()
+        last_log_step = step = start_step
+        try:
+            for step in range(start_step, total_steps):
+                batch = next(batches, None)
+                if batch is None:
+                    logger.warning("the data ran out after %d of %d steps; stopping early", step, total_steps)
+                    break
+                if batch.shape[1] != d_in:
+                    raise ValueError(f"activation batch {step} has width {batch.shape[1]}, but the SAEs expect d_in={d_in}")
+                x = batch.to(device, non_blocking=True)
+                for trainer in self.trainers:
+                    trainer.train_step(x, step)
+                done = step + 1
+                is_last = done == total_steps
+                if done % config.log_every == 0 or is_last:
+                    metrics = {t.name: t.read_metrics() for t in self.trainers}
+                    now = time.perf_counter()
+                    speed = (done - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
+                    reporter.report(done, done - last_log_step, done * config.batch_size, speed, metrics)
+                    last_log_time, last_log_step = now, done
+                    self._last_metrics = metrics
+                if config.checkpoint_every and (done % config.checkpoint_every == 0 or is_last):
+                    self._save_checkpoint(done)
+                if done % config.log_every == 0 or is_last:
+                    for callback in self.callbacks:
+                        callback(done, metrics)
+            else:
+                step = total_steps
+        finally:
+            reporter.close()
+        steps_done = step if step < total_steps else total_steps
+        if steps_done == 0:
+            raise ValueError("no training steps ran: the activation source produced no batches")
+        return self._finish(steps_done, start_step, time.perf_counter() - started)
+
+    # -- before and after --------------------------------------------------------------------------
+    def _estimate_normalization(self, source: Any) -> None:
+        sample = source.head(self.config.normalization_tokens).to(self.device)
+        if sample.shape[0] == 0:
+            raise ValueError("no activations: the data source is empty")
+        for trainer in self.trainers:
+            if sample.shape[1] != trainer.sae.d_in:
+                raise ValueError(f"activations have width {sample.shape[1]}, but SAE {trainer.name!r} expects d_in={trainer.sae.d_in}")
+        if not torch.isfinite(sample).all():
+            raise ValueError("the activations contain NaN or inf (found in the normalisation sample); clean the data")
+        sample = sample.double()
+        mean_squared_norm = sample.pow(2).sum(dim=1).mean().item()
+        if mean_squared_norm <= 0:
+            raise ValueError("the activations are all zero; there is nothing to train on")
+        for trainer in self.trainers:
+            trainer.set_input_scale(mean_squared_norm, sample.mean(dim=0).float())
+
+    def _finish(self, steps_done: int, start_step: int, seconds: float) -> dict[str, SparseAutoencoder]:
+        config = self.config
+        tokens_this_run = (steps_done - start_step) * config.batch_size
+        for trainer in self.trainers:
+            sae = trainer.sae
+            sae.eval()
+            sae.fold_input_scale(trainer.input_scale)
+            sae.normalization = {
+                "method": sae.input_norm,
+                "input_scale": trainer.input_scale,
+                "folded": True,
+                "note": "training used c*x with this c; weights are folded so the SAE takes raw activations",
+            }
+            sae.training_summary = {
+                "n_tokens": steps_done * config.batch_size,
+                "n_steps": steps_done,
+                "batch_size": config.batch_size,
+                "lr": trainer.base_lr,
+                "final_sparsity_coefficient": trainer.controller.value(),
+                "target_l0": sae.cfg.target_l0,
+                "dead_window_tokens": trainer.dead_window,
+                "seed": config.seed,
+                "seconds": round(seconds, 3),
+                "tokens_per_second": round(tokens_this_run / max(seconds, 1e-9), 1),
+                "final_train_metrics": getattr(self, "_last_metrics", {}).get(trainer.name, {}),
+            }
+        return dict(self.saes)
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def _save_checkpoint(self, step: int) -> None:
+        tensors, infos = {}, []
+        for i, trainer in enumerate(self.trainers):
+            tensors.update({f"{i}.{k}": v for k, v in trainer.state_tensors().items()})
+            infos.append(trainer.state_info())
+        info = {"step": step, "train_config": self.config.to_dict(), "saes": infos}
+        save_trainer_state(self.config.checkpoint_dir, info, tensors)
+
+    def _load_checkpoint(self) -> int:
+        folder = Path(self.config.checkpoint_dir)
+        info, tensors = load_trainer_state(folder)
+        saved = info["train_config"]
+        for key in ("total_tokens", "batch_size", "seed", "shuffle"):
+            if saved[key] != getattr(self.config, key):
+                raise ValueError(f"{folder}: checkpoint has {key}={saved[key]!r} but this run has {getattr(self.config, key)!r}; use the same settings to resume")
+        if [s["name"] for s in info["saes"]] != [t.name for t in self.trainers]:
+            raise ValueError(f"{folder}: checkpoint holds SAEs {[s['name'] for s in info['saes']]}, this run has {[t.name for t in self.trainers]}")
+        for i, (trainer, sae_info) in enumerate(zip(self.trainers, info["saes"])):
+            prefix = f"{i}."
+            trainer.load_state(sae_info, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        logger.info("resumed from %s at step %d", folder, info["step"])
+        return int(info["step"])
+
+
+def train_saes(
+    data: Any,
+    saes: Sequence[SparseAutoencoder] | Mapping[str, SparseAutoencoder],
+    config: TrainConfig | None = None,
+    out_dir: str | None = None,
+    resume: bool = False,
+) -> dict[str, SparseAutoencoder]:
+    """Train ``saes`` on ``data`` and, if ``out_dir`` is given, save each to ``out_dir/<name>``."""
+    trained = Trainer(saes, config).fit(data, resume=resume)
+    if out_dir is not None:
+        for name, sae in trained.items():
+            sae.save(str(Path(out_dir) / name))
+    return trained

@@ -1,0 +1,82 @@
+"""Save/load round trips and every way a checkpoint can be broken."""
+
+import json
+
+import pytest
+import torch
+
+import saescope
+from saescope.saes import ARCHITECTURES, create_sae
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_round_trip(tmp_path, arch):
+    sae = create_sae(arch, 8, 32, target_l0=4, hookpoint="layers.3.resid_post", model_id="tiny")
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sae.normalization = {"input_scale": 0.5, "folded": True}
+    sae.save(tmp_path / "sae")
+    loaded = saescope.load(tmp_path / "sae")
+    assert type(loaded) is type(sae) and loaded.cfg == sae.cfg
+    for name, tensor in sae.export_tensors().items():
+        assert torch.equal(loaded.export_tensors()[name], tensor), name
+    x = torch.randn(20, 8)
+    assert torch.equal(loaded.encode(x), sae.eval().encode(x))
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert cfg["architecture"] == arch and cfg["hookpoint"] == "layers.3.resid_post" and cfg["model_id"] == "tiny"
+    assert cfg["normalization"]["input_scale"] == 0.5 and "saescope_version" in cfg
+    assert not list((tmp_path / "sae").glob("*.pt")) and not list((tmp_path / "sae").glob("*.pkl"))
+
+
+@pytest.fixture
+def saved(tmp_path):
+    path = tmp_path / "sae"
+    create_sae("jumprelu", 8, 32).save(path)
+    return path
+
+
+def test_missing_folder_and_files(tmp_path, saved):
+    with pytest.raises(FileNotFoundError, match="no such SAE folder"):
+        saescope.load(tmp_path / "nowhere")
+    (saved / "sae_weights.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="sae_weights.safetensors: missing"):
+        saescope.load(saved)
+
+
+def test_truncated_weights(saved):
+    weights = saved / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:300])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        saescope.load(saved)
+
+
+def test_corrupt_config(saved):
+    (saved / "cfg.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cfg.json: not valid JSON"):
+        saescope.load(saved)
+
+
+def test_unknown_architecture(saved):
+    cfg = json.loads((saved / "cfg.json").read_text())
+    cfg["architecture"] = "mystery"
+    (saved / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="unknown SAE architecture 'mystery'"):
+        saescope.load(saved)
+
+
+def test_wrong_shapes(saved):
+    cfg = json.loads((saved / "cfg.json").read_text())
+    cfg["d_sae"] = 64
+    (saved / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"W_enc has shape \[8, 32\], but cfg.json \(d_in=8, d_sae=64\) implies \[8, 64\]"):
+        saescope.load(saved)
+
+
+def test_non_finite_weights(tmp_path):
+    sae = create_sae("topk", 8, 32, k=4)
+    with torch.no_grad():
+        sae.W_dec[0, 0] = float("nan")
+    sae.save(tmp_path / "sae")
+    with pytest.raises(ValueError, match="W_dec contains NaN or inf"):
+        saescope.load(tmp_path / "sae")

@@ -1,0 +1,114 @@
+"""Metric values on hand-computed examples, streaming equals one-shot, FVU is about the mean."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from saescope.metrics import ReconstructionStats, density_histogram, evaluate_sae, fvu, l0, mmcs, shrinkage
+from saescope.saes import create_sae
+
+
+def test_fvu_is_measured_about_the_mean():
+    x = torch.tensor([[10.0, 0.0], [12.0, 0.0], [14.0, 0.0]])  # mean (12, 0); Σ‖x-x̄‖² = 8
+    recon = torch.tensor([[11.0, 0.0], [12.0, 0.0], [13.0, 0.0]])  # Σ‖x-x̂‖² = 2
+    assert fvu(x, recon) == pytest.approx(2 / 8)
+    # about zero it would be 2 / (100+144+196) ≈ 0.0045: the bug this definition avoids
+    assert fvu(x, recon) > 0.1
+
+
+def test_l0_and_shrinkage_by_hand():
+    acts = torch.tensor([[0.0, 1.0, 2.0], [0.0, 0.0, 0.5]])
+    assert l0(acts) == pytest.approx(1.5)
+    x = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    assert shrinkage(x, 0.5 * x) == pytest.approx(0.5)
+
+
+def test_streaming_stats_equal_one_shot_and_resist_a_large_mean():
+    torch.manual_seed(0)
+    x = torch.randn(1000, 4) * 0.01 + 1e4  # tiny variance on a huge mean
+    recon = x + torch.randn(1000, 4) * 0.005
+    acts = torch.relu(torch.randn(1000, 6))
+    stats = ReconstructionStats(4, 6)
+    for chunk in range(0, 1000, 137):
+        stats.update(x[chunk:chunk + 137], recon[chunk:chunk + 137], acts[chunk:chunk + 137])
+    summary = stats.summary()
+    x64, r64 = x.double(), recon.double()
+    reference = ((x64 - r64) ** 2).sum() / ((x64 - x64.mean(0)) ** 2).sum()
+    assert summary["fvu"] == pytest.approx(reference.item(), rel=1e-6)
+    assert summary["l0"] == pytest.approx(l0(acts))
+    assert summary["n_tokens"] == 1000
+
+
+def test_dead_and_dense_fractions():
+    stats = ReconstructionStats(2, 4)
+    acts = torch.zeros(100, 4)
+    acts[:, 0] = 1.0  # fires on 100%: dense
+    acts[:5, 1] = 1.0  # 5%: neither
+    acts[:20, 2] = 1.0  # 20%: dense
+    stats.update(torch.randn(100, 2), torch.randn(100, 2), acts)
+    summary = stats.summary()
+    assert summary["dead_fraction"] == pytest.approx(0.25)
+    assert summary["dense_fraction"] == pytest.approx(0.5)
+
+
+def test_density_histogram_counts_dead_apart():
+    hist = density_histogram(torch.tensor([0.0, 0.0, 1e-3, 1e-2, 0.5]), n_bins=8)
+    assert hist["dead"] == 2 and sum(hist["counts"]) == 3
+
+
+def test_mmcs_finds_permuted_directions():
+    truth = torch.eye(4)
+    decoder = torch.eye(4)[[2, 0, 3, 1]] * 5.0
+    assert torch.allclose(mmcs(truth, decoder), torch.ones(4, dtype=torch.float64))
+    rotated = torch.tensor([[1.0, 1.0, 0, 0]])
+    assert mmcs(truth[:1], rotated).item() == pytest.approx(1 / math.sqrt(2))
+
+
+def _perfect_sae():
+    """A ReLU SAE that reconstructs non-negative one-hot-ish data exactly."""
+    sae = create_sae("relu", 4, 4)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(4))
+        sae.W_dec.copy_(torch.eye(4))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_evaluate_sae_on_a_perfect_sae_and_description_length():
+    torch.manual_seed(0)
+    # each token has exactly one active coordinate with a value from {1, 2}: H_bool and H_q are known
+    n = 4000
+    idx = torch.randint(0, 4, (n,))
+    values = torch.randint(1, 3, (n,)).float()
+    x = torch.zeros(n, 4)
+    x[torch.arange(n), idx] = values
+    metrics = evaluate_sae(_perfect_sae(), x, batch_size=512)
+    assert metrics.fvu == pytest.approx(0.0, abs=1e-12)
+    assert metrics.l0 == pytest.approx(1.0)
+    assert metrics.shrinkage == pytest.approx(1.0)
+    assert metrics.dead_fraction == 0.0
+    density = torch.bincount(idx, minlength=4).double() / n
+    h_bool = -(density * density.log2() + (1 - density) * (1 - density).log2()).sum()
+    # values 1 and 2 on (0, max=2] always fall in two distinct bins: ~1 bit when active
+    expected = h_bool.item() + density.sum().item() * 1.0
+    assert metrics.description_length == pytest.approx(expected, abs=0.01)
+
+
+def test_evaluate_accepts_memmap_and_rejects_bad_input(tmp_path):
+    sae = _perfect_sae()
+    array = np.abs(np.random.default_rng(0).normal(size=(300, 4))).astype(np.float32)
+    path = tmp_path / "acts.npy"
+    np.save(path, array)
+    metrics = evaluate_sae(sae, np.load(path, mmap_mode="r"), batch_size=64)
+    assert metrics.n_tokens == 300
+    with pytest.raises(ValueError, match="the SAE expects d_in=4"):
+        evaluate_sae(sae, torch.randn(10, 5))
+    bad = torch.ones(10, 4)
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        evaluate_sae(sae, bad)
+    with pytest.raises(ValueError, match="no activations"):
+        evaluate_sae(sae, torch.zeros(0, 4))
