@@ -2,7 +2,7 @@
 
 import torch
 
-from saescope.saes.ste import jumprelu, step
+from saescope.saes.ste import jumprelu, step_count
 
 
 def _setup():
@@ -36,13 +36,14 @@ def test_jumprelu_gradients_match_the_paper():
 
 
 def test_step_gradient_reaches_only_the_threshold():
-    pre, threshold, upstream = _setup()
+    pre, threshold, _ = _setup()
     eps = 0.002
-    out = step(pre, threshold, eps)
-    assert torch.equal(out, (pre > threshold).double())
-    (out * upstream).sum().backward()
+    per_token = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    out = step_count(pre, threshold, eps)
+    assert torch.equal(out, (pre > threshold).double().sum(-1))
+    (out * per_token).sum().backward()
     assert pre.grad is None or torch.all(pre.grad == 0)  # the L0 term sends nothing to the encoder
-    expected = (-(1.0 / eps) * _kernel(pre, threshold, eps) * upstream).sum(0)
+    expected = (-(1.0 / eps) * _kernel(pre, threshold, eps) * per_token[:, None]).sum(0)
     assert torch.allclose(threshold.grad, expected)
 
 
@@ -52,7 +53,7 @@ def test_factors_differ_between_jumprelu_and_step():
     jumprelu(pre, threshold, eps).sum().backward()
     jump_grad = threshold.grad.clone()
     threshold.grad = None
-    step(pre, threshold, eps).sum().backward()
+    step_count(pre, threshold, eps).sum().backward()
     inside = jump_grad != 0
     assert torch.allclose(jump_grad[inside] / threshold.grad[inside], threshold.detach()[inside])
 
@@ -70,6 +71,6 @@ def test_log_threshold_chain_rule_is_automatic():
     log_threshold = torch.log(torch.tensor([0.5, 0.5, 0.3], dtype=torch.float64)).requires_grad_()
     eps = 0.002
     threshold = log_threshold.exp()
-    (step(pre, threshold, eps) * upstream).sum().backward()
-    expected = (-(1.0 / eps) * _kernel(pre, threshold.detach(), eps) * upstream).sum(0) * threshold.detach()
+    step_count(pre, threshold, eps).sum().backward()
+    expected = (-(1.0 / eps) * _kernel(pre, threshold.detach(), eps)).sum(0) * threshold.detach()
     assert torch.allclose(log_threshold.grad, expected)

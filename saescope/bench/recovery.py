@@ -28,13 +28,15 @@ BENCH_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "gated": ("gated", {}),
     "topk": ("topk", {}),
     "batchtopk": ("batchtopk", {}),
+    "jumprelu-logthreshold": ("jumprelu", {"threshold_param": "log"}),
 }
+DEFAULT_ARCHITECTURES = ("jumprelu", "jumprelu-tanh", "relu", "gated", "topk", "batchtopk")
 
 
 @dataclass
 class RecoveryBenchConfig:
     variants: tuple[str, ...] = VARIANTS
-    architectures: tuple[str, ...] = tuple(BENCH_ARCHITECTURES)
+    architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES
     d_in: int = 64
     n_features: int = 256
     true_l0: float = 4.0

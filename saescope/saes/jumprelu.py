@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from saescope.saes.base import ForwardOutput, SaeConfig, SparseAutoencoder
-from saescope.saes.ste import jumprelu, step
+from saescope.saes.ste import jumprelu, step_count
 
 
 @dataclass
@@ -126,7 +126,7 @@ class JumpReLUSae(SparseAutoencoder):
 
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_activations(x)
-        return torch.relu(pre) * (pre > self.threshold)
+        return torch.where(pre > self.threshold, torch.relu(pre), 0.0)
 
     def losses(self, x: Tensor, sparsity_coefficient: Tensor | float, dead_mask: Tensor | None) -> ForwardOutput:
         cfg = self.cfg
@@ -139,7 +139,7 @@ class JumpReLUSae(SparseAutoencoder):
         terms = {"mse": mse}
         decoder_norms = self.W_dec.norm(dim=1)
         if cfg.sparsity_loss == "step":
-            terms["sparsity"] = sparsity_coefficient * step(pre, threshold, eps).sum(dim=-1).mean()
+            terms["sparsity"] = sparsity_coefficient * step_count(pre, threshold, eps).mean()
         else:
             scaled = torch.tanh(cfg.tanh_scale * feature_acts * decoder_norms)
             terms["sparsity"] = sparsity_coefficient * scaled.sum(dim=-1).mean()

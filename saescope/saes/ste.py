@@ -9,6 +9,11 @@ gradients with respect to the threshold θ are pseudo-derivatives:
 
 The θ gradients are summed over the batch, so θ keeps shape [d_sae]; the 1/n_tokens of a batch-mean
 loss is already in the incoming gradient. θ must be positive: the factor θ (not |θ|) is the jump height.
+
+Performance: these run over the whole [n_tokens, d_sae] pre-activation matrix, so each elementwise
+pass costs as much memory traffic as a matmul's output. Masks stay boolean and are applied with
+``torch.where`` (a float × bool product would first materialise the mask as floats), and the L0
+term is computed as a per-token count, never as a float [n_tokens, d_sae] step matrix.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from torch import Tensor
 
 
 def rectangle_window(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-    """Boolean K((pre-θ)/ε) != 0, i.e. |pre-θ| < ε/2."""
-    return (pre - threshold).abs_() < bandwidth / 2
+    """Boolean K((pre-θ)/ε) != 0, i.e. θ-ε/2 < pre < θ+ε/2."""
+    half = bandwidth / 2
+    return (pre > threshold - half) & (pre < threshold + half)
 
 
 class JumpReLUFunction(torch.autograd.Function):
@@ -32,7 +38,7 @@ class JumpReLUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(pre: Tensor, threshold: Tensor, bandwidth: float, ste_to_input: bool = False) -> Tensor:
-        return pre * (pre > threshold)
+        return torch.where(pre > threshold, pre, 0.0)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -47,22 +53,22 @@ class JumpReLUFunction(torch.autograd.Function):
         eps = ctx.bandwidth
         window_grad = None
         if ctx.needs_input_grad[1] or ctx.ste_to_input:
-            window_grad = (threshold / eps) * (grad_output * rectangle_window(pre, threshold, eps))
+            window_grad = torch.where(rectangle_window(pre, threshold, eps), grad_output, 0.0)
         grad_pre = None
         if ctx.needs_input_grad[0]:
-            grad_pre = grad_output * (pre > threshold)
+            grad_pre = torch.where(pre > threshold, grad_output, 0.0)
             if ctx.ste_to_input:
-                grad_pre = grad_pre + window_grad
-        grad_threshold = -window_grad.sum(dim=0) if ctx.needs_input_grad[1] else None
+                grad_pre = grad_pre.add_(window_grad * (threshold / eps))
+        grad_threshold = -(threshold / eps) * window_grad.sum(dim=0) if ctx.needs_input_grad[1] else None
         return grad_pre, grad_threshold, None, None
 
 
-class StepFunction(torch.autograd.Function):
-    """H(pre-θ) with the 1/ε rectangle STE for θ and no gradient to pre."""
+class StepCountFunction(torch.autograd.Function):
+    """Σ_i H(pre_i-θ_i) per token (the L0), with the 1/ε rectangle STE for θ and no gradient to pre."""
 
     @staticmethod
     def forward(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        return (pre > threshold).to(pre.dtype)
+        return (pre > threshold).sum(dim=-1, dtype=pre.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -73,11 +79,11 @@ class StepFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         pre, threshold = ctx.saved_tensors
-        eps = ctx.bandwidth
         grad_threshold = None
         if ctx.needs_input_grad[1]:
-            window = rectangle_window(pre, threshold, eps)
-            grad_threshold = -(1.0 / eps) * (grad_output * window).sum(dim=0)
+            window = rectangle_window(pre, threshold, ctx.bandwidth).to(grad_output.dtype)
+            # Σ_n grad_n·K(...)[n, i] as one matrix-vector product
+            grad_threshold = -(1.0 / ctx.bandwidth) * (grad_output @ window)
         return None, grad_threshold, None
 
 
@@ -85,5 +91,6 @@ def jumprelu(pre: Tensor, threshold: Tensor, bandwidth: float, ste_to_input: boo
     return JumpReLUFunction.apply(pre, threshold, bandwidth, ste_to_input)
 
 
-def step(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-    return StepFunction.apply(pre, threshold, bandwidth)
+def step_count(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """Per-token L0, Σ_i H(pre_i - θ_i), shape [n_tokens], differentiable in θ through the STE."""
+    return StepCountFunction.apply(pre, threshold, bandwidth)

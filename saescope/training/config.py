@@ -42,6 +42,9 @@ class TrainConfig:
     """Where TensorBoard event files go."""
     progress: bool = True
     """Show a progress bar."""
+    retain_cpu_memory: bool = True
+    """On CPU, keep freed memory for reuse instead of returning it to the OS (~1.4x faster steps;
+    the process keeps its peak memory). See saescope/training/cpu_allocator.py."""
 
     def __post_init__(self) -> None:
         positive = {"total_tokens": self.total_tokens, "batch_size": self.batch_size, "log_every": self.log_every,

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from saescope.saes import SparseAutoencoder
 from saescope.training.config import TrainConfig
+from saescope.training.cpu_allocator import retain_freed_memory
 from saescope.training.schedules import lr_multiplier
 from saescope.training.sparsity_control import SparsityController
 
@@ -25,6 +26,8 @@ TARGET_WARMUP_LIMIT = 0.2
 
 class SaeTrainer:
     def __init__(self, sae: SparseAutoencoder, config: TrainConfig, device: torch.device, name: str) -> None:
+        if device.type == "cpu" and config.retain_cpu_memory:
+            retain_freed_memory()
         self.sae = sae.to(device).train()
         self.config = config
         self.name = name
