@@ -74,3 +74,22 @@ def test_log_threshold_chain_rule_is_automatic():
     step_count(pre, threshold, eps).sum().backward()
     expected = (-(1.0 / eps) * _kernel(pre, threshold.detach(), eps)).sum(0) * threshold.detach()
     assert torch.allclose(log_threshold.grad, expected)
+
+
+def test_fused_path_matches_the_reference_functions():
+    from saescope.saes.ste import jumprelu_with_l0
+
+    torch.manual_seed(0)
+    eps = 0.05
+    pre_ref = (torch.rand(64, 12, dtype=torch.float64) * 0.4).requires_grad_()
+    theta_ref = torch.full((12,), 0.2, dtype=torch.float64, requires_grad=True)
+    pre_fast = pre_ref.detach().clone().requires_grad_()
+    theta_fast = theta_ref.detach().clone().requires_grad_()
+    up_acts, up_l0 = torch.randn(64, 12, dtype=torch.float64), torch.randn(64, dtype=torch.float64)
+
+    ((jumprelu(pre_ref, theta_ref, eps) * up_acts).sum() + (step_count(pre_ref, theta_ref, eps) * up_l0).sum()).backward()
+    acts, l0 = jumprelu_with_l0(pre_fast, theta_fast, eps)
+    ((acts * up_acts).sum() + (l0 * up_l0).sum()).backward()
+    assert torch.equal(acts, jumprelu(pre_ref, theta_ref, eps)) and torch.equal(l0, step_count(pre_ref, theta_ref, eps))
+    assert torch.allclose(pre_fast.grad, pre_ref.grad) and torch.allclose(theta_fast.grad, theta_ref.grad)
+    assert theta_ref.grad.abs().sum() > 0

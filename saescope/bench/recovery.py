@@ -109,11 +109,11 @@ def run_recovery_benchmark(config: RecoveryBenchConfig | None = None) -> list[di
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    header = f"{'variant':<13} {'arch':<14} {'L0':>6} {'FVU':>7} {'MMCS':>6} {'recovered':>9} {'dead':>6}"
+    header = f"{'variant':<13} {'arch':<22} {'L0':>6} {'FVU':>7} {'MMCS':>6} {'recovered':>9} {'dead':>6}"
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(
-            f"{row['variant']:<13} {row['arch']:<14} {row['l0']:>6.2f} {row['fvu']:>7.4f} {row['mmcs']:>6.3f} "
+            f"{row['variant']:<13} {row['arch']:<22} {row['l0']:>6.2f} {row['fvu']:>7.4f} {row['mmcs']:>6.3f} "
             f"{row['recovered']:>9.1%} {row['dead_fraction']:>6.1%}"
         )
     return "\n".join(lines)

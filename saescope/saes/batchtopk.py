@@ -46,22 +46,36 @@ class BatchTopKSae(TopKSae):
     def losses(self, x: Tensor, sparsity_coefficient: Tensor | float, dead_mask: Tensor | None) -> ForwardOutput:
         pre = self.pre_activations(x)
         acts = torch.relu(pre)
-        n_keep = min(int(self.cfg.k * x.shape[0]), acts.numel())
-        values, flat_indices = acts.flatten().topk(n_keep, sorted=False)
-        feature_acts = torch.zeros_like(acts).flatten().scatter(0, flat_indices, values).view_as(acts)
+        feature_acts, smallest_kept = self._batch_top_k(acts, min(int(self.cfg.k * x.shape[0]), acts.numel()))
         reconstruction = self.decode(feature_acts)
         terms = {"mse": (reconstruction - x).pow(2).sum(dim=-1).mean()}
         if dead_mask is not None:
             terms["aux"] = self.aux_loss(pre, x - reconstruction.detach(), dead_mask)
         if self.training:
-            self._track_threshold(values.detach())
+            self._track_threshold(smallest_kept.detach())
         return ForwardOutput(feature_acts, reconstruction, sum(terms.values()), terms)
 
+    @staticmethod
+    def _batch_top_k(acts: Tensor, n_keep: int) -> tuple[Tensor, Tensor]:
+        """Keep the n_keep largest entries of the whole matrix; also return the smallest kept value.
+
+        Two exact paths chosen by device: on GPUs a flat ``topk``; on CPUs the n_keep-th largest value
+        by ``kthvalue`` (a selection, ~3x faster there than a partial sort of 19M entries) and a
+        mask. The mask path also keeps values tied with the cut-off, which only matters at 0, where
+        the kept values contribute nothing.
+        """
+        flat = acts.flatten()
+        if acts.is_cuda:
+            values, indices = flat.topk(n_keep, sorted=False)
+            kept = torch.zeros_like(flat).scatter(0, indices, values).view_as(acts)
+            return kept, values.min()
+        cutoff = flat.kthvalue(flat.numel() - n_keep + 1).values
+        return torch.where(acts >= cutoff, acts, 0.0), cutoff
+
     @torch.no_grad()
-    def _track_threshold(self, selected: Tensor) -> None:
-        positive = selected.masked_fill(selected <= 0, float("inf"))
-        batch_min = positive.min()
-        batch_min = torch.where(torch.isfinite(batch_min), batch_min, self.threshold[0])
+    def _track_threshold(self, smallest_kept: Tensor) -> None:
+        # A batch whose cut-off is 0 (fewer positive entries than k·n) says nothing about θ.
+        batch_min = torch.where(smallest_kept > 0, smallest_kept, self.threshold[0])
         momentum = self.cfg.threshold_momentum
         current = self.threshold[0]
         # The first batch sets θ directly; later batches move it by an EMA. No host sync either way.

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from saescope.saes.base import ForwardOutput, SaeConfig, SparseAutoencoder
-from saescope.saes.ste import jumprelu, step_count
+from saescope.saes.ste import jumprelu, jumprelu_with_l0, step_count
 
 
 @dataclass
@@ -133,13 +133,17 @@ class JumpReLUSae(SparseAutoencoder):
         eps = cfg.resolved_bandwidth
         pre = self.pre_activations(x)
         threshold = self.threshold
-        feature_acts = jumprelu(pre, threshold, eps, cfg.resolved_input_ste)
+        if cfg.sparsity_loss == "step" and not cfg.resolved_input_ste:
+            feature_acts, l0_per_token = jumprelu_with_l0(pre, threshold, eps)
+        else:
+            feature_acts = jumprelu(pre, threshold, eps, cfg.resolved_input_ste)
+            l0_per_token = step_count(pre, threshold, eps) if cfg.sparsity_loss == "step" else None
         reconstruction = self.decode(feature_acts)
         mse = (reconstruction - x).pow(2).sum(dim=-1).mean()
         terms = {"mse": mse}
         decoder_norms = self.W_dec.norm(dim=1)
-        if cfg.sparsity_loss == "step":
-            terms["sparsity"] = sparsity_coefficient * step_count(pre, threshold, eps).mean()
+        if l0_per_token is not None:
+            terms["sparsity"] = sparsity_coefficient * l0_per_token.mean()
         else:
             scaled = torch.tanh(cfg.tanh_scale * feature_acts * decoder_norms)
             terms["sparsity"] = sparsity_coefficient * scaled.sum(dim=-1).mean()

@@ -28,6 +28,14 @@ def rectangle_window(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor
     return (pre > threshold - half) & (pre < threshold + half)
 
 
+def _save_pre_and_threshold(ctx, inputs: tuple) -> None:
+    """Shared ``setup_context``: keep pre and θ for the backward, plus the non-tensor options."""
+    pre, threshold, bandwidth, *rest = inputs
+    ctx.save_for_backward(pre, threshold)
+    ctx.bandwidth = bandwidth
+    ctx.ste_to_input = bool(rest and rest[0])
+
+
 class JumpReLUFunction(torch.autograd.Function):
     """f = pre·H(pre-θ), with the θ/ε rectangle STE for the threshold.
 
@@ -40,12 +48,7 @@ class JumpReLUFunction(torch.autograd.Function):
     def forward(pre: Tensor, threshold: Tensor, bandwidth: float, ste_to_input: bool = False) -> Tensor:
         return torch.where(pre > threshold, pre, 0.0)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        pre, threshold, bandwidth, *rest = inputs
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        ctx.ste_to_input = bool(rest and rest[0])
+    setup_context = staticmethod(lambda ctx, inputs, output: _save_pre_and_threshold(ctx, inputs))
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
@@ -70,11 +73,7 @@ class StepCountFunction(torch.autograd.Function):
     def forward(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
         return (pre > threshold).sum(dim=-1, dtype=pre.dtype)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        pre, threshold, bandwidth = inputs
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
+    setup_context = staticmethod(lambda ctx, inputs, output: _save_pre_and_threshold(ctx, inputs))
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
@@ -85,6 +84,39 @@ class StepCountFunction(torch.autograd.Function):
             # Σ_n grad_n·K(...)[n, i] as one matrix-vector product
             grad_threshold = -(1.0 / ctx.bandwidth) * (grad_output @ window)
         return None, grad_threshold, None
+
+
+class JumpReLUWithL0Function(torch.autograd.Function):
+    """JumpReLU and the per-token step count in one pass: the fast path of the step-loss JumpReLU.
+
+    Same values and gradients as ``jumprelu`` plus ``step_count`` (tested against them), but the
+    threshold mask is computed once in the forward and the kernel window once in the backward:
+    θ-grad = -(1/ε)·Σ_n K[n]·(θ·∂L/∂f[n] + ∂L/∂L0[n]).
+    """
+
+    @staticmethod
+    def forward(pre: Tensor, threshold: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
+        active = pre > threshold
+        return torch.where(active, pre, 0.0), active.sum(dim=-1, dtype=pre.dtype)
+
+    setup_context = staticmethod(lambda ctx, inputs, output: _save_pre_and_threshold(ctx, inputs))
+
+    @staticmethod
+    def backward(ctx, grad_acts: Tensor, grad_l0: Tensor):
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_pre = torch.where(pre > threshold, grad_acts, 0.0) if ctx.needs_input_grad[0] else None
+        grad_threshold = None
+        if ctx.needs_input_grad[1]:
+            per_entry = torch.addcmul(grad_l0.unsqueeze(1), grad_acts, threshold)
+            per_entry = torch.where(rectangle_window(pre, threshold, eps), per_entry, 0.0)
+            grad_threshold = per_entry.sum(dim=0).mul_(-1.0 / eps)
+        return grad_pre, grad_threshold, None
+
+
+def jumprelu_with_l0(pre: Tensor, threshold: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
+    """(JumpReLU activations, per-token L0), fused; see ``JumpReLUWithL0Function``."""
+    return JumpReLUWithL0Function.apply(pre, threshold, bandwidth)
 
 
 def jumprelu(pre: Tensor, threshold: Tensor, bandwidth: float, ste_to_input: bool = False) -> Tensor:

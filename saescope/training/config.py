@@ -31,7 +31,7 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     """Folder for trainer_state.json / trainer_state.safetensors."""
     seed: int = 0
-    """Seeds SAE initialisation and data shuffling."""
+    """Seeds data shuffling (SAEs are initialised when created: seed torch before create_sae)."""
     shuffle: bool = True
     """Shuffle array sources (a seeded permutation per epoch)."""
     device: str | None = None

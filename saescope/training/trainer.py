@@ -62,7 +62,6 @@ class Trainer:
         self.config = config or TrainConfig()
         self.device = torch.device(self.config.resolved_device())
         self.saes = _named(saes)
-        torch.manual_seed(self.config.seed)
         self.trainers = [SaeTrainer(sae, self.config, self.device, name) for name, sae in self.saes.items()]
         self.callbacks: list[Callback] = []
 
