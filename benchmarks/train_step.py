@@ -62,12 +62,15 @@ def time_case(name: str, d_in: int, d_sae: int, batch: int, steps: int, device: 
     trainer.set_input_scale(float(x.pow(2).sum(1).mean()), x.mean(0))
     for step in range(2):  # warm-up: allocator, Adam state
         trainer.train_step(x, step)
-    _sync(device)
-    start = time.perf_counter()
+    times = []
     for step in range(2, 2 + steps):
+        _sync(device)
+        start = time.perf_counter()
         trainer.train_step(x, step)
-    trainer.read_metrics()  # the one sync a real run would make
-    seconds = (time.perf_counter() - start) / steps
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    trainer.read_metrics()
+    seconds = sorted(times)[len(times) // 2]  # the median step: robust to a noisy, shared machine
     dense_flops = 10 * d_in * d_sae * batch
     return {
         "case": name,
@@ -83,7 +86,7 @@ def main() -> None:
     parser.add_argument("--d-in", type=int, default=576)
     parser.add_argument("--d-sae", type=int, default=4608)
     parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=9)
     parser.add_argument("--cases", nargs="+", default=list(CASES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true")

@@ -183,3 +183,15 @@ def test_unit_norm_decoder_constraint():
         sae.W_dec.mul_(3.0)
     sae.after_step()
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(32), atol=1e-6)
+
+
+def test_batchtopk_cpu_selection_is_exact_with_and_without_the_prefilter():
+    sae = create_sae("batchtopk", 8, 64, k=5)
+    acts = torch.relu(torch.randn(200, 64))
+    n_keep = 5 * 200
+    exact_cutoff = acts.flatten().topk(n_keep).values.min()
+    for tracked in (0.0, 0.5 * exact_cutoff.item(), 1.2 * exact_cutoff.item(), 10.0):
+        sae.threshold.fill_(tracked)
+        kept, cutoff = sae._batch_top_k(acts, n_keep)
+        assert cutoff == exact_cutoff, tracked
+        assert (kept > 0).sum().item() == n_keep
