@@ -75,11 +75,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             checkpoint_every=args.checkpoint_every,
-            checkpoint_dir=str(Path(args.out) / "checkpoint") if args.checkpoint_every else None,
+            checkpoint_dir=str(Path(args.out) / "checkpoint") if args.checkpoint_every or args.resume else None,
         )
     except (ValueError, TypeError) as error:
         raise SystemExit(f"error: {error}") from None
-    trained = train_saes(data, saes, config, out_dir=args.out, resume=args.resume)
+    if args.resume and not (Path(args.out) / "checkpoint" / "trainer_state.json").is_file():
+        raise SystemExit(f"error: --resume: no checkpoint in {Path(args.out) / 'checkpoint'}; run without --resume (and with --checkpoint-every) first")
+    try:
+        trained = train_saes(data, saes, config, out_dir=args.out, resume=args.resume)
+    except (ValueError, FloatingPointError) as error:
+        raise SystemExit(f"error: {args.data}: {error}") from None
     for name, sae in trained.items():
         print(f"{name}: saved to {Path(args.out) / name}  (lr {sae.training_summary['lr']:.3g}, {sae.training_summary['tokens_per_second']:.0f} tok/s)")
     return 0

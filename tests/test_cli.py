@@ -44,6 +44,11 @@ def test_cli_errors_name_the_argument(tmp_path):
     (tmp_path / "acts.csv").write_text("1,2\n")
     with pytest.raises(SystemExit, match="expected a .npy array"):
         main(["train", "--data", str(tmp_path / "acts.csv"), "--out", str(tmp_path)])
+    np.save(tmp_path / "bad.npy", np.full((500, 4), np.nan, dtype=np.float32))
+    with pytest.raises(SystemExit, match="bad.npy: the activations contain NaN or inf"):
+        main(["train", "--data", str(tmp_path / "bad.npy"), "--tokens", "400", "--batch-size", "100", "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="--resume: no checkpoint in"):
+        main(["train", "--data", str(tmp_path / "bad.npy"), "--resume", "--out", str(tmp_path / "o2")])
     with pytest.raises(SystemExit, match="no such SAE folder"):
         np.save(tmp_path / "a.npy", np.zeros((4, 2), dtype=np.float32))
         main(["eval", str(tmp_path / "nope"), "--data", str(tmp_path / "a.npy")])
