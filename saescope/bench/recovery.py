@@ -87,7 +87,7 @@ def run_recovery_benchmark(config: RecoveryBenchConfig | None = None) -> list[di
             **config.extra,
         )
         started = time.perf_counter()
-        trained = Trainer(build_bench_saes(config), train_config).fit(lambda: data.stream(config.batch_size, seed=config.seed + 1))
+        trained = Trainer(build_bench_saes(config), train_config).fit(lambda data=data: data.stream(config.batch_size, seed=config.seed + 1))
         seconds = time.perf_counter() - started
         held_out = data.sample(config.eval_tokens, seed=config.seed + 10_000)
         for name, sae in trained.items():
