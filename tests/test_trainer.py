@@ -79,10 +79,13 @@ def test_many_saes_share_one_pass_over_the_data():
             yield torch.randn(256, 8)
 
     saes = [create_sae("jumprelu", 8, 32, sparsity_coefficient=0.01), create_sae("topk", 8, 32, k=2), create_sae("jumprelu", 8, 32, sparsity_coefficient=0.1)]
-    trained = Trainer(saes, _quiet(total_tokens=256 * 5, batch_size=256, normalization_tokens=256)).fit(stream)
+    trainer = Trainer(saes, _quiet(total_tokens=256 * 5, batch_size=256, normalization_tokens=256))
+    trained = trainer.fit(stream)
     assert sorted(trained) == ["jumprelu-0", "jumprelu-1", "topk"]
     # one read for the normalisation estimate, then five batches for all three SAEs together
     assert len(reads) == 1 + 5
+    with pytest.raises(RuntimeError, match="already fitted"):
+        trainer.fit(stream)
 
 
 def test_trained_saes_take_raw_activations(tmp_path):

@@ -64,6 +64,7 @@ class Trainer:
         self.saes = _named(saes)
         self.trainers = [SaeTrainer(sae, self.config, self.device, name) for name, sae in self.saes.items()]
         self.callbacks: list[Callback] = []
+        self._fitted = False
 
     def add_callback(self, callback: Callback) -> None:
         """``callback(step, metrics_by_sae)`` runs at every log step, after any checkpoint."""
@@ -76,6 +77,8 @@ class Trainer:
         their biases and thresholds. With ``resume=True`` and a state in ``config.checkpoint_dir``,
         training continues from the last checkpoint.
         """
+        if self._fitted:
+            raise RuntimeError("this Trainer has already fitted its SAEs (their input scale is folded in); create a new Trainer")
         config, device = self.config, self.device
         source = as_source(data)
         start_step = 0
@@ -121,6 +124,7 @@ class Trainer:
         steps_done = step if step < total_steps else total_steps
         if steps_done == 0:
             raise ValueError("no training steps ran: the activation source produced no batches")
+        self._fitted = True
         return self._finish(steps_done, start_step, time.perf_counter() - started)
 
     # -- before and after --------------------------------------------------------------------------
