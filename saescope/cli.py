@@ -56,8 +56,10 @@ def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from saescope.saes import create_sae
     from saescope.training import TrainConfig, train_saes
+    from saescope.training.state import has_trainer_state
 
     data = _load_activations(args.data)
+    checkpoint_dir = Path(args.out) / "checkpoint"
     d_in = int(data.shape[-1])
     width = args.width or d_in * args.expansion
     saes = {}
@@ -75,12 +77,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             checkpoint_every=args.checkpoint_every,
-            checkpoint_dir=str(Path(args.out) / "checkpoint") if args.checkpoint_every or args.resume else None,
+            checkpoint_dir=str(checkpoint_dir) if args.checkpoint_every or args.resume else None,
         )
     except (ValueError, TypeError) as error:
         raise SystemExit(f"error: {error}") from None
-    if args.resume and not (Path(args.out) / "checkpoint" / "trainer_state.json").is_file():
-        raise SystemExit(f"error: --resume: no checkpoint in {Path(args.out) / 'checkpoint'}; run without --resume (and with --checkpoint-every) first")
+    if args.resume and not has_trainer_state(checkpoint_dir):
+        raise SystemExit(f"error: --resume: no checkpoint in {checkpoint_dir}; run without --resume (and with --checkpoint-every) first")
     try:
         trained = train_saes(data, saes, config, out_dir=args.out, resume=args.resume)
     except (ValueError, FloatingPointError) as error:

@@ -71,13 +71,13 @@ class BatchTopKSae(TopKSae):
             values, indices = flat.topk(n_keep, sorted=False)
             kept = torch.zeros_like(flat).scatter(0, indices, values).view_as(acts)
             return kept, values.min()
-        pool = flat
+        pool = values = flat.detach()
         guess = 0.8 * float(self.threshold[0])
         if guess > 0:
-            above = flat.detach()[flat.detach() > guess]
+            above = values[values > guess]
             if above.numel() >= n_keep:
                 pool = above
-        cutoff = pool.detach().kthvalue(pool.numel() - n_keep + 1).values
+        cutoff = pool.kthvalue(pool.numel() - n_keep + 1).values
         return torch.where(acts >= cutoff, acts, 0.0), cutoff
 
     @torch.no_grad()
