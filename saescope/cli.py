@@ -54,10 +54,77 @@ def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.data is None:
+        return _cmd_train_model(args)
+    return _cmd_train_array(args)
+
+
+def _format_metrics(values: dict[str, Any]) -> str:
+    parts = []
+    for key, label, fmt in (("l0", "L0", ".1f"), ("fvu", "FVU", ".4f"), ("delta_lm_loss", "ΔLM loss", ".4f"),
+                            ("loss_recovered", "loss recovered", ".1%"), ("kl", "KL", ".4f"), ("dead_fraction", "dead", ".1%")):
+        if isinstance(values.get(key), (int, float)):
+            parts.append(f"{label} {values[key]:{fmt}}")
+    return ", ".join(parts)
+
+
+def _cmd_train_model(args: argparse.Namespace) -> int:
+    from saescope.data.text import check_dataset
+    from saescope.lm.pipeline import LmDataConfig, SaeSpec, train_on_model
+    from saescope.training import TrainConfig
+    from saescope.training.state import has_trainer_state
+
+    if not args.hookpoints:
+        raise SystemExit("error: --hookpoints is required with --model (e.g. --hookpoints layers.10.resid_post)")
+    checkpoint_dir = Path(args.out) / "checkpoint"
+    targets = args.target_l0 or [None]
+    try:
+        check_dataset(args.dataset)
+        specs = []
+        for arch in args.arch:
+            for target in targets:
+                options: dict[str, Any] = {"lr": args.lr}
+                if arch in ("topk", "batchtopk"):
+                    if args.k is not None:
+                        options["k"] = args.k
+                elif args.sparsity_coefficient is not None:
+                    options["sparsity_coefficient"] = args.sparsity_coefficient
+                specs.append(SaeSpec(arch, width=args.width, expansion=args.expansion, target_l0=target, options=options))
+        config = TrainConfig(
+            total_tokens=args.tokens,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            normalization_tokens=min(16_384, args.tokens),
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_dir=str(checkpoint_dir) if args.checkpoint_every or args.resume else None,
+        )
+        data = LmDataConfig(
+            dataset=args.dataset, text_field=args.text_field, split=args.split, context_size=args.context_size,
+            batch_contexts=args.batch_contexts, eval_tokens=args.eval_tokens,
+        )
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+    if args.resume and not has_trainer_state(checkpoint_dir):
+        raise SystemExit(f"error: --resume: no checkpoint in {checkpoint_dir}; run without --resume (and with --checkpoint-every) first")
+    try:
+        results = train_on_model(args.model, args.hookpoints, specs, config, data, out_dir=args.out, resume=args.resume,
+                                 device=args.device, dtype=args.dtype, seed=args.seed)
+    except (ValueError, FileNotFoundError, ImportError, FloatingPointError) as error:
+        raise SystemExit(f"error: {error}") from None
+    for name, (_sae, metrics) in results.items():
+        print(f"{Path(args.out) / name}: {_format_metrics(metrics)}")
+    return 0
+
+
+def _cmd_train_array(args: argparse.Namespace) -> int:
     from saescope.saes import create_sae
     from saescope.training import TrainConfig, train_saes
     from saescope.training.state import has_trainer_state
 
+    if args.target_l0 is not None and len(args.target_l0) > 1:
+        raise SystemExit("error: --target-l0 takes one value with --data")
+    args.target_l0 = args.target_l0[0] if args.target_l0 else None
     data = _load_activations(args.data)
     checkpoint_dir = Path(args.out) / "checkpoint"
     d_in = int(data.shape[-1])
@@ -135,11 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.set_defaults(func=_cmd_bench_synthetic)
 
     train = commands.add_parser("train", help="train SAEs on an activation array")
-    train.add_argument("--data", required=True, help=".npy array of activations, shape [n_tokens, d_in]")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help=".npy array of activations, shape [n_tokens, d_in]")
+    source.add_argument("--model", help="train on a language model's activations: smollm2-135m (built in), a folder, a .gguf file or a hub id")
+    train.add_argument("--dataset", default="pydocs", help="with --model: pydocs (built in), a .txt/.jsonl/.parquet file, a saved datasets folder or a hub dataset id")
+    train.add_argument("--hookpoints", nargs="+", help="with --model: e.g. layers.10.resid_post, 'layers.*.mlp_out', blocks.5.hook_resid_post")
+    train.add_argument("--text-field", default="text", help="text column of .jsonl/.parquet/datasets sources")
+    train.add_argument("--split", default="train", help="split of a datasets source")
+    train.add_argument("--context-size", type=int, default=128, help="tokens per context (with BOS)")
+    train.add_argument("--batch-contexts", type=int, default=16, help="contexts per LM forward")
+    train.add_argument("--eval-tokens", type=int, default=16_384, help="held-out tokens for L0/FVU/ΔLM loss (0 skips evaluation)")
+    train.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default float32)")
     train.add_argument("--arch", nargs="+", default=["jumprelu"], choices=sorted(ARCHITECTURES), help="one or more architectures, trained in one pass")
     train.add_argument("--width", type=int, help="latents (default: expansion x d_in)")
     train.add_argument("--expansion", type=int, default=8, help="latents per input dimension when --width is not given")
-    train.add_argument("--target-l0", type=float, help="adapt sparsity so the final L0 lands here (k for topk/batchtopk)")
+    train.add_argument("--target-l0", type=float, nargs="+", help="adapt sparsity so the final L0 lands here (k for topk/batchtopk); with --model, several values train a sweep")
     train.add_argument("--sparsity-coefficient", type=float, help="fixed λ instead of a target L0")
     train.add_argument("--k", type=int, help="active latents per token (topk, batchtopk)")
     train.add_argument("--lr", type=float, help="learning rate (default: per architecture, scaled by width)")

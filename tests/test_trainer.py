@@ -133,7 +133,7 @@ def test_nan_activations_give_a_clear_error():
 
 
 def test_wrong_width_and_empty_data():
-    with pytest.raises(ValueError, match="activations have width 7, but SAE 'jumprelu' expects d_in=8"):
+    with pytest.raises(ValueError, match="activations have width 7.*but SAE 'jumprelu' expects d_in=8"):
         Trainer([create_sae("jumprelu", 8, 32)], _quiet(total_tokens=1000, batch_size=100)).fit(torch.randn(500, 7))
     with pytest.raises(ValueError, match="no activations"):
         Trainer([create_sae("jumprelu", 8, 32)], _quiet(total_tokens=1000, batch_size=100)).fit(lambda: iter([]))

@@ -35,6 +35,8 @@ class SaeConfig:
     """If set, the trainer adapts λ (or uses k) so that the final mean L0 lands on this value."""
     lr: float | None = None
     """Learning rate. None takes the architecture's default, scaled as 1/sqrt(d_sae)."""
+    adam_beta1: float | None = None
+    """Adam's β₁. None takes the architecture's default (0 for JumpReLU and Gated, as their papers)."""
     hookpoint: str | None = None
     """Where the activations come from (a module path in the model), for the record."""
     model_id: str | None = None
@@ -51,6 +53,8 @@ class SaeConfig:
             raise ValueError(f"sparsity_coefficient must be >= 0, got {self.sparsity_coefficient}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.adam_beta1 is not None and not 0 <= self.adam_beta1 < 1:
+            raise ValueError(f"adam_beta1 must be in [0, 1), got {self.adam_beta1}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,8 +135,8 @@ class SparseAutoencoder(nn.Module):
             self.b_enc.zero_()
             self.b_dec.zero_()
 
-    def init_from_data(self, mean: Tensor) -> None:
-        """Called by the trainer once with the (normalised) data mean. Default: nothing."""
+    def init_from_data(self, sample: Tensor) -> None:
+        """Called by the trainer once with a normalised sample of activations [n, d_in]. Default: nothing."""
 
     # -- inference --------------------------------------------------------------------------------
     @property
@@ -194,6 +198,10 @@ class SparseAutoencoder(nn.Module):
     def sparsity_coefficient_for_l0(self, target_l0: float) -> float:
         """A starting guess of the λ that gives ``target_l0``; the controller corrects it."""
         return self.sparsity_coefficient
+
+    def resolved_adam_betas(self) -> tuple[float, float]:
+        beta1 = self.adam_betas[0] if self.cfg.adam_beta1 is None else self.cfg.adam_beta1
+        return (beta1, self.adam_betas[1])
 
     def default_lr(self) -> float:
         return self.cfg.lr if self.cfg.lr is not None else self.base_lr * math.sqrt(2**14 / self.d_sae)

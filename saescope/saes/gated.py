@@ -49,9 +49,9 @@ class GatedSae(SparseAutoencoder):
             for tensor in (self.b_dec, self.b_gate, self.b_mag, self.r_mag):
                 tensor.zero_()
 
-    def init_from_data(self, mean: Tensor) -> None:
+    def init_from_data(self, sample: Tensor) -> None:
         with torch.no_grad():
-            self.b_dec.copy_(mean)
+            self.b_dec.copy_(sample.mean(dim=0))
 
     def _gate_and_magnitude(self, x: Tensor) -> tuple[Tensor, Tensor]:
         u = self.encoder_input(x) @ self.W_enc

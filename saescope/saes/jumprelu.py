@@ -11,6 +11,7 @@ E‖x‖² = d_in with ε = 2 and θ_init = 0.1, and leaves decoder norms free (
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,6 +38,11 @@ class JumpReLUConfig(SaeConfig):
     """λ_P of the pre-activation loss Σ_dead ReLU(θ-pre)·‖d‖ that revives dead latents. None: 3e-6 (tanh), 0 (step)."""
     input_ste: bool | None = None
     """Let the jump's pseudo-derivative reach the pre-activation too. None: True (tanh), False (step, as the paper)."""
+    encoder_bias_init: Literal["zero", "rate"] = "rate"
+    """"zero": b_enc = 0 (the paper). "rate": b_enc set from a data sample so each latent starts firing on
+    `init_firing_rate` of tokens, which keeps latents alive while λ warms up (benchmarks/RESULTS.md)."""
+    init_firing_rate: float | None = None
+    """Firing rate for encoder_bias_init="rate". None: min(0.5, 3·target_l0/d_sae), or 1% without a target."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -44,6 +50,10 @@ class JumpReLUConfig(SaeConfig):
             raise ValueError(f"sparsity_loss must be 'step' or 'tanh', got {self.sparsity_loss!r}")
         if self.threshold_param not in ("log", "direct"):
             raise ValueError(f"threshold_param must be 'log' or 'direct', got {self.threshold_param!r}")
+        if self.encoder_bias_init not in ("zero", "rate"):
+            raise ValueError(f"encoder_bias_init must be 'zero' or 'rate', got {self.encoder_bias_init!r}")
+        if self.init_firing_rate is not None and not 0 < self.init_firing_rate < 1:
+            raise ValueError(f"init_firing_rate must be in (0, 1), got {self.init_firing_rate}")
         for name in ("bandwidth", "threshold_init"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -64,6 +74,14 @@ class JumpReLUConfig(SaeConfig):
     @property
     def resolved_input_ste(self) -> bool:
         return self.sparsity_loss == "tanh" if self.input_ste is None else self.input_ste
+
+    @property
+    def resolved_init_firing_rate(self) -> float:
+        if self.init_firing_rate is not None:
+            return self.init_firing_rate
+        if self.target_l0 is None:
+            return 0.01
+        return min(0.5, 3.0 * self.target_l0 / self.d_sae)
 
     @property
     def resolved_threshold_init(self) -> float:
@@ -123,6 +141,24 @@ class JumpReLUSae(SparseAutoencoder):
         with torch.no_grad():
             theta = torch.full((self.d_sae,), self.cfg.resolved_threshold_init)
             self.load_export_tensors({**self.export_tensors(), "threshold": theta})
+
+    @torch.no_grad()
+    def init_from_data(self, sample: Tensor) -> None:
+        """With encoder_bias_init="rate": b_enc_i = θ_i − q_i, where q_i is the (1 − rate) quantile of x·W_enc_i.
+
+        With b_enc = 0 and θ tiny, about half the latents fire on every token at the start; the λ warm-up
+        then silences many for good. Starting each latent at a modest, equal firing rate avoids that.
+        """
+        if self.cfg.encoder_bias_init != "rate":
+            return
+        sample = sample[:4096].to(self.W_enc.dtype)
+        n = sample.shape[0]
+        k = min(n, max(1, math.ceil((1.0 - self.cfg.resolved_init_firing_rate) * n)))
+        chunk = max(1, (1 << 24) // n)  # bounded memory at any width
+        for start in range(0, self.d_sae, chunk):
+            columns = slice(start, start + chunk)
+            quantile = (sample @ self.W_enc[:, columns]).kthvalue(k, dim=0).values
+            self.b_enc[columns] = self.threshold[columns].detach() - quantile
 
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_activations(x)

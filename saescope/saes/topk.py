@@ -47,9 +47,9 @@ class TopKSae(SparseAutoencoder):
     apply_b_dec_to_input = True
     controls_l0_by_coefficient = False
 
-    def init_from_data(self, mean: Tensor) -> None:
+    def init_from_data(self, sample: Tensor) -> None:
         with torch.no_grad():
-            self.b_dec.copy_(mean)
+            self.b_dec.copy_(sample.mean(dim=0))
 
     def encode(self, x: Tensor) -> Tensor:
         values, indices = self.pre_activations(x).topk(self.cfg.k, dim=-1, sorted=False)

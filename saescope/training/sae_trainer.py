@@ -31,9 +31,10 @@ class SaeTrainer:
         self.sae = sae.to(device).train()
         self.config = config
         self.name = name
+        self.hookpoint = sae.cfg.hookpoint
         self.device = device
         self.base_lr = sae.default_lr()
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=self.base_lr, betas=sae.adam_betas, eps=1e-8)
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=self.base_lr, betas=sae.resolved_adam_betas(), eps=1e-8)
         target = sae.cfg.target_l0 if sae.controls_l0_by_coefficient else None
         warmup = config.sparsity_warmup_fraction
         if warmup is None:
@@ -53,11 +54,11 @@ class SaeTrainer:
         self._reset_running()
 
     # -- normalisation --------------------------------------------------------------------------
-    def set_input_scale(self, mean_squared_norm: float, data_mean: Tensor) -> None:
+    def set_input_scale(self, mean_squared_norm: float, sample: Tensor) -> None:
         """Choose c so that E‖c·x‖² matches the architecture's convention, and seed data-based init."""
         target = 1.0 if self.sae.input_norm == "unit_mean_square" else float(self.sae.d_in)
         self.input_scale = math.sqrt(target / mean_squared_norm)
-        self.sae.init_from_data(data_mean.to(self.device) * self.input_scale)
+        self.sae.init_from_data(sample.to(self.device) * self.input_scale)
 
     # -- the hot step ---------------------------------------------------------------------------
     def train_step(self, x_raw: Tensor, step: int) -> None:

