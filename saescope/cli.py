@@ -59,6 +59,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return _cmd_train_array(args)
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="pydocs", help="pydocs (built in), a .txt/.jsonl/.parquet file, a saved datasets folder or a hub dataset id")
+    parser.add_argument("--text-field", default="text", help="text column of .jsonl/.parquet/datasets sources")
+    parser.add_argument("--split", default="train", help="split of a datasets source")
+    parser.add_argument("--context-size", type=int, default=128, help="tokens per context (with BOS)")
+    parser.add_argument("--batch-contexts", type=int, default=16, help="contexts per LM forward")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default float32)")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from saescope.data.cache import write_cache
+    from saescope.data.text import check_dataset
+    from saescope.data.tokens import TextContexts
+    from saescope.lm.models import load_model
+    from saescope.lm.stream import ModelActivationSource
+
+    try:
+        check_dataset(args.dataset)
+        if (Path(args.out) / "manifest.json").exists() and not args.resume:
+            raise ValueError(f"{args.out}: a cache already exists here; pass --resume to continue it or choose another folder")
+        loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+        contexts = TextContexts(args.dataset, loaded.tokenizer, args.context_size, part=args.part, text_field=args.text_field, split=args.split)
+        source = ModelActivationSource(loaded, contexts, args.hookpoints, batch_contexts=args.batch_contexts)
+        manifest = write_cache(source, args.out, args.tokens, dtype=args.storage_dtype, shard_tokens=args.shard_tokens,
+                               resume=args.resume, metadata={"part": args.part}, progress=sys.stderr.isatty(),
+                               shuffle=not args.corpus_order, seed=args.seed)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
+        raise SystemExit(f"error: {error}") from None
+    hookpoints = ", ".join(manifest["hookpoints"])
+    print(f"{args.out}: {manifest['n_tokens']:,} tokens of {hookpoints} in {len(manifest['shard_digests'])} shards ({manifest['dtype']})")
+    return 0
+
+
 def _format_metrics(values: dict[str, Any]) -> str:
     parts = []
     for key, label, fmt in (("l0", "L0", ".1f"), ("fvu", "FVU", ".4f"), ("delta_lm_loss", "ΔLM loss", ".4f"),
@@ -74,7 +108,7 @@ def _cmd_train_model(args: argparse.Namespace) -> int:
     from saescope.training import TrainConfig
     from saescope.training.state import has_trainer_state
 
-    if not args.hookpoints:
+    if not args.hookpoints and not args.cache:
         raise SystemExit("error: --hookpoints is required with --model (e.g. --hookpoints layers.10.resid_post)")
     checkpoint_dir = Path(args.out) / "checkpoint"
     targets = args.target_l0 or [None]
@@ -109,7 +143,7 @@ def _cmd_train_model(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --resume: no checkpoint in {checkpoint_dir}; run without --resume (and with --checkpoint-every) first")
     try:
         results = train_on_model(args.model, args.hookpoints, specs, config, data, out_dir=args.out, resume=args.resume,
-                                 device=args.device, dtype=args.dtype, seed=args.seed)
+                                 device=args.device, dtype=args.dtype, seed=args.seed, cache=args.cache)
     except (ValueError, FileNotFoundError, ImportError, FloatingPointError) as error:
         raise SystemExit(f"error: {error}") from None
     for name, (_sae, metrics) in results.items():
@@ -201,18 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--progress", action="store_true", help="show progress bars even with --json")
     synthetic.set_defaults(func=_cmd_bench_synthetic)
 
-    train = commands.add_parser("train", help="train SAEs on an activation array")
+    train = commands.add_parser("train", help="train SAEs on a model's activations, a cache or an array")
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help=".npy array of activations, shape [n_tokens, d_in]")
     source.add_argument("--model", help="train on a language model's activations: smollm2-135m (built in), a folder, a .gguf file or a hub id")
-    train.add_argument("--dataset", default="pydocs", help="with --model: pydocs (built in), a .txt/.jsonl/.parquet file, a saved datasets folder or a hub dataset id")
+    source.add_argument("--cache", help="train on an activation cache written by `saescope cache` (evaluated on the model its manifest names)")
     train.add_argument("--hookpoints", nargs="+", help="with --model: e.g. layers.10.resid_post, 'layers.*.mlp_out', blocks.5.hook_resid_post")
-    train.add_argument("--text-field", default="text", help="text column of .jsonl/.parquet/datasets sources")
-    train.add_argument("--split", default="train", help="split of a datasets source")
-    train.add_argument("--context-size", type=int, default=128, help="tokens per context (with BOS)")
-    train.add_argument("--batch-contexts", type=int, default=16, help="contexts per LM forward")
     train.add_argument("--eval-tokens", type=int, default=16_384, help="held-out tokens for L0/FVU/ΔLM loss (0 skips evaluation)")
-    train.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default float32)")
+    _add_model_arguments(train)
     train.add_argument("--arch", nargs="+", default=["jumprelu"], choices=sorted(ARCHITECTURES), help="one or more architectures, trained in one pass")
     train.add_argument("--width", type=int, help="latents (default: expansion x d_in)")
     train.add_argument("--expansion", type=int, default=8, help="latents per input dimension when --width is not given")
@@ -223,11 +253,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tokens", type=int, default=10_000_000, help="training tokens")
     train.add_argument("--batch-size", type=int, default=4096)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     train.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     train.add_argument("--out", required=True, help="output folder; one SAE folder per architecture")
     train.set_defaults(func=_cmd_train)
+
+    cache = commands.add_parser("cache", help="write a model's activations to disk (sharded, resumable)")
+    cache.add_argument("--model", default="smollm2-135m", help="smollm2-135m (built in), a folder, a .gguf file or a hub id")
+    cache.add_argument("--hookpoints", nargs="+", required=True, help="e.g. layers.10.resid_post 'layers.*.mlp_out'")
+    cache.add_argument("--tokens", type=int, required=True, help="tokens to store (BOS/EOS/pad excluded)")
+    cache.add_argument("--out", required=True, help="cache folder")
+    cache.add_argument("--storage-dtype", default="float32", choices=["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"])
+    cache.add_argument("--shard-tokens", type=int, default=65_536, help="tokens per shard")
+    cache.add_argument("--part", default="train", choices=["train", "eval", "all"], help="which documents: training part, held-out part or all")
+    cache.add_argument("--resume", action="store_true", help="continue a killed run")
+    cache.add_argument("--corpus-order", action="store_true", help="read contexts in corpus order instead of a seeded random order")
+    cache.add_argument("--seed", type=int, default=0, help="seed of the context order")
+    _add_model_arguments(cache)
+    cache.set_defaults(func=_cmd_cache)
 
     evaluate = commands.add_parser("eval", help="measure a saved SAE on activations")
     evaluate.add_argument("sae", help="SAE folder (cfg.json + sae_weights.safetensors)")

@@ -9,6 +9,7 @@ source order.
 from __future__ import annotations
 
 import ast
+import functools
 import sysconfig
 import warnings
 from collections.abc import Iterator
@@ -63,7 +64,14 @@ def stdlib_docstrings() -> Iterator[str]:
                 yield doc
 
 
+@functools.lru_cache(maxsize=1)
+def _all_documents() -> tuple[str, ...]:
+    return (*pydoc_topics(), *stdlib_docstrings())
+
+
 def pydocs_documents() -> Iterator[str]:
-    """The built-in corpus, one document per topic or docstring, in a fixed order."""
-    yield from pydoc_topics()
-    yield from stdlib_docstrings()
+    """The built-in corpus, one document per topic or docstring, in a fixed order.
+
+    Parsing the standard library takes ~10 s, so the documents are kept for the life of the process.
+    """
+    return iter(_all_documents())

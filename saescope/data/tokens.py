@@ -5,8 +5,8 @@ joined by EOS (or BOS when the tokenizer has no EOS), as SAELens and sparsify do
 positions carry activations unlike any other token (huge norms at BOS in most models), so they are
 excluded from SAE training and evaluation by default (``trainable_mask``).
 
-Context order is shuffled deterministically from a seed within windows of contexts, so a stream
-that never fits in memory can still be shuffled.
+Context order is shuffled deterministically from a seed: a full permutation per epoch for corpora
+held in memory, and within windows of contexts for streams that never fit in memory.
 """
 
 from __future__ import annotations
@@ -116,9 +116,16 @@ class TextContexts:
         return None if self.streaming else int(self.all_contexts().shape[0])
 
     def iter_contexts(self, seed: int = 0, epoch: int = 0, shuffle: bool = True, start: int = 0) -> Iterator[Tensor]:
-        """Contexts of one epoch, window-shuffled from ``(seed, epoch)``, skipping the first ``start``."""
-        source: Iterator[Tensor] = self._read() if self.streaming else iter(self.all_contexts())
+        """Contexts of one epoch, shuffled from ``(seed, epoch)``, skipping the first ``start``."""
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        if not self.streaming:
+            # A corpus held in memory gets a full permutation per epoch.
+            contexts = self.all_contexts()
+            order = torch.randperm(contexts.shape[0], generator=generator) if shuffle else torch.arange(contexts.shape[0])
+            for item in order[start:].tolist():
+                yield contexts[item]
+            return
+        source: Iterator[Tensor] = self._read()
         index = 0
         window: list[Tensor] = []
         for context in source:

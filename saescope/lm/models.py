@@ -99,15 +99,36 @@ def _load_builtin(name: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     logger.info("converting the built-in model %s from GGUF (once; cached in %s)", name, converted)
     model, tokenizer = _from_pretrained(gguf.parent, torch.float32, gguf_file=gguf.name)
     try:
-        partial = converted.with_name(converted.name + ".partial")
-        model.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        if converted.exists():  # another process finished first
-            return model.to(dtype), tokenizer
-        partial.rename(converted)
-    except OSError as error:
+        _save_dequantized(model, tokenizer, converted)
+    except (OSError, ValueError, RuntimeError) as error:
         logger.warning("could not cache the converted model in %s (%s); it will be converted again next time", converted, error)
     return model.to(dtype), tokenizer
+
+
+def _save_dequantized(model: nn.Module, tokenizer: Any, folder: Path) -> None:
+    """Write a GGUF-loaded (already de-quantised) model as a plain float32 transformers folder.
+
+    ``save_pretrained`` refuses models loaded from GGUF, so the config is written without its
+    quantisation entry and the weights with ``safetensors.torch.save_model`` (which handles the tied
+    embedding). The folder appears under its final name only once complete.
+    """
+    import json
+    import shutil
+
+    from safetensors.torch import save_model
+
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (partial / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    save_model(model, str(partial / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(partial)
+    if folder.exists():  # another process finished first
+        shutil.rmtree(partial, ignore_errors=True)
+        return
+    partial.rename(folder)
 
 
 def load_model(model: str, device: str | None = None, dtype: str | torch.dtype | None = None) -> LoadedModel:

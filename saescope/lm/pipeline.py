@@ -141,7 +141,7 @@ def evaluate_on_model(
 
 
 def train_on_model(
-    model: str | LoadedModel,
+    model: str | LoadedModel | None,
     hookpoints: str | list[str],
     specs: list[SaeSpec],
     train: TrainConfig,
@@ -151,36 +151,53 @@ def train_on_model(
     device: str | None = None,
     dtype: str | None = None,
     seed: int = 0,
+    cache: str | None = None,
 ) -> dict[str, tuple[SparseAutoencoder, dict[str, Any]]]:
     """Train every spec at every hookpoint from one pass over the model; evaluate; save.
 
-    Returns ``{"<hookpoint>/<folder>": (sae, metrics)}``.
+    With ``cache`` (a folder written by ``saescope cache``) the activations come from disk instead;
+    the model named in its manifest (or ``model``) is loaded only for the held-out evaluation, on the
+    cache's dataset and context size. Returns ``{"<hookpoint>/<folder>": (sae, metrics)}``.
     """
     data = data or LmDataConfig()
     if not specs:
         raise ValueError("no SAEs to train: give at least one architecture")
+    if cache is not None:
+        source, widths, model_id = _cache_source(cache, hookpoints, data)
+        needs_model = data.eval_tokens > 0
+        model = model if model is not None else model_id
+    else:
+        needs_model = True
+    if model is None:
+        raise ValueError("give a model (or a cache, whose manifest names its model)")
     check_dataset(data.dataset)
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device or train.device, dtype=dtype)
-    contexts = TextContexts(
-        data.dataset, loaded.tokenizer, data.context_size, part="train", eval_fraction=data.eval_fraction,
-        text_field=data.text_field, split=data.split,
-    )
-    source = ModelActivationSource(
-        loaded, contexts, hookpoints, batch_contexts=data.batch_contexts,
-        shuffle_buffer_tokens=data.shuffle_buffer_tokens, exclude_special=data.exclude_special,
-    )
+    loaded = None
+    if needs_model:
+        loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device or train.device, dtype=dtype)
+        model_id = loaded.model_id
+    if cache is None:
+        assert loaded is not None
+        contexts = TextContexts(
+            data.dataset, loaded.tokenizer, data.context_size, part="train", eval_fraction=data.eval_fraction,
+            text_field=data.text_field, split=data.split,
+        )
+        source = ModelActivationSource(
+            loaded, contexts, hookpoints, batch_contexts=data.batch_contexts,
+            shuffle_buffer_tokens=data.shuffle_buffer_tokens, exclude_special=data.exclude_special,
+        )
+        widths = dict(source.d_in)
     torch.manual_seed(seed)
     saes: dict[str, SparseAutoencoder] = {}
-    for point in source.points:
+    for hookpoint, d_in in widths.items():
         for spec in specs:
-            key = f"{point.name}/{spec.folder_name(source.d_in[point.name])}"
+            key = f"{hookpoint}/{spec.folder_name(d_in)}"
             if key in saes:
                 raise ValueError(f"two SAEs would share the folder {key}; give them different widths or target L0s")
-            saes[key] = spec.build(source.d_in[point.name], point.name, loaded.model_id)
+            saes[key] = spec.build(d_in, hookpoint, model_id)
     if out_dir is not None and train.checkpoint_every and not train.checkpoint_dir:
         train.checkpoint_dir = str(Path(out_dir) / "checkpoint")
     trained = Trainer(saes, train).fit(source, resume=resume)
-    metrics = evaluate_on_model(loaded, trained, data, progress=train.progress) if data.eval_tokens > 0 else {name: {} for name in trained}
+    metrics = evaluate_on_model(loaded, trained, data, progress=train.progress) if loaded is not None and data.eval_tokens > 0 else {name: {} for name in trained}
     for name, sae in trained.items():
         metrics[name]["training"] = sae.training_summary
         if out_dir is not None:
@@ -188,6 +205,28 @@ def train_on_model(
             sae.save(str(folder), context_size=data.context_size, dataset=data.dataset)
             (folder / "metrics.json").write_text(json.dumps(_metrics_for_file(metrics[name]), indent=2) + "\n")
     return {name: (trained[name], metrics[name]) for name in trained}
+
+
+def _cache_source(path: str, hookpoints: str | list[str], data: LmDataConfig) -> tuple[Any, dict[str, int], str]:
+    """A cache reader over the requested hookpoints (names or globs); aligns ``data`` with the cache."""
+    import fnmatch
+
+    from saescope.data.cache import CachedActivations, read_manifest
+    from saescope.lm.hookpoints import canonical_name
+
+    manifest = read_manifest(path)
+    available = list(manifest["hookpoints"])
+    requested = [hookpoints] if isinstance(hookpoints, str) else list(hookpoints or available)
+    chosen: list[str] = []
+    for raw in requested:
+        matches = [h for h in available if fnmatch.fnmatchcase(h, canonical_name(raw))]
+        if not matches:
+            raise ValueError(f"{path}: no hookpoint {raw!r} in this cache; it holds {available}")
+        chosen += [m for m in matches if m not in chosen]
+    data.dataset = manifest.get("dataset", data.dataset)
+    data.context_size = int(manifest.get("context_size", data.context_size))
+    source = CachedActivations(path, chosen, as_dict=True)  # batches routed by hookpoint
+    return source, dict(source.d_in), manifest.get("model", "unknown")
 
 
 def _metrics_for_file(values: dict[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class JumpReLUConfig(SaeConfig):
     """"zero": b_enc = 0 (the paper). "rate": b_enc set from a data sample so each latent starts firing on
     `init_firing_rate` of tokens, which keeps latents alive while λ warms up (benchmarks/RESULTS.md)."""
     init_firing_rate: float | None = None
-    """Firing rate for encoder_bias_init="rate". None: min(0.5, 3·target_l0/d_sae), or 1% without a target."""
+    """Firing rate for encoder_bias_init="rate". None: min(0.5, target_l0/d_sae), or 1% without a target."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,7 +81,7 @@ class JumpReLUConfig(SaeConfig):
             return self.init_firing_rate
         if self.target_l0 is None:
             return 0.01
-        return min(0.5, 3.0 * self.target_l0 / self.d_sae)
+        return min(0.5, self.target_l0 / self.d_sae)
 
     @property
     def resolved_threshold_init(self) -> float:

@@ -1,0 +1,305 @@
+"""An on-disk activation cache: sharded ``.npy`` files per hookpoint plus a manifest.
+
+Layout::
+
+    CACHE/manifest.json
+    CACHE/<hookpoint>/shard_00000.npy   [n_tokens_in_shard, d]  (fp32, fp16, or bf16 stored as uint16)
+
+Shard ``i`` of every hookpoint holds the same tokens. A shard becomes visible only when the manifest
+lists it: shards are written to a temporary name, flushed, renamed, and then the manifest is replaced
+atomically. A writer killed at any moment therefore leaves either the old manifest (the half-written
+shard is an unlisted temporary file, removed on resume) or the new one; ``resume=True`` continues
+after the last listed shard, since shards end on context boundaries and the manifest records how many
+contexts they cover.
+
+``CachedActivations`` reads a cache through the same source interface as arrays and the live model,
+so training from the cache and from the model is the same call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+MANIFEST = "manifest.json"
+FORMAT = "saescope-activation-cache"
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def storage_dtype_name(dtype: str) -> str:
+    name = _ALIASES.get(dtype, dtype)
+    if name not in STORAGE_DTYPES:
+        raise ValueError(f"cache dtype must be one of fp32, fp16, bf16 (got {dtype!r})")
+    return name
+
+
+def _to_numpy(rows: Tensor, dtype_name: str) -> np.ndarray:
+    rows = rows.detach().to("cpu", STORAGE_DTYPES[dtype_name]).contiguous()
+    if dtype_name == "bfloat16":
+        return rows.view(torch.uint16).numpy()  # numpy has no bfloat16: keep the bits
+    return rows.numpy()
+
+
+def _from_numpy(array: np.ndarray, dtype_name: str) -> Tensor:
+    tensor = torch.from_numpy(np.array(array))  # a copy: memmaps are read-only
+    if dtype_name == "bfloat16":
+        tensor = tensor.view(torch.bfloat16)
+    return tensor.float()
+
+
+def _write_json_atomic(path: Path, value: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as handle:
+        json.dump(value, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as handle:
+        np.save(handle, array)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    file = Path(path) / MANIFEST
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: not an activation cache (no {MANIFEST}); write one with `saescope cache`")
+    try:
+        manifest = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{file}: not valid JSON ({error.msg})") from error
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{file}: not a saescope activation cache manifest (format={manifest.get('format')!r})")
+    return manifest
+
+
+class CacheWriter:
+    """Append activations shard by shard; see the module docstring for the crash-safety rules."""
+
+    def __init__(self, path: str | os.PathLike, widths: dict[str, int], dtype: str, metadata: dict[str, Any], resume: bool = False) -> None:
+        from saescope import __version__
+
+        self.path = Path(path)
+        self.dtype = storage_dtype_name(dtype)
+        if (self.path / MANIFEST).is_file():
+            if not resume:
+                raise FileExistsError(f"{self.path}: a cache already exists here; pass --resume to continue it or choose another folder")
+            self.manifest = read_manifest(self.path)
+            for key in ("model", "dataset", "context_size", "dtype", "context_order"):
+                wanted = metadata.get(key, self.dtype if key == "dtype" else None)
+                if key in self.manifest and wanted is not None and self.manifest[key] != wanted:
+                    raise ValueError(f"{self.path}: cache has {key}={self.manifest[key]!r} but this run has {wanted!r}; resume with the same settings")
+            if sorted(self.manifest["hookpoints"]) != sorted(widths):
+                raise ValueError(f"{self.path}: cache holds hookpoints {sorted(self.manifest['hookpoints'])}, this run asks for {sorted(widths)}")
+            for stray in self.path.rglob("*.tmp"):
+                stray.unlink()  # half-written shards from a killed run
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.manifest = {
+                "format": FORMAT,
+                "version": 1,
+                **metadata,
+                "dtype": self.dtype,
+                "saescope_version": __version__,
+                "n_tokens": 0,
+                "contexts_read": 0,
+                "complete": False,
+                "shard_digests": [],
+                "corpus_fingerprint": None,
+                "hookpoints": {name: {"d": d, "shards": []} for name, d in widths.items()},
+            }
+            _write_json_atomic(self.path / MANIFEST, self.manifest)
+        for name in widths:
+            (self.path / name).mkdir(exist_ok=True)
+
+    @property
+    def contexts_read(self) -> int:
+        return int(self.manifest["contexts_read"])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.manifest["n_tokens"])
+
+    def write_shard(self, rows: dict[str, Tensor], contexts_read: int, token_digest: str) -> None:
+        """Write one shard per hookpoint (same tokens), then publish them in the manifest."""
+        counts = {r.shape[0] for r in rows.values()}
+        if len(counts) != 1:
+            raise ValueError(f"shard rows differ between hookpoints: {counts}")
+        n_rows = counts.pop()
+        index = len(self.manifest["shard_digests"])
+        for name, tensor in rows.items():
+            file = f"{name}/shard_{index:05d}.npy"
+            _save_npy_atomic(self.path / file, _to_numpy(tensor, self.dtype))
+            self.manifest["hookpoints"][name]["shards"].append({"file": file, "n_tokens": n_rows})
+        self.manifest["shard_digests"].append(token_digest)
+        self.manifest["n_tokens"] += n_rows
+        self.manifest["contexts_read"] = contexts_read
+        _write_json_atomic(self.path / MANIFEST, self.manifest)
+
+    def finish(self) -> None:
+        digest = hashlib.sha256("".join(self.manifest["shard_digests"]).encode()).hexdigest()
+        self.manifest.update(complete=True, corpus_fingerprint=digest)
+        _write_json_atomic(self.path / MANIFEST, self.manifest)
+
+
+def write_cache(
+    source: Any,
+    path: str | os.PathLike,
+    n_tokens: int,
+    dtype: str = "float32",
+    shard_tokens: int = 65_536,
+    resume: bool = False,
+    metadata: dict[str, Any] | None = None,
+    progress: bool = True,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Harvest ``n_tokens`` activations from a ``ModelActivationSource`` into a cache at ``path``.
+
+    Contexts are read in corpus order, or with ``shuffle`` in a seeded random order (so that a cache
+    smaller than the corpus is a random sample of it). Readers shuffle tokens again. Returns the
+    final manifest.
+    """
+    from saescope.data.tokens import trainable_mask
+    from saescope.lm.capture import capture
+
+    loaded, contexts = source.loaded, source.contexts
+    meta = {"model": loaded.model_id, "dataset": contexts.dataset, "context_size": contexts.context_size,
+            "context_order": f"shuffled(seed={seed})" if shuffle else "corpus", **(metadata or {})}
+    writer = CacheWriter(path, source.d_in, dtype, meta, resume=resume)
+    if writer.manifest.get("complete"):
+        return writer.manifest
+    pending: dict[str, list[Tensor]] = {name: [] for name in source.names}
+    pending_rows = 0
+    digest = hashlib.sha256()
+    contexts_read = writer.contexts_read
+    bar = tqdm(total=n_tokens, initial=writer.n_tokens, unit="tok", desc="caching", disable=not progress)
+    try:
+        for input_ids in contexts.iter_batches(source.batch_contexts, seed=seed, shuffle=shuffle, start=contexts_read):
+            if writer.n_tokens + pending_rows >= n_tokens:
+                break
+            input_ids = input_ids.to(source.device)
+            mask = trainable_mask(input_ids, contexts.excluded_ids) if source.exclude_special else torch.ones_like(input_ids, dtype=torch.bool)
+            flat = mask.reshape(-1)
+            capture(loaded.model, source.points, lambda p, t: pending[p.name].append(t.reshape(-1, t.shape[-1])[flat].cpu()), input_ids)
+            digest.update(input_ids.cpu().numpy().tobytes())
+            contexts_read += input_ids.shape[0]
+            rows = int(flat.sum())
+            pending_rows += rows
+            bar.update(rows)
+            if pending_rows >= shard_tokens or writer.n_tokens + pending_rows >= n_tokens:
+                writer.write_shard({k: torch.cat(v) for k, v in pending.items()}, contexts_read, digest.hexdigest())
+                pending = {name: [] for name in source.names}
+                pending_rows, digest = 0, hashlib.sha256()
+        if pending_rows:
+            writer.write_shard({k: torch.cat(v) for k, v in pending.items()}, contexts_read, digest.hexdigest())
+    finally:
+        bar.close()
+    if writer.n_tokens == 0:
+        raise ValueError(f"dataset {contexts.dataset!r} produced no tokens to cache")
+    writer.finish()
+    return writer.manifest
+
+
+class CachedActivations:
+    """Read a cache as an activation source.
+
+    With one hookpoint (the cache's only one, or ``hookpoints=``) batches are tensors; otherwise, or
+    with ``as_dict=True``, they are dicts ``{hookpoint: tensor}``, like the live-model source. Each epoch visits shards in a
+    seeded random order, ``shards_in_memory`` at a time, and shuffles rows within that group.
+    """
+
+    reiterable = True
+
+    def __init__(self, path: str | os.PathLike, hookpoints: str | list[str] | None = None, shards_in_memory: int = 4, as_dict: bool | None = None) -> None:
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        available = list(self.manifest["hookpoints"])
+        if hookpoints is None:
+            chosen = available
+        else:
+            chosen = [hookpoints] if isinstance(hookpoints, str) else list(hookpoints)
+            unknown = [h for h in chosen if h not in available]
+            if unknown:
+                raise ValueError(f"{self.path}: no hookpoint(s) {unknown} in this cache; it holds {available}")
+        self.hookpoints = chosen
+        self.single = len(chosen) == 1 if as_dict is None else not as_dict
+        if self.single and len(chosen) > 1:
+            raise ValueError("as_dict=False needs exactly one hookpoint")
+        self.dtype = self.manifest["dtype"]
+        self.shards_in_memory = max(1, shards_in_memory)
+        self.n_shards = len(self.manifest["shard_digests"])
+        if self.n_shards == 0:
+            raise ValueError(f"{self.path}: the cache holds no shards yet")
+        for name in chosen:
+            for shard in self.manifest["hookpoints"][name]["shards"]:
+                if not (self.path / shard["file"]).is_file():
+                    raise FileNotFoundError(f"{self.path / shard['file']}: listed in the manifest but missing; the cache is damaged")
+        self.n_tokens = int(self.manifest["n_tokens"])
+        widths = {name: int(self.manifest["hookpoints"][name]["d"]) for name in chosen}
+        self.d_in = widths[chosen[0]] if self.single else widths
+
+    def _shard(self, name: str, index: int) -> Tensor:
+        file = self.path / self.manifest["hookpoints"][name]["shards"][index]["file"]
+        return _from_numpy(np.load(file, mmap_mode="r"), self.dtype)
+
+    def _pack(self, rows: dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
+        return rows[self.hookpoints[0]] if self.single else rows
+
+    def head(self, n_tokens: int) -> Tensor | dict[str, Tensor]:
+        parts: dict[str, list[Tensor]] = {name: [] for name in self.hookpoints}
+        got = 0
+        for index in range(self.n_shards):
+            for name in self.hookpoints:
+                parts[name].append(self._shard(name, index))
+            got += parts[self.hookpoints[0]][-1].shape[0]
+            if got >= n_tokens:
+                break
+        return self._pack({name: torch.cat(p)[:n_tokens] for name, p in parts.items()})
+
+    def _epoch(self, batch_size: int, shuffle: bool, generator: torch.Generator) -> Iterator[dict[str, Tensor]]:
+        order = torch.randperm(self.n_shards, generator=generator).tolist() if shuffle else list(range(self.n_shards))
+        carry: dict[str, Tensor] | None = None
+        for group_start in range(0, len(order), self.shards_in_memory):
+            group = order[group_start : group_start + self.shards_in_memory]
+            rows = {name: torch.cat([self._shard(name, i) for i in group]) for name in self.hookpoints}
+            if carry is not None:
+                rows = {name: torch.cat([carry[name], rows[name]]) for name in rows}
+            n = rows[self.hookpoints[0]].shape[0]
+            if shuffle:
+                permutation = torch.randperm(n, generator=generator)
+                rows = {name: r[permutation] for name, r in rows.items()}
+            full = n - n % batch_size
+            for start in range(0, full, batch_size):
+                yield {name: r[start : start + batch_size] for name, r in rows.items()}
+            carry = {name: r[full:] for name, r in rows.items()}
+
+    def iter_batches(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, start_batch: int = 0, loop: bool = False) -> Iterator[Tensor | dict[str, Tensor]]:
+        if self.n_tokens < batch_size:
+            raise ValueError(f"{self.path}: the cache holds {self.n_tokens} tokens, fewer than one batch of {batch_size}")
+        index = 0
+        epoch = 0
+        while True:
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            for batch in self._epoch(batch_size, shuffle, generator):
+                if index >= start_batch:
+                    yield self._pack(batch)
+                index += 1
+            if not loop:
+                return
+            epoch += 1
