@@ -13,7 +13,33 @@ from saescope.metrics import SaeMetrics, evaluate_sae
 from saescope.saes import ARCHITECTURES, SparseAutoencoder, create_sae, register_architecture
 from saescope.training import TrainConfig, Trainer, train_saes
 
+# Language-model entry points, imported on first use so that `import saescope` stays light.
+_LAZY = {
+    "load_model": "saescope.lm.models",
+    "LoadedModel": "saescope.lm.models",
+    "resolve_hookpoints": "saescope.lm.hookpoints",
+    "train_on_model": "saescope.lm.pipeline",
+    "evaluate_on_model": "saescope.lm.pipeline",
+    "SaeSpec": "saescope.lm.pipeline",
+    "LmDataConfig": "saescope.lm.pipeline",
+    "ModelActivationSource": "saescope.lm.stream",
+    "TextContexts": "saescope.data.tokens",
+    "write_cache": "saescope.data.cache",
+    "CachedActivations": "saescope.data.cache",
+    "splice_evaluate": "saescope.lm.splice_eval",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'saescope' has no attribute {name!r}")
+
+
 __all__ = [
+    *_LAZY,
     "ARCHITECTURES",
     "SaeMetrics",
     "SparseAutoencoder",

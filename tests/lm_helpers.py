@@ -16,7 +16,7 @@ CORPUS = [
 ] * 4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

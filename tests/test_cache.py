@@ -145,7 +145,7 @@ def test_sigkill_during_writing_then_resume(loaded, tmp_path):
     assert _visible_shards(out) == listed
     for file in listed:
         np.load(out / file)  # every visible shard is whole
-    finished = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    finished = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert finished.returncode == 0, finished.stderr[-2000:]
     final = read_manifest(out)
     assert final["complete"] and final["n_tokens"] >= 40_000

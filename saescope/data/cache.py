@@ -176,7 +176,7 @@ def write_cache(
     final manifest.
     """
     from saescope.data.tokens import trainable_mask
-    from saescope.lm.capture import capture
+    from saescope.lm.capture import capture, masked_collector
 
     loaded, contexts = source.loaded, source.contexts
     meta = {"model": loaded.model_id, "dataset": contexts.dataset, "context_size": contexts.context_size,
@@ -196,7 +196,7 @@ def write_cache(
             input_ids = input_ids.to(source.device)
             mask = trainable_mask(input_ids, contexts.excluded_ids) if source.exclude_special else torch.ones_like(input_ids, dtype=torch.bool)
             flat = mask.reshape(-1)
-            capture(loaded.model, source.points, lambda p, t: pending[p.name].append(t.reshape(-1, t.shape[-1])[flat].cpu()), input_ids)
+            capture(loaded.model, source.points, masked_collector(pending, flat), input_ids)
             digest.update(input_ids.cpu().numpy().tobytes())
             contexts_read += input_ids.shape[0]
             rows = int(flat.sum())

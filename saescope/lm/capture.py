@@ -101,6 +101,15 @@ def capture(
             pass
 
 
+def masked_collector(store: dict[str, list[Tensor]], mask: Tensor) -> Consumer:
+    """A consumer that appends each hookpoint's rows at ``mask`` (flattened [b·s]) to ``store``, on the CPU."""
+
+    def consume(point: Hookpoint, activation: Tensor) -> None:
+        store[point.name].append(activation.reshape(-1, activation.shape[-1])[mask].cpu())
+
+    return consume
+
+
 def capture_dict(model: nn.Module, hookpoints: list[Hookpoint], input_ids: Tensor, stop_early: bool = True) -> dict[str, Tensor]:
     """Activations at every hookpoint as ``{name: [b, s, d]}`` (convenience for small inputs)."""
     found: dict[str, Tensor] = {}

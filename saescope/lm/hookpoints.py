@@ -87,8 +87,8 @@ def available_hookpoints(model: nn.Module) -> dict[str, Hookpoint]:
     for index, block in enumerate(layers):
         base = f"{prefix}.{index}"
 
-        def add(site: str, module_name: str, reads_input: bool = False) -> None:
-            points[f"layers.{index}.{site}"] = Hookpoint(f"layers.{index}.{site}", index, site, module_name, reads_input)
+        def add(site: str, module_name: str, reads_input: bool = False, layer: int = index) -> None:
+            points[f"layers.{layer}.{site}"] = Hookpoint(f"layers.{layer}.{site}", layer, site, module_name, reads_input)
 
         attention = _child(block, _ATTENTION_NAMES)
         mlp = _child(block, _MLP_NAMES)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from saescope.data.text import check_dataset
 from saescope.data.tokens import TextContexts, trainable_mask
-from saescope.lm.capture import capture
+from saescope.lm.capture import capture, masked_collector
 from saescope.lm.hookpoints import Hookpoint, resolve_hookpoints
 from saescope.lm.models import LoadedModel, load_model
 from saescope.lm.splice_eval import splice_evaluate
@@ -107,8 +107,8 @@ def harvest(loaded: LoadedModel, points: list[Hookpoint], contexts: Tensor, excl
     for start in range(0, contexts.shape[0], batch_contexts):
         input_ids = contexts[start : start + batch_contexts].to(device)
         mask = trainable_mask(input_ids, excluded_ids).reshape(-1)
-        capture(loaded.model, points, lambda p, t: found[p.name].append(t.reshape(-1, t.shape[-1])[mask].float().cpu()), input_ids)
-    return {name: torch.cat(parts) for name, parts in found.items()}
+        capture(loaded.model, points, masked_collector(found, mask), input_ids)
+    return {name: torch.cat(parts).float() for name, parts in found.items()}
 
 
 def evaluate_on_model(

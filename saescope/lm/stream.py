@@ -19,7 +19,7 @@ from torch import Tensor
 
 from saescope.data.shuffle_buffer import MultiShuffleBuffer
 from saescope.data.tokens import TextContexts, trainable_mask
-from saescope.lm.capture import capture
+from saescope.lm.capture import capture, masked_collector
 from saescope.lm.hookpoints import Hookpoint, resolve_hookpoints
 from saescope.lm.models import LoadedModel
 
@@ -131,12 +131,8 @@ class ModelActivationSource:
         for input_ids in self.contexts.iter_batches(self.batch_contexts, shuffle=False):
             input_ids = input_ids.to(self.device)
             mask = trainable_mask(input_ids, self.contexts.excluded_ids).reshape(-1)
-
-            def consume(point: Hookpoint, activation: Tensor) -> None:
-                chunks[point.name].append(activation.reshape(-1, activation.shape[-1])[mask].float())
-
-            capture(self.loaded.model, self.points, consume, input_ids, stop_early=self.stop_early)
+            capture(self.loaded.model, self.points, masked_collector(chunks, mask), input_ids, stop_early=self.stop_early)
             got += int(mask.sum())
             if got >= n_tokens:
                 break
-        return {name: torch.cat(parts)[:n_tokens] for name, parts in chunks.items()}
+        return {name: torch.cat(parts)[:n_tokens].float() for name, parts in chunks.items()}

@@ -37,6 +37,8 @@ class SaeConfig:
     """Learning rate. None takes the architecture's default, scaled as 1/sqrt(d_sae)."""
     adam_beta1: float | None = None
     """Adam's β₁. None takes the architecture's default (0 for JumpReLU and Gated, as their papers)."""
+    optimizer: str | None = None
+    """"adam" or "signum". None takes the architecture's default."""
     hookpoint: str | None = None
     """Where the activations come from (a module path in the model), for the record."""
     model_id: str | None = None
@@ -53,6 +55,8 @@ class SaeConfig:
             raise ValueError(f"sparsity_coefficient must be >= 0, got {self.sparsity_coefficient}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer is not None and self.optimizer not in ("adam", "signum"):
+            raise ValueError(f"optimizer must be 'adam' or 'signum', got {self.optimizer!r}")
         if self.adam_beta1 is not None and not 0 <= self.adam_beta1 < 1:
             raise ValueError(f"adam_beta1 must be in [0, 1), got {self.adam_beta1}")
 
@@ -90,6 +94,9 @@ class SparseAutoencoder(nn.Module):
     architecture: ClassVar[str] = ""
     config_class: ClassVar[type[SaeConfig]] = SaeConfig
     default_sparsity_coefficient: ClassVar[float] = 0.0
+    default_optimizer: ClassVar[str] = "adam"
+    signum_lr: ClassVar[float] = 1e-3
+    """Signum's learning rate at 2**14 latents (each weight moves by ±lr per step)."""
     base_lr: ClassVar[float] = 2e-4
     """Learning rate at 2**14 latents; the default lr scales as base_lr * sqrt(2**14 / d_sae)."""
     adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
@@ -203,8 +210,15 @@ class SparseAutoencoder(nn.Module):
         beta1 = self.adam_betas[0] if self.cfg.adam_beta1 is None else self.cfg.adam_beta1
         return (beta1, self.adam_betas[1])
 
+    @property
+    def resolved_optimizer(self) -> str:
+        return self.cfg.optimizer or self.default_optimizer
+
     def default_lr(self) -> float:
-        return self.cfg.lr if self.cfg.lr is not None else self.base_lr * math.sqrt(2**14 / self.d_sae)
+        if self.cfg.lr is not None:
+            return self.cfg.lr
+        base = self.base_lr if self.resolved_optimizer == "adam" else self.signum_lr
+        return base * math.sqrt(2**14 / self.d_sae)
 
     # -- training hooks the trainer calls -----------------------------------------------------------
     @torch.no_grad()

@@ -17,6 +17,7 @@ from torch import Tensor
 from saescope.saes import SparseAutoencoder
 from saescope.training.config import TrainConfig
 from saescope.training.cpu_allocator import retain_freed_memory
+from saescope.training.optimizers import build_optimizer
 from saescope.training.schedules import lr_multiplier
 from saescope.training.sparsity_control import SparsityController
 
@@ -34,7 +35,7 @@ class SaeTrainer:
         self.hookpoint = sae.cfg.hookpoint
         self.device = device
         self.base_lr = sae.default_lr()
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=self.base_lr, betas=sae.resolved_adam_betas(), eps=1e-8)
+        self.optimizer = build_optimizer(sae.resolved_optimizer, sae.parameters(), self.base_lr, sae.resolved_adam_betas())
         target = sae.cfg.target_l0 if sae.controls_l0_by_coefficient else None
         warmup = config.sparsity_warmup_fraction
         if warmup is None:

@@ -22,7 +22,11 @@ from saescope.saes import SparseAutoencoder
 from saescope.training.config import TrainConfig
 from saescope.training.progress import ProgressReporter
 from saescope.training.sae_trainer import SaeTrainer
-from saescope.training.state import has_trainer_state, load_trainer_state, save_trainer_state
+from saescope.training.state import (
+    has_trainer_state,
+    load_trainer_state,
+    save_trainer_state,
+)
 
 logger = logging.getLogger("saescope")
 Callback = Callable[[int, dict[str, dict[str, float]]], None]
@@ -80,7 +84,7 @@ class Trainer:
         """
         if self._fitted:
             raise RuntimeError("this Trainer has already fitted its SAEs (their input scale is folded in); create a new Trainer")
-        config, device = self.config, self.device
+        config = self.config
         source = as_source(data)
         self._source = source
         start_step = 0
@@ -119,7 +123,7 @@ class Trainer:
                 step = total_steps
         finally:
             reporter.close()
-        steps_done = step if step < total_steps else total_steps
+        steps_done = min(total_steps, step)
         if steps_done == 0:
             raise ValueError("no training steps ran: the activation source produced no batches")
         self._fitted = True
