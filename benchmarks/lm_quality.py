@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--eval-tokens", type=int, default=16_384)
     parser.add_argument("--delta-lm", action="store_true", help="also splice into the model (slow on CPU)")
+    parser.add_argument("--lr-decay-fraction", type=float, default=0.2, help="final fraction of the run with linear lr decay")
     parser.add_argument("--json", help="write rows to this file")
     args = parser.parse_args()
 
@@ -59,7 +60,8 @@ def main() -> None:
     hookpoint = next(iter(manifest["hookpoints"]))
     source = CachedActivations(args.cache, hookpoint)
     saes = {f"{v}@{t:g}": build(v, t, source.d_in, args.width, hookpoint) for v in args.variants for t in args.targets}
-    config = TrainConfig(total_tokens=args.tokens, batch_size=args.batch_size, log_every=20, normalization_tokens=65_536)
+    config = TrainConfig(total_tokens=args.tokens, batch_size=args.batch_size, log_every=20, normalization_tokens=65_536,
+                         lr_decay_fraction=args.lr_decay_fraction)
     started = time.perf_counter()
     trained = Trainer(saes, config).fit(source)
     seconds = time.perf_counter() - started
@@ -79,7 +81,7 @@ def main() -> None:
         metrics = {name: evaluate_sae(sae, acts, description_length=False).to_dict() for name, sae in trained.items()}
     rows = []
     print(f"\n{hookpoint}, width {args.width}, batch {args.batch_size}, {args.tokens:,} tokens from {manifest['n_tokens']:,} cached; "
-          f"train {seconds:.0f} s for {len(saes)} SAEs; held-out {args.eval_tokens} tokens")
+          f"lr decay over the last {args.lr_decay_fraction:.0%}; train {seconds:.0f} s for {len(saes)} SAEs; held-out {args.eval_tokens} tokens")
     print(f"{'variant':<34} {'lr':>9} {'L0':>7} {'FVU':>7} {'ΔLM':>8} {'dead':>6}")
     for name, sae in trained.items():
         m = metrics[name]
