@@ -37,9 +37,8 @@ def build(variant: str, target: float, d_in: int, width: int, hookpoint: str):
             options["sparsity_loss"] = "tanh"
         elif extra == "zero":
             options["encoder_bias_init"] = "zero"
-    sparsity = {"k": round(target)} if arch in ("topk", "batchtopk") else {"target_l0": target}
     torch.manual_seed(0)
-    return create_sae(arch, d_in, width, **options, **sparsity)
+    return create_sae(arch, d_in, width, **options, target_l0=target)  # topk: k = round(target)
 
 
 def main() -> None:
@@ -71,12 +70,13 @@ def main() -> None:
     if args.delta_lm:
         metrics = evaluate_on_model(loaded, trained, data, description_length=False)
     else:
+        from saescope.data.tokens import special_token_ids
         from saescope.lm.hookpoints import resolve_hookpoints
         from saescope.lm.pipeline import harvest, held_out_contexts
         from saescope.metrics import evaluate_sae
 
         contexts = held_out_contexts(loaded, data, data.eval_tokens)
-        excluded = sorted({loaded.tokenizer.bos_token_id, loaded.tokenizer.eos_token_id, loaded.tokenizer.pad_token_id} - {None})
+        excluded = special_token_ids(loaded.tokenizer)
         acts = harvest(loaded, resolve_hookpoints(loaded.model, hookpoint), contexts, excluded)[hookpoint]
         metrics = {name: evaluate_sae(sae, acts, description_length=False).to_dict() for name, sae in trained.items()}
     rows = []

@@ -64,8 +64,7 @@ def build_bench_saes(config: RecoveryBenchConfig) -> dict[str, SparseAutoencoder
     saes = {}
     for name in config.architectures:
         architecture, options = BENCH_ARCHITECTURES[name]
-        sparsity = {"k": round(config.target_l0)} if architecture in ("topk", "batchtopk") else {"target_l0": config.target_l0}
-        saes[name] = create_sae(architecture, config.d_in, config.d_sae, **options, **sparsity)
+        saes[name] = create_sae(architecture, config.d_in, config.d_sae, **options, target_l0=config.target_l0)  # topk: k = round(target)
     return saes
 
 

@@ -175,7 +175,6 @@ def write_cache(
     smaller than the corpus is a random sample of it). Readers shuffle tokens again. Returns the
     final manifest.
     """
-    from saescope.data.tokens import trainable_mask
     from saescope.lm.capture import capture, masked_collector
 
     loaded, contexts = source.loaded, source.contexts
@@ -194,8 +193,7 @@ def write_cache(
             if writer.n_tokens + pending_rows >= n_tokens:
                 break
             input_ids = input_ids.to(source.device)
-            mask = trainable_mask(input_ids, contexts.excluded_ids) if source.exclude_special else torch.ones_like(input_ids, dtype=torch.bool)
-            flat = mask.reshape(-1)
+            flat = source.position_mask(input_ids)
             capture(loaded.model, source.points, masked_collector(pending, flat), input_ids)
             digest.update(input_ids.cpu().numpy().tobytes())
             contexts_read += input_ids.shape[0]

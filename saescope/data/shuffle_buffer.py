@@ -41,6 +41,17 @@ class MultiShuffleBuffer:
         self.pending.clear()
         self.size += n_rows
 
+    def take_oldest(self, n_rows: int) -> dict[str, Tensor]:
+        """Remove the ``n_rows`` rows added first, in order (no shuffling)."""
+        if n_rows > self.size:
+            raise ValueError(f"asked for {n_rows} rows but the buffer holds {self.size}")
+        out = {}
+        for name, buffer in self.buffers.items():
+            out[name] = buffer[:n_rows].clone()
+            buffer[: self.size - n_rows] = buffer[n_rows : self.size].clone()
+        self.size -= n_rows
+        return out
+
     def take(self, n_rows: int) -> dict[str, Tensor]:
         """Remove ``n_rows`` random rows (the same indices for every hookpoint)."""
         if n_rows > self.size:

@@ -64,7 +64,7 @@ class TextContexts:
         eos = getattr(tokenizer, "eos_token_id", None)
         self.separator_id = eos if eos is not None else getattr(tokenizer, "bos_token_id", None)
         self.excluded_ids = special_token_ids(tokenizer)
-        self.streaming = not (dataset == "pydocs" or not _is_hub(dataset))
+        self.streaming = dataset != "pydocs" and _is_hub(dataset)
         self._memo: Tensor | None = None
 
     def _documents(self) -> Iterator[str]:

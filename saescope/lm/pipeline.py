@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from saescope.data.text import check_dataset
-from saescope.data.tokens import TextContexts, trainable_mask
+from saescope.data.tokens import TextContexts, special_token_ids, trainable_mask
 from saescope.lm.capture import capture, masked_collector
 from saescope.lm.hookpoints import Hookpoint, resolve_hookpoints
 from saescope.lm.models import LoadedModel, load_model
@@ -63,10 +63,7 @@ class SaeSpec:
         width = self.width or self.expansion * d_in
         options = dict(self.options)
         if self.target_l0 is not None:
-            if self.architecture in TOPK_FAMILY:
-                options.setdefault("k", round(self.target_l0))
-            else:
-                options.setdefault("target_l0", self.target_l0)
+            options.setdefault("target_l0", self.target_l0)  # TopK/BatchTopK take k = round(target_l0)
         return create_sae(self.architecture, d_in, width, hookpoint=hookpoint, model_id=model_id, **options)
 
 
@@ -122,7 +119,7 @@ def evaluate_on_model(
     if not saes:
         return {}
     points = {p.name: p for p in resolve_hookpoints(loaded.model, sorted({s.cfg.hookpoint for s in saes.values()}))}
-    excluded = TextContexts(data.dataset, loaded.tokenizer, data.context_size).excluded_ids
+    excluded = special_token_ids(loaded.tokenizer)
     contexts = held_out_contexts(loaded, data, data.eval_tokens)
     activations = harvest(loaded, list(points.values()), contexts, excluded, data.batch_contexts)
     device = loaded.device

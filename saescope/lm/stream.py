@@ -10,7 +10,6 @@ grows with the number of hookpoints is the fixed-size buffer.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,8 +21,6 @@ from saescope.data.tokens import TextContexts, trainable_mask
 from saescope.lm.capture import capture, masked_collector
 from saescope.lm.hookpoints import Hookpoint, resolve_hookpoints
 from saescope.lm.models import LoadedModel
-
-logger = logging.getLogger("saescope")
 
 
 def hookpoint_width(model: torch.nn.Module, point: Hookpoint, sample_ids: Tensor) -> int:
@@ -85,9 +82,14 @@ class ModelActivationSource:
         self._resume_from = int(state.get("contexts_read", 0))
 
     # -- reading --------------------------------------------------------------------------------
+    def position_mask(self, input_ids: Tensor) -> Tensor:
+        """Flattened [b·s] mask of the positions whose activations are kept."""
+        if not self.exclude_special:
+            return torch.ones(input_ids.numel(), dtype=torch.bool, device=input_ids.device)
+        return trainable_mask(input_ids, self.contexts.excluded_ids).reshape(-1)
+
     def _forward_into(self, buffer: MultiShuffleBuffer, input_ids: Tensor) -> int:
-        mask = trainable_mask(input_ids, self.contexts.excluded_ids) if self.exclude_special else torch.ones_like(input_ids, dtype=torch.bool)
-        flat_mask = mask.reshape(-1)
+        flat_mask = self.position_mask(input_ids)
         n_rows = int(flat_mask.sum())
 
         def consume(point: Hookpoint, activation: Tensor) -> None:
@@ -115,14 +117,8 @@ class ModelActivationSource:
 
     @staticmethod
     def _take(buffer: MultiShuffleBuffer, batch_size: int, shuffle: bool) -> dict[str, Tensor]:
-        if shuffle:
-            return {k: v.float() for k, v in buffer.take(batch_size).items()}
-        # Without shuffling, take the oldest rows in order.
-        out = {name: b[:batch_size].float().clone() for name, b in buffer.buffers.items()}
-        for b in buffer.buffers.values():
-            b[: buffer.size - batch_size] = b[batch_size : buffer.size].clone()
-        buffer.size -= batch_size
-        return out
+        rows = buffer.take(batch_size) if shuffle else buffer.take_oldest(batch_size)
+        return {name: r.float() for name, r in rows.items()}
 
     def head(self, n_tokens: int) -> dict[str, Tensor]:
         """Activations of the first ``n_tokens`` trainable tokens (in corpus order), for normalisation."""
@@ -130,7 +126,7 @@ class ModelActivationSource:
         got = 0
         for input_ids in self.contexts.iter_batches(self.batch_contexts, shuffle=False):
             input_ids = input_ids.to(self.device)
-            mask = trainable_mask(input_ids, self.contexts.excluded_ids).reshape(-1)
+            mask = self.position_mask(input_ids)
             capture(self.loaded.model, self.points, masked_collector(chunks, mask), input_ids, stop_early=self.stop_early)
             got += int(mask.sum())
             if got >= n_tokens:
