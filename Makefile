@@ -1,12 +1,12 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   # creates .venv, installs, runs the synthetic ground-truth benchmark
+#   make demo   # creates .venv, installs, trains + evaluates + plots a 12-SAE suite on the built-in model
 #   make test   # creates .venv, installs, runs the test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench clean
+.PHONY: test demo synthetic bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,10 +21,13 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
+	$(BIN)/saescope demo --out demo-suite
+
+synthetic: $(STAMP)
 	$(BIN)/saescope bench synthetic
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache demo-suite

@@ -6,7 +6,8 @@
 Every variant trains in one pass over the cache (same batches, three passes over 300K tokens), at
 width 4608 and batch 4096, then is measured on held-out built-in-corpus tokens (documents never
 seen in training, BOS excluded): L0, FVU, and with ``--delta-lm`` the ΔLM loss by splicing.
-A variant is ``arch:optimizer:lr`` (lr "default" takes the architecture's default).
+A variant is ``arch:optimizer:lr[:field=value,...]`` (lr "default" takes the architecture's default;
+the optional fields are SAE config fields, e.g. ``topk:adam:default:k_anneal_fraction=0.5``).
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ DEFAULT_VARIANTS = ["topk:adam:default", "jumprelu:adam:default"]
 
 
 def build(variant: str, target: float, d_in: int, width: int, hookpoint: str):
-    arch, optimizer, lr = variant.split(":")
-    options = {"optimizer": optimizer, "hookpoint": hookpoint}
+    arch, optimizer, lr, *extra_fields = variant.split(":")
+    options: dict = {"optimizer": optimizer, "hookpoint": hookpoint}
+    for item in ",".join(extra_fields).split(","):
+        if item:
+            key, value = item.split("=")
+            options[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
     if lr != "default":
         options["lr"] = float(lr)
     if arch.startswith("jumprelu-"):
@@ -52,6 +57,7 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=16_384)
     parser.add_argument("--delta-lm", action="store_true", help="also splice into the model (slow on CPU)")
     parser.add_argument("--lr-decay-fraction", type=float, default=0.2, help="final fraction of the run with linear lr decay")
+    parser.add_argument("--proportional-gain", type=float, default=0.0, help="λ controller's proportional term (JumpReLU etc.)")
     parser.add_argument("--json", help="write rows to this file")
     args = parser.parse_args()
 
@@ -60,7 +66,7 @@ def main() -> None:
     source = CachedActivations(args.cache, hookpoint)
     saes = {f"{v}@{t:g}": build(v, t, source.d_in, args.width, hookpoint) for v in args.variants for t in args.targets}
     config = TrainConfig(total_tokens=args.tokens, batch_size=args.batch_size, log_every=20, normalization_tokens=65_536,
-                         lr_decay_fraction=args.lr_decay_fraction)
+                         lr_decay_fraction=args.lr_decay_fraction, sparsity_proportional_gain=args.proportional_gain)
     started = time.perf_counter()
     trained = Trainer(saes, config).fit(source)
     seconds = time.perf_counter() - started

@@ -27,7 +27,18 @@ _LAZY = {
     "write_cache": "saescope.data.cache",
     "CachedActivations": "saescope.data.cache",
     "splice_evaluate": "saescope.lm.splice_eval",
+    "SuiteConfig": "saescope.suite",
+    "train_suite": "saescope.suite",
+    "evaluate_suite": "saescope.suite",
+    "describe": "saescope.suite",
 }
+
+
+def evaluate(path: str, **options: object) -> list:
+    """Measure every SAE of the suite at ``path`` (see ``saescope.suite.evaluate_suite``)."""
+    from saescope.suite import evaluate_suite
+
+    return evaluate_suite(path, **options)  # type: ignore[arg-type]
 
 
 def __getattr__(name: str) -> object:
@@ -47,6 +58,7 @@ __all__ = [
     "Trainer",
     "__version__",
     "create_sae",
+    "evaluate",
     "evaluate_sae",
     "load",
     "register_architecture",

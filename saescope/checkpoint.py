@@ -21,7 +21,7 @@ from saescope.saes import SparseAutoencoder, get_architecture
 
 CONFIG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae_weights.safetensors"
-_PROVENANCE_KEYS = ("architecture", "saescope_version", "dtype", "apply_b_dec_to_input", "normalization", "training")
+_PROVENANCE_KEYS = ("architecture", "saescope_version", "dtype", "apply_b_dec_to_input", "normalization", "training", "context_size", "dataset")
 
 
 def save_sae(sae: SparseAutoencoder, path: str | os.PathLike, **extra: Any) -> Path:

@@ -54,20 +54,28 @@ def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    if args.data is None:
-        return _cmd_train_model(args)
-    return _cmd_train_array(args)
+    if args.data is not None:
+        if args.config or args.model or args.cache:
+            raise SystemExit("error: --data trains on an array; it cannot be combined with --config, --model or --cache")
+        return _cmd_train_array(args)
+    if not (args.config or args.model or args.cache):
+        raise SystemExit("error: give --config SUITE.yaml, --model MODEL, --cache DIR or --data ARRAY.npy")
+    return _cmd_train_suite(args)
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="pydocs", help="pydocs (built in), a .txt/.jsonl/.parquet file, a saved datasets folder or a hub dataset id")
-    parser.add_argument("--text-field", default="text", help="text column of .jsonl/.parquet/datasets sources")
-    parser.add_argument("--split", default="train", help="split of a datasets source")
-    parser.add_argument("--context-size", type=int, default=128, help="tokens per context (with BOS)")
-    parser.add_argument("--batch-contexts", type=int, default=16, help="contexts per LM forward")
+def _add_model_arguments(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """Dataset and model flags. Without defaults (train), unset flags leave the suite config's values."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else None
+
+    parser.add_argument("--dataset", default=default("pydocs"), help="pydocs (built in), a .txt/.jsonl/.parquet file, a saved datasets folder or a hub dataset id")
+    parser.add_argument("--text-field", default=default("text"), help="text column of .jsonl/.parquet/datasets sources")
+    parser.add_argument("--split", default=default("train"), help="split of a datasets source")
+    parser.add_argument("--context-size", type=int, default=default(128), help="tokens per context (with BOS)")
+    parser.add_argument("--batch-contexts", type=int, default=default(16), help="contexts per LM forward")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default float32)")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-
 
 def _cmd_cache(args: argparse.Namespace) -> int:
     from saescope.data.cache import write_cache
@@ -102,54 +110,52 @@ def _format_metrics(values: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _cmd_train_model(args: argparse.Namespace) -> int:
-    from saescope.data.text import check_dataset
-    from saescope.lm.pipeline import LmDataConfig, SaeSpec, train_on_model
-    from saescope.training import TrainConfig
-    from saescope.training.state import has_trainer_state
+_SUITE_FLAGS = {
+    "model": "model", "cache": "cache", "dataset": "dataset", "text_field": "text_field", "split": "split",
+    "context_size": "context_size", "batch_contexts": "batch_contexts", "dtype": "dtype", "device": "device",
+    "hookpoints": "hookpoints", "arch": "architectures", "target_l0": "target_l0s", "tokens": "tokens",
+    "batch_size": "batch_size", "lr": "lr", "eval_tokens": "eval_tokens", "seed": "seed", "checkpoint_every": "checkpoint_every",
+}
 
-    if not args.hookpoints and not args.cache:
-        raise SystemExit("error: --hookpoints is required with --model (e.g. --hookpoints layers.10.resid_post)")
-    checkpoint_dir = Path(args.out) / "checkpoint"
-    targets = args.target_l0 or [None]
+
+def suite_config_from_args(args: argparse.Namespace) -> Any:
+    """The suite config: the ``--config`` file (if any), then every flag given on the command line on top."""
+    from saescope.suite import SuiteConfig
+
+    values: dict[str, Any] = SuiteConfig.from_file(args.config).to_dict() if args.config else {}
+    for flag, field_name in _SUITE_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            values[field_name] = value
+    if args.width is not None or args.expansion is not None:
+        values["widths"] = [int(w) if w.isdigit() else w for w in (args.width or [])] + [f"{e:g}x" for e in (args.expansion or [])]
+    if args.keep_checkpoint:
+        values["keep_checkpoint"] = True
+    if args.cache and not args.model:
+        values["model"] = None  # the cache's manifest names the model
+    if args.cache and not values.get("hookpoints"):
+        values["hookpoints"] = ["*"]
+    if not values.get("hookpoints"):
+        raise SystemExit("error: --hookpoints is required with --model (e.g. --hookpoints layers.10.resid_post), or give hookpoints in --config")
+    return SuiteConfig.from_dict(values, source=f"--config {args.config}" if args.config else "command line")
+
+
+def _cmd_train_suite(args: argparse.Namespace) -> int:
+    from saescope.suite import SuiteConfigError, train_suite
+
+    if args.k is not None or args.sparsity_coefficient is not None:
+        raise SystemExit("error: with --model, --cache or --config, sparsity is set by --target-l0 (k for topk/batchtopk); "
+                         "--k and --sparsity-coefficient apply to --data")
     try:
-        check_dataset(args.dataset)
-        specs = []
-        for arch in args.arch:
-            for target in targets:
-                options: dict[str, Any] = {"lr": args.lr}
-                if arch in ("topk", "batchtopk"):
-                    if args.k is not None:
-                        options["k"] = args.k
-                elif args.sparsity_coefficient is not None:
-                    options["sparsity_coefficient"] = args.sparsity_coefficient
-                specs.append(SaeSpec(arch, width=args.width, expansion=args.expansion, target_l0=target, options=options))
-        config = TrainConfig(
-            total_tokens=args.tokens,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            device=args.device,
-            normalization_tokens=min(16_384, args.tokens),
-            checkpoint_every=args.checkpoint_every,
-            checkpoint_dir=str(checkpoint_dir) if args.checkpoint_every or args.resume else None,
-        )
-        data = LmDataConfig(
-            dataset=args.dataset, text_field=args.text_field, split=args.split, context_size=args.context_size,
-            batch_contexts=args.batch_contexts, eval_tokens=args.eval_tokens,
-        )
-    except (ValueError, TypeError, FileNotFoundError) as error:
+        config = suite_config_from_args(args)
+        index = train_suite(config, args.out, resume=args.resume, progress=True, report=lambda line: print(line, file=sys.stderr))
+    except (SuiteConfigError, ValueError, FileNotFoundError, ImportError, FloatingPointError, MemoryError, OSError) as error:
         raise SystemExit(f"error: {error}") from None
-    if args.resume and not has_trainer_state(checkpoint_dir):
-        raise SystemExit(f"error: --resume: no checkpoint in {checkpoint_dir}; run without --resume (and with --checkpoint-every) first")
-    try:
-        results = train_on_model(args.model, args.hookpoints, specs, config, data, out_dir=args.out, resume=args.resume,
-                                 device=args.device, dtype=args.dtype, seed=args.seed, cache=args.cache)
-    except (ValueError, FileNotFoundError, ImportError, FloatingPointError) as error:
-        raise SystemExit(f"error: {error}") from None
-    for name, (_sae, metrics) in results.items():
-        print(f"{Path(args.out) / name}: {_format_metrics(metrics)}")
+    for entry in index["saes"]:
+        print(f"{Path(args.out) / entry['path']}: {_format_metrics(entry.get('metrics', {}))}")
+    print(f"\n{len(index['saes'])} SAEs in {args.out} (index: {Path(args.out) / 'suite.json'}); "
+          f"next: saescope eval {args.out}   (table, eval.json, eval.csv and plots)")
     return 0
-
 
 def _cmd_train_array(args: argparse.Namespace) -> int:
     from saescope.saes import create_sae
@@ -162,10 +168,14 @@ def _cmd_train_array(args: argparse.Namespace) -> int:
     data = _load_activations(args.data)
     checkpoint_dir = Path(args.out) / "checkpoint"
     d_in = int(data.shape[-1])
-    width = args.width or d_in * args.expansion
+    if len(args.width or []) + len(args.expansion or []) > 1:
+        raise SystemExit("error: --data trains one width; give one --width or --expansion (suites take several with --model/--config)")
+    if args.width and not args.width[0].isdigit():
+        raise SystemExit(f"error: --width {args.width[0]}: give a latent count such as 4608 (or use --expansion)")
+    width = int(args.width[0]) if args.width else int(round(d_in * (args.expansion[0] if args.expansion else 8)))
     saes = {}
     try:
-        for arch in args.arch:
+        for arch in args.arch or ["jumprelu"]:
             options: dict[str, Any] = {"lr": args.lr, "target_l0": args.target_l0}
             if arch in ("topk", "batchtopk"):
                 options["k"] = args.k
@@ -173,9 +183,9 @@ def _cmd_train_array(args: argparse.Namespace) -> int:
                 options["sparsity_coefficient"] = args.sparsity_coefficient
             saes[arch] = create_sae(arch, d_in, width, **options)
         config = TrainConfig(
-            total_tokens=args.tokens,
-            batch_size=args.batch_size,
-            seed=args.seed,
+            total_tokens=args.tokens or 10_000_000,
+            batch_size=args.batch_size or 4096,
+            seed=args.seed or 0,
             device=args.device,
             checkpoint_every=args.checkpoint_every,
             checkpoint_dir=str(checkpoint_dir) if args.checkpoint_every or args.resume else None,
@@ -194,11 +204,35 @@ def _cmd_train_array(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.data is not None:
+        return _cmd_eval_array(args)
+    from saescope.suite import evaluate_suite, format_table
+    from saescope.suite.index import is_suite
+
+    if not is_suite(args.path):
+        hint = " (an SAE folder: add --data ACTIVATIONS.npy)" if (Path(args.path) / "cfg.json").is_file() else ""
+        raise SystemExit(f"error: {args.path}: not a suite folder (no suite.json){hint}")
+    try:
+        rows = evaluate_suite(args.path, eval_tokens=args.eval_tokens, recompute=args.recompute, plots=not args.no_plots,
+                              progress=sys.stderr.isatty(), device=args.device)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        raise SystemExit(f"error: {error}") from None
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "density_histogram"} for r in rows], indent=2))
+        return 0
+    print(format_table(rows))
+    folder = Path(args.path)
+    outputs = [folder / "eval.json", folder / "eval.csv"] + ([] if args.no_plots else sorted((folder / "plots").glob("*.png")))
+    print("\nwritten: " + ", ".join(str(p) for p in outputs))
+    return 0
+
+
+def _cmd_eval_array(args: argparse.Namespace) -> int:
     from saescope.checkpoint import load
     from saescope.metrics import evaluate_sae
 
     try:
-        sae = load(args.sae)
+        sae = load(args.path)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     try:
@@ -213,6 +247,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             if key != "density_histogram":
                 print(f"{key:>26}: {value}")
     return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from saescope.suite import describe
+
+    try:
+        print(describe(args.path))
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from saescope.suite.demo import run_demo
+
+    try:
+        return run_demo(args.out, tokens=args.tokens)
+    except (ValueError, FileNotFoundError, ImportError, MemoryError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,27 +288,29 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--progress", action="store_true", help="show progress bars even with --json")
     synthetic.set_defaults(func=_cmd_bench_synthetic)
 
-    train = commands.add_parser("train", help="train SAEs on a model's activations, a cache or an array")
-    source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help=".npy array of activations, shape [n_tokens, d_in]")
-    source.add_argument("--model", help="train on a language model's activations: smollm2-135m (built in), a folder, a .gguf file or a hub id")
-    source.add_argument("--cache", help="train on an activation cache written by `saescope cache` (evaluated on the model its manifest names)")
-    train.add_argument("--hookpoints", nargs="+", help="with --model: e.g. layers.10.resid_post, 'layers.*.mlp_out', blocks.5.hook_resid_post")
-    train.add_argument("--eval-tokens", type=int, default=16_384, help="held-out tokens for L0/FVU/ΔLM loss (0 skips evaluation)")
-    _add_model_arguments(train)
-    train.add_argument("--arch", nargs="+", default=["jumprelu"], choices=sorted(ARCHITECTURES), help="one or more architectures, trained in one pass")
-    train.add_argument("--width", type=int, help="latents (default: expansion x d_in)")
-    train.add_argument("--expansion", type=int, default=8, help="latents per input dimension when --width is not given")
-    train.add_argument("--target-l0", type=float, nargs="+", help="adapt sparsity so the final L0 lands here (k for topk/batchtopk); with --model, several values train a sweep")
-    train.add_argument("--sparsity-coefficient", type=float, help="fixed λ instead of a target L0")
-    train.add_argument("--k", type=int, help="active latents per token (topk, batchtopk)")
+    train = commands.add_parser("train", help="train a suite of SAEs on a model's activations (or SAEs on a cache or an array)")
+    source = train.add_argument_group("what to train on (one of --config, --model, --cache, --data; flags override the config)")
+    source.add_argument("--config", help="suite config (YAML or JSON): model, dataset, hookpoints, architectures, widths, target_l0s, tokens, ...")
+    source.add_argument("--model", help="smollm2-135m (built in), a folder, a .gguf file or a hub id")
+    source.add_argument("--cache", help="an activation cache written by `saescope cache` (evaluated on the model its manifest names)")
+    source.add_argument("--data", help=".npy array of activations, shape [n_tokens, d_in] (any vectors, not only an LM's)")
+    train.add_argument("--hookpoints", nargs="+", help="e.g. layers.10.resid_post, 'layers.*.mlp_out', blocks.5.hook_resid_post")
+    train.add_argument("--eval-tokens", type=int, help="held-out tokens for L0/FVU/ΔLM loss after training (default 16384; 0 skips)")
+    _add_model_arguments(train, defaults=False)
+    train.add_argument("--arch", nargs="+", choices=sorted(ARCHITECTURES), help="one or more architectures, trained in one pass (default jumprelu)")
+    train.add_argument("--width", nargs="+", help="latents per SAE, several for a width sweep (e.g. 4608 or 8x)")
+    train.add_argument("--expansion", type=float, nargs="+", help="latents per input dimension (8 means 8 x d_in)")
+    train.add_argument("--target-l0", type=float, nargs="+", help="target L0s, one SAE each (k for topk/batchtopk)")
+    train.add_argument("--sparsity-coefficient", type=float, help="--data only: fixed λ instead of a target L0")
+    train.add_argument("--k", type=int, help="--data only: active latents per token (topk, batchtopk)")
     train.add_argument("--lr", type=float, help="learning rate (default: per architecture, scaled by width)")
-    train.add_argument("--tokens", type=int, default=10_000_000, help="training tokens")
-    train.add_argument("--batch-size", type=int, default=4096)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
-    train.add_argument("--out", required=True, help="output folder; one SAE folder per architecture")
+    train.add_argument("--tokens", type=int, help="training tokens per SAE (default 10M)")
+    train.add_argument("--batch-size", type=int, help="tokens per step (default 4096)")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints (suites: about a tenth of the run; 0: never)")
+    train.add_argument("--keep-checkpoint", action="store_true", help="keep OUT/checkpoint after a successful run")
+    train.add_argument("--resume", action="store_true", help="continue a killed run from OUT/checkpoint")
+    train.add_argument("--out", required=True, help="output folder: suite.json plus <hookpoint>/<arch>-w<width>-l0_<target>/ per SAE")
     train.set_defaults(func=_cmd_train)
 
     cache = commands.add_parser("cache", help="write a model's activations to disk (sharded, resumable)")
@@ -272,12 +327,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(cache)
     cache.set_defaults(func=_cmd_cache)
 
-    evaluate = commands.add_parser("eval", help="measure a saved SAE on activations")
-    evaluate.add_argument("sae", help="SAE folder (cfg.json + sae_weights.safetensors)")
-    evaluate.add_argument("--data", required=True, help=".npy array of activations")
+    evaluate = commands.add_parser("eval", help="measure every SAE of a suite (table, eval.json, eval.csv, plots), or one SAE on an array")
+    evaluate.add_argument("path", help="suite folder (suite.json), or an SAE folder with --data")
+    evaluate.add_argument("--data", help="with an SAE folder: .npy array of activations")
+    evaluate.add_argument("--eval-tokens", type=int, help="held-out tokens (default: the suite's)")
+    evaluate.add_argument("--recompute", action="store_true", help="measure again even where training already did")
+    evaluate.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    evaluate.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     evaluate.add_argument("--batch-size", type=int, default=4096)
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=_cmd_eval)
+
+    info = commands.add_parser("info", help="describe a suite or an SAE folder")
+    info.add_argument("path")
+    info.set_defaults(func=_cmd_info)
+
+    demo = commands.add_parser("demo", help="train, evaluate and plot a small suite on the built-in model and corpus")
+    demo.add_argument("--out", default="demo-suite", help="where the suite goes (default demo-suite)")
+    demo.add_argument("--tokens", type=int, help="training tokens (default: the demo's budget)")
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

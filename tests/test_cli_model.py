@@ -54,5 +54,8 @@ def test_model_errors_are_one_clear_message(model_dir, tmp_path):
         main(["train", "--model", model_dir, "--tokens", "1024", "--batch-size", "256", "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="not a model folder"):
         main(["train", "--model", str(tmp_path), "--hookpoints", "layers.0.resid_post", "--tokens", "1024", "--batch-size", "256", "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit, match="topk needs a target L0"):
-        main(["train", "--model", model_dir, "--dataset", corpus, "--arch", "topk", "--hookpoints", "layers.0.resid_post", "--tokens", "1024", "--batch-size", "256", "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="gives 16 latents at layers.0.resid_post, fewer than target L0 32"):
+        main(["train", "--model", model_dir, "--dataset", corpus, "--arch", "topk", "--width", "16", "--hookpoints", "layers.0.resid_post",
+              "--tokens", "1024", "--batch-size", "256", "--out", str(tmp_path / "o2")])
+    with pytest.raises(SystemExit, match="--k and --sparsity-coefficient apply to --data"):
+        main(["train", "--model", model_dir, "--hookpoints", "layers.0.resid_post", "--k", "4", "--out", str(tmp_path / "o3")])

@@ -40,7 +40,7 @@ class SaeSpec:
     architecture: str = "jumprelu"
     width: int | None = None
     """Latents; None: expansion × d_in."""
-    expansion: int = 8
+    expansion: float = 8
     target_l0: float | None = None
     """Target L0 (k for topk/batchtopk)."""
     options: dict[str, Any] = field(default_factory=dict)
@@ -54,13 +54,16 @@ class SaeSpec:
         if self.architecture in TOPK_FAMILY and self.target_l0 is None and "k" not in self.options:
             raise ValueError(f"{self.architecture} needs a target L0 (its k)")
 
+    def resolved_width(self, d_in: int) -> int:
+        return self.width or max(1, int(round(self.expansion * d_in)))
+
     def folder_name(self, d_in: int) -> str:
-        width = self.width or self.expansion * d_in
+        width = self.resolved_width(d_in)
         sparsity = f"l0_{self.target_l0:g}" if self.target_l0 is not None else "fixed"
         return f"{self.architecture}-w{width}-{sparsity}"
 
     def build(self, d_in: int, hookpoint: str, model_id: str) -> SparseAutoencoder:
-        width = self.width or self.expansion * d_in
+        width = self.resolved_width(d_in)
         options = dict(self.options)
         if self.target_l0 is not None:
             options.setdefault("target_l0", self.target_l0)  # TopK/BatchTopK take k = round(target_l0)

@@ -38,7 +38,7 @@ class SaeConfig:
     adam_beta1: float | None = None
     """Adam's β₁. None takes the architecture's default (0 for JumpReLU and Gated, as their papers)."""
     optimizer: str | None = None
-    """"adam" or "signum". None takes the architecture's default."""
+    """"adam", "signum" or "schedule_free_adam". None takes the architecture's default."""
     hookpoint: str | None = None
     """Where the activations come from (a module path in the model), for the record."""
     model_id: str | None = None
@@ -55,8 +55,8 @@ class SaeConfig:
             raise ValueError(f"sparsity_coefficient must be >= 0, got {self.sparsity_coefficient}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.optimizer is not None and self.optimizer not in ("adam", "signum"):
-            raise ValueError(f"optimizer must be 'adam' or 'signum', got {self.optimizer!r}")
+        if self.optimizer is not None and self.optimizer not in ("adam", "signum", "schedule_free_adam"):
+            raise ValueError(f"optimizer must be 'adam', 'signum' or 'schedule_free_adam', got {self.optimizer!r}")
         if self.adam_beta1 is not None and not 0 <= self.adam_beta1 < 1:
             raise ValueError(f"adam_beta1 must be in [0, 1), got {self.adam_beta1}")
 
@@ -70,6 +70,11 @@ class SaeConfig:
         if unknown:
             raise ValueError(f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}")
         return cls(**values)
+
+
+def unit_norm_rows(matrix: Tensor) -> None:
+    """Scale each row of ``matrix`` to unit L2 norm, in place."""
+    matrix.div_(matrix.norm(dim=1, keepdim=True).clamp_min(1e-8))
 
 
 class ForwardOutput(NamedTuple):
@@ -217,7 +222,7 @@ class SparseAutoencoder(nn.Module):
     def default_lr(self) -> float:
         if self.cfg.lr is not None:
             return self.cfg.lr
-        base = self.base_lr if self.resolved_optimizer == "adam" else self.signum_lr
+        base = self.signum_lr if self.resolved_optimizer == "signum" else self.base_lr
         return base * math.sqrt(2**14 / self.d_sae)
 
     # -- training hooks the trainer calls -----------------------------------------------------------
@@ -232,7 +237,10 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         if self.unit_norm_decoder:
-            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+            unit_norm_rows(self.W_dec)
+
+    def set_training_progress(self, fraction: float) -> None:
+        """Called before each training step with the fraction of the run done (schedules such as k annealing)."""
 
     def after_step(self) -> None:
         """Called after each optimiser step (state updates such as a tracked threshold)."""

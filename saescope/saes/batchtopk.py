@@ -46,7 +46,7 @@ class BatchTopKSae(TopKSae):
     def losses(self, x: Tensor, sparsity_coefficient: Tensor | float, dead_mask: Tensor | None) -> ForwardOutput:
         pre = self.pre_activations(x)
         acts = torch.relu(pre)
-        feature_acts, smallest_kept = self._batch_top_k(acts, min(int(self.cfg.k * x.shape[0]), acts.numel()))
+        feature_acts, smallest_kept = self._batch_top_k(acts, min(int(self.training_k * x.shape[0]), acts.numel()))
         reconstruction = self.decode(feature_acts)
         terms = {"mse": (reconstruction - x).pow(2).sum(dim=-1).mean()}
         if dead_mask is not None:

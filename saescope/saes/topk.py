@@ -28,6 +28,10 @@ class TopKConfig(SaeConfig):
     """α, the weight of the AuxK loss."""
     sparse_decode: bool | None = None
     """Decode through embedding_bag (True) or a dense matmul (False). None: sparse when k <= d_sae / 8."""
+    k_anneal_fraction: float = 0.0
+    """Fraction of the run over which the training k falls linearly from k_anneal_start to k (0: off)."""
+    k_anneal_start: int | None = None
+    """The training k at the start of annealing. None: 4k, capped at d_sae."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,6 +43,12 @@ class TopKConfig(SaeConfig):
             self.aux_k = max(1, min(self.d_in // 2, self.d_sae))
         if self.sparse_decode is None:
             self.sparse_decode = self.k * 8 <= self.d_sae
+        if not 0 <= self.k_anneal_fraction <= 1:
+            raise ValueError(f"k_anneal_fraction={self.k_anneal_fraction} must be in [0, 1]")
+        if self.k_anneal_start is None:
+            self.k_anneal_start = min(4 * self.k, self.d_sae)
+        if not self.k <= self.k_anneal_start <= self.d_sae:
+            raise ValueError(f"k_anneal_start={self.k_anneal_start} must be in [k={self.k}, d_sae={self.d_sae}]")
 
 
 class TopKSae(SparseAutoencoder):
@@ -54,6 +64,20 @@ class TopKSae(SparseAutoencoder):
         with torch.no_grad():
             self.b_dec.copy_(sample.mean(dim=0))
 
+    def set_training_progress(self, fraction: float) -> None:
+        """k annealing: early on more latents fire per token, so more of them receive gradient."""
+        cfg = self.cfg
+        if cfg.k_anneal_fraction <= 0 or fraction >= cfg.k_anneal_fraction:
+            self._training_k = cfg.k
+        else:
+            remaining = 1.0 - fraction / cfg.k_anneal_fraction
+            self._training_k = int(round(cfg.k + (cfg.k_anneal_start - cfg.k) * remaining))
+
+    @property
+    def training_k(self) -> int:
+        """k used by the training loss: the annealed value while training, else ``cfg.k``."""
+        return getattr(self, "_training_k", self.cfg.k) if self.training else self.cfg.k
+
     def encode(self, x: Tensor) -> Tensor:
         values, indices = self.pre_activations(x).topk(self.cfg.k, dim=-1, sorted=False)
         return scatter_dense(indices, torch.relu(values), self.d_sae)
@@ -64,7 +88,7 @@ class TopKSae(SparseAutoencoder):
 
     def losses(self, x: Tensor, sparsity_coefficient: Tensor | float, dead_mask: Tensor | None) -> ForwardOutput:
         pre = self.pre_activations(x)
-        values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        values, indices = pre.topk(self.training_k, dim=-1, sorted=False)
         values = torch.relu(values)
         reconstruction = self._decode_selected(indices, values)
         terms = {"mse": (reconstruction - x).pow(2).sum(dim=-1).mean()}

@@ -1,4 +1,4 @@
-"""Optimisers for SAE training: Adam (the papers' choice) and Signum (sign of momentum).
+"""Optimisers for SAE training: Adam (the papers' choice), Signum (sign of momentum) and schedule-free Adam.
 
 Signum (Bernstein et al. 2018) moves every weight by ±lr along the sign of its momentum. Each step
 therefore has a fixed size per weight regardless of gradient scale, which suits short SAE runs:
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-OPTIMIZERS = ("adam", "signum")
+OPTIMIZERS = ("adam", "signum", "schedule_free_adam")
 
 
 class Signum(torch.optim.Optimizer):
@@ -41,9 +41,77 @@ class Signum(torch.optim.Optimizer):
                 param.add_(buffer.sign(), alpha=-lr)
 
 
+class ScheduleFreeAdam(torch.optim.Optimizer):
+    """Schedule-free Adam (Defazio et al. 2024, arXiv 2405.15682): no lr decay, an averaged iterate instead.
+
+    Three sequences per weight: z takes plain Adam-normalised steps, x is a running average of z
+    weighted by lr², and gradients are taken at y = (1−β₁)·z + β₁·x, which the parameter holds
+    during training. ``use_average()`` puts x into the parameter for evaluation and export.
+    The caller keeps the lr constant after warm-up; warm-up is welcome (it enters the weights).
+    """
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        if lr <= 0:
+            raise ValueError(f"ScheduleFreeAdam lr must be > 0, got {lr}")
+        if not 0 < betas[0] < 1 or not 0 <= betas[1] < 1:
+            raise ValueError(f"ScheduleFreeAdam betas must be in (0, 1) and [0, 1), got {betas}")
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    def _state(self, param: Tensor) -> dict[str, Tensor]:
+        state = self.state[param]
+        if "z" not in state:
+            state["z"] = param.detach().clone()
+            state["x"] = param.detach().clone()
+            state["exp_avg_sq"] = torch.zeros_like(param)
+            state["step"] = torch.zeros((), dtype=torch.float64)
+            state["weight_sum"] = torch.zeros((), dtype=torch.float64)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self._state(param)
+                state["step"] += 1
+                state["weight_sum"] += lr * lr
+                average_weight = (lr * lr / state["weight_sum"]).item()
+                z, x, v = state["z"], state["x"], state["exp_avg_sq"]
+                v.mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
+                bias_correction = 1 - beta2 ** state["step"].item()
+                z.addcdiv_(param.grad, (v / bias_correction).sqrt_().add_(eps), value=-lr)
+                x.lerp_(z, average_weight)
+                param.copy_(z).lerp_(x, beta1)
+
+    @torch.no_grad()
+    def constrain(self, param: Tensor, project) -> None:
+        """Apply an in-place constraint (e.g. unit-norm decoder rows) to z and x of ``param``, then recompute y."""
+        state = self.state.get(param)
+        if not state or "z" not in state:
+            project(param)
+            return
+        project(state["z"])
+        project(state["x"])
+        beta1 = self.param_groups[0]["betas"][0]
+        param.copy_(state["z"]).lerp_(state["x"], beta1)
+
+    @torch.no_grad()
+    def use_average(self) -> None:
+        """Put the averaged iterate x into every parameter (call once, after training)."""
+        for group in self.param_groups:
+            for param in group["params"]:
+                state = self.state.get(param)
+                if state and "x" in state:
+                    param.copy_(state["x"])
+
+
 def build_optimizer(name: str, params: Iterable[Tensor], lr: float, adam_betas: tuple[float, float]) -> torch.optim.Optimizer:
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=adam_betas, eps=1e-8)
     if name == "signum":
         return Signum(params, lr=lr, momentum=0.9)
+    if name == "schedule_free_adam":
+        return ScheduleFreeAdam(params, lr=lr, betas=(0.9, adam_betas[1]))
     raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")

@@ -17,7 +17,8 @@ from torch import Tensor
 from saescope.saes import SparseAutoencoder
 from saescope.training.config import TrainConfig
 from saescope.training.cpu_allocator import retain_freed_memory
-from saescope.training.optimizers import build_optimizer
+from saescope.saes.base import unit_norm_rows
+from saescope.training.optimizers import ScheduleFreeAdam, build_optimizer
 from saescope.training.schedules import lr_multiplier
 from saescope.training.sparsity_control import SparsityController
 
@@ -36,6 +37,9 @@ class SaeTrainer:
         self.device = device
         self.base_lr = sae.default_lr()
         self.optimizer = build_optimizer(sae.resolved_optimizer, sae.parameters(), self.base_lr, sae.resolved_adam_betas())
+        self.schedule_free = isinstance(self.optimizer, ScheduleFreeAdam)
+        # Schedule-free Adam replaces the lr decay by its averaged iterate.
+        self.lr_decay_fraction = 0.0 if self.schedule_free else config.lr_decay_fraction
         target = sae.cfg.target_l0 if sae.controls_l0_by_coefficient else None
         warmup = config.sparsity_warmup_fraction
         if warmup is None:
@@ -47,6 +51,7 @@ class SaeTrainer:
             total_steps=config.total_steps,
             warmup_fraction=warmup,
             device=device,
+            proportional_gain=config.sparsity_proportional_gain,
         )
         self.input_scale = 1.0
         self.dead_window = config.resolved_dead_window()
@@ -65,9 +70,10 @@ class SaeTrainer:
     def train_step(self, x_raw: Tensor, step: int) -> None:
         sae, config = self.sae, self.config
         x = x_raw * self.input_scale
-        lr = self.base_lr * lr_multiplier(step, config.total_steps, config.lr_warmup_fraction, config.lr_decay_fraction)
+        lr = self.base_lr * lr_multiplier(step, config.total_steps, config.lr_warmup_fraction, self.lr_decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        sae.set_training_progress(step / config.total_steps)
         dead_mask = self.tokens_since_fired >= self.dead_window if self.any_dead else None
         output = sae(x, sparsity_coefficient=self.controller.coefficient(step), dead_mask=dead_mask)
         self.optimizer.zero_grad(set_to_none=True)
@@ -77,6 +83,8 @@ class SaeTrainer:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
         self.optimizer.step()
         sae.after_step()
+        if self.schedule_free and sae.unit_norm_decoder:
+            self.optimizer.constrain(sae.W_dec, unit_norm_rows)
 
         with torch.no_grad():
             active = output.feature_acts > 0
@@ -88,6 +96,13 @@ class SaeTrainer:
             variance = (x - x.mean(dim=0)).pow(2).sum()
             self._running += torch.stack([batch_l0, error / variance, output.loss.detach(), (~torch.isfinite(x)).any().float()])
             self._running_steps += 1
+
+    def finalize(self) -> None:
+        """After the last step: evaluation weights (schedule-free: the averaged iterate) in eval mode."""
+        if self.schedule_free:
+            self.optimizer.use_average()
+            self.sae.after_step()
+        self.sae.eval()
 
     # -- reporting ------------------------------------------------------------------------------
     def _reset_running(self) -> None:

@@ -177,7 +177,7 @@ class Trainer:
         tokens_this_run = (steps_done - start_step) * config.batch_size
         for trainer in self.trainers:
             sae = trainer.sae
-            sae.eval()
+            trainer.finalize()
             sae.fold_input_scale(trainer.input_scale)
             sae.normalization = {
                 "method": sae.input_norm,

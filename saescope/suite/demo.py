@@ -1,0 +1,64 @@
+"""``saescope demo`` (what ``make demo`` runs): a small Gemma-Scope-style suite on the built-in model.
+
+SmolLM2-135M's residual stream at three depths, JumpReLU and TopK, one width, two target L0s:
+twelve SAEs trained from one pass over the built-in corpus, evaluated inside the model (ΔLM loss),
+then tabulated and plotted. Sized to finish in about a quarter of an hour on 2 CPU cores; the same
+config with more tokens is the starting point for a real suite (``saescope train --config``).
+A second run reuses a finished suite and a killed one resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEMO_CONFIG: dict[str, Any] = {
+    "model": "smollm2-135m",
+    "dataset": "pydocs",
+    "hookpoints": ["layers.2.resid_post", "layers.6.resid_post", "layers.10.resid_post"],
+    "architectures": ["jumprelu", "topk"],
+    "widths": ["4x"],
+    "target_l0s": [16, 32],
+    "tokens": 163_840,
+    "batch_size": 2048,
+    "lr": {"jumprelu": 4e-3},
+    "eval_tokens": 4096,
+    "shuffle_buffer_tokens": 32_768,
+}
+
+
+def run_demo(out: str | Path = "demo-suite", tokens: int | None = None, report=None) -> int:
+    from saescope.suite import SuiteConfig, evaluate_suite, format_table, train_suite
+    from saescope.suite.index import is_suite, read_index
+    from saescope.training.state import has_trainer_state
+
+    say = report or (lambda line: print(line, file=sys.stderr, flush=True))
+    out = Path(out)
+    values = dict(DEMO_CONFIG)
+    if tokens is not None:
+        values["tokens"] = tokens
+    config = SuiteConfig.from_dict(values, source="demo config")
+    started = time.perf_counter()
+    if is_suite(out) and read_index(out).get("status") == "complete":
+        say(f"{out} already holds the finished demo suite; evaluating it again (delete the folder to retrain)")
+    else:
+        resume = has_trainer_state(out / "checkpoint")
+        say(("resuming the demo suite in " if resume else "training the demo suite into ") + str(out))
+        train_suite(config, out, resume=resume, progress=True, report=say)
+    trained = time.perf_counter()
+    rows = evaluate_suite(out, progress=sys.stderr.isatty())
+    finished = time.perf_counter()
+    print(format_table(rows))
+    plots = sorted((out / "plots").glob("*.png"))
+    print(
+        f"\nDemo finished in {(finished - started) / 60:.1f} min (training and in-model evaluation {(trained - started) / 60:.1f} min, "
+        f"report {finished - trained:.0f} s).\n"
+        f"  suite index    {out / 'suite.json'}  (saescope info {out})\n"
+        f"  SAE folders    {out}/<hookpoint>/<arch>-w<width>-l0_<target>/  (cfg.json, sae_weights.safetensors, metrics.json)\n"
+        f"  metrics        {out / 'eval.json'}, {out / 'eval.csv'}\n"
+        f"  plots          " + ", ".join(str(p) for p in plots) + "\n"
+        f"  the config     {out / 'suite.yaml'}  (edit and run: saescope train --config {out / 'suite.yaml'} --out NEW_FOLDER)"
+    )
+    return 0

@@ -1,0 +1,134 @@
+"""``saescope eval SUITE``: every SAE of a suite measured on held-out text, as a table, JSON, CSV and plots.
+
+Metrics written by training (``metrics.json`` in each SAE folder) are reused when they hold every
+column and were measured on at least the requested number of tokens; otherwise (or with
+``recompute=True``) the model is loaded once and every SAE that needs it is measured again, all
+hookpoints from one harvest. Outputs go into the suite folder: ``eval.json``, ``eval.csv`` and
+``plots/*.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from saescope.suite.index import read_index, write_index
+
+COLUMNS = [
+    ("l0", "L0", "{:.1f}"),
+    ("fvu", "FVU", "{:.4f}"),
+    ("delta_lm_loss", "ΔLM", "{:.4f}"),
+    ("loss_recovered", "recov", "{:.1%}"),
+    ("kl", "KL", "{:.4f}"),
+    ("dead_fraction", "dead", "{:.1%}"),
+    ("dense_fraction", "dense", "{:.1%}"),
+    ("description_length", "DL bits", "{:.1f}"),
+]
+REQUIRED = [key for key, _label, _fmt in COLUMNS]
+
+
+def evaluate_suite(
+    path: str | Path,
+    eval_tokens: int | None = None,
+    recompute: bool = False,
+    plots: bool = True,
+    progress: bool = True,
+    device: str | None = None,
+) -> list[dict[str, Any]]:
+    """Measure every SAE of the suite at ``path``; write eval.json, eval.csv and plots; return the rows."""
+    folder = Path(path)
+    index = read_index(folder)
+    if index.get("status") != "complete":
+        raise ValueError(f"{folder}: the suite is not complete (status {index.get('status')!r}); finish it with `saescope train --resume`")
+    config = index.get("config", {})
+    wanted_tokens = eval_tokens if eval_tokens is not None else int(config.get("eval_tokens") or 16_384)
+    if wanted_tokens <= 0:
+        raise ValueError(f"eval_tokens must be positive to evaluate a suite, got {wanted_tokens}")
+
+    stored = {entry["path"]: _read_metrics(folder / entry["path"]) for entry in index["saes"]}
+    stale = [p for p, m in stored.items() if recompute or not _complete(m, wanted_tokens)]
+    if stale:
+        stored.update(_measure(folder, index, stale, wanted_tokens, progress, device))
+
+    rows = []
+    for entry in index["saes"]:
+        metrics = stored[entry["path"]]
+        entry["metrics"] = {k: v for k, v in metrics.items() if k not in ("density_histogram", "training")}
+        rows.append({key: entry[key] for key in ("path", "hookpoint", "layer", "site", "architecture", "width", "target_l0")}
+                    | {key: metrics.get(key) for key in REQUIRED}
+                    | {"eval_tokens": metrics.get("n_tokens"), "density_histogram": metrics.get("density_histogram")})
+    write_index(folder, index)
+    (folder / "eval.json").write_text(json.dumps({"model": index.get("model"), "dataset": index.get("dataset"), "saes": rows}, indent=2) + "\n")
+    _write_csv(folder / "eval.csv", rows)
+    if plots:
+        from saescope.suite.plots import write_plots
+
+        write_plots(rows, folder / "plots")
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A fixed-width terminal table, one row per SAE."""
+    name_width = max([len("SAE")] + [len(r["path"]) for r in rows])
+    header = f"{'SAE':<{name_width}} " + " ".join(f"{label:>8}" for _key, label, _fmt in COLUMNS)
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        cells = []
+        for key, _label, fmt in COLUMNS:
+            value = row.get(key)
+            cells.append(f"{fmt.format(value) if isinstance(value, (int, float)) else '-':>8}")
+        lines.append(f"{row['path']:<{name_width}} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+def _read_metrics(sae_folder: Path) -> dict[str, Any]:
+    path = sae_folder / "metrics.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+
+
+def _complete(metrics: dict[str, Any], wanted_tokens: int) -> bool:
+    """Every column present (description length may be None: no quantisation met its tolerance), on enough tokens.
+
+    BOS/EOS positions are not scored, so a context of 128 yields about 127 counted tokens: 90% is enough.
+    """
+    return all(key in metrics for key in REQUIRED) and int(metrics.get("n_tokens") or 0) >= 0.9 * wanted_tokens
+
+
+def _measure(folder: Path, index: dict[str, Any], paths: list[str], eval_tokens: int, progress: bool, device: str | None) -> dict[str, dict[str, Any]]:
+    from saescope.checkpoint import load
+    from saescope.lm.models import load_model
+    from saescope.lm.pipeline import LmDataConfig, _metrics_for_file, evaluate_on_model
+
+    config = index.get("config", {})
+    model_id = config.get("model") or index.get("model")
+    loaded = load_model(model_id, device=device or config.get("device"), dtype=config.get("dtype"))
+    data = LmDataConfig(
+        dataset=index.get("dataset") or config.get("dataset", "pydocs"), text_field=config.get("text_field", "text"),
+        split=config.get("split", "train"), context_size=int(config.get("context_size", 128)),
+        batch_contexts=int(config.get("batch_contexts", 16)), eval_tokens=eval_tokens,
+    )
+    saes = {p: load(str(folder / p)) for p in paths}
+    measured = evaluate_on_model(loaded, saes, data, progress=progress)
+    for p, values in measured.items():
+        previous = _read_metrics(folder / p)
+        if "training" in previous:
+            values["training"] = previous["training"]
+        (folder / p / "metrics.json").write_text(json.dumps(_metrics_for_file(values), indent=2) + "\n")
+    return measured
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields = [k for k in rows[0] if k != "density_histogram"] if rows else []
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)

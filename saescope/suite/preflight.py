@@ -1,0 +1,158 @@
+"""Before training a suite: will it fit in memory and on disk, and roughly how long will it take?
+
+The estimates are deliberately simple and on the safe side:
+
+- memory: every SAE keeps weights, gradients and two Adam moments (4 copies of its parameters, fp32);
+  one SAE step at a time adds its transients (~8 [batch, d_sae] fp32 tensors: pre-activations,
+  masks, activations and their gradients); the shuffle buffer holds ``shuffle_buffer_tokens`` rows
+  of every hookpoint twice; the model holds its parameters.
+- disk: weights of every SAE, plus a checkpoint of 4 copies when checkpointing.
+- time: FLOPs (10·d_in·d_sae per token per SAE step, 2 × the parameters the forward runs through
+  per token, and one full forward per SAE for the ΔLM evaluation) divided by a matmul throughput
+  measured here in a fraction of a second, at 60% efficiency (what the training step reaches,
+  benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+GIB = 2**30
+STEP_TRANSIENTS = 8
+"""[batch, d_sae] fp32 tensors alive during one SAE step."""
+EFFICIENCY = 0.6
+
+
+@dataclass
+class PlannedSae:
+    hookpoint: str
+    layer: int
+    architecture: str
+    d_in: int
+    width: int
+    target_l0: float
+
+    @property
+    def n_params(self) -> int:
+        extra = self.width if self.architecture in ("jumprelu", "batchtopk", "gated") else 0
+        return 2 * self.d_in * self.width + self.width + self.d_in + extra
+
+
+@dataclass
+class Estimate:
+    memory_bytes: int
+    available_memory_bytes: int | None
+    disk_bytes: int
+    free_disk_bytes: int | None
+    seconds: float
+    device: str
+
+    def summary(self) -> str:
+        available = f" of {self.available_memory_bytes / GIB:.1f} GiB available" if self.available_memory_bytes else ""
+        free = f" of {self.free_disk_bytes / GIB:.1f} GiB free" if self.free_disk_bytes is not None else ""
+        return (f"estimate: memory {self.memory_bytes / GIB:.2f} GiB{available} ({self.device}); "
+                f"disk {self.disk_bytes / GIB:.2f} GiB{free}; time about {_duration(self.seconds)}")
+
+
+def available_memory(device: str) -> int | None:
+    """Free bytes on ``device``: MemAvailable on the host, free memory on a CUDA device."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def matmul_flops_per_second(device: str, size: int = 1024, repeats: int = 3) -> float:
+    """Best of a few square fp32 matmuls: the ceiling the estimate scales from."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / max(best, 1e-9)
+
+
+def estimate(
+    saes: list[PlannedSae],
+    *,
+    tokens: int,
+    batch_size: int,
+    shuffle_buffer_tokens: int,
+    model_params: int,
+    model_bytes: int,
+    forward_fraction: float,
+    eval_tokens: int,
+    checkpointing: bool,
+    out_dir: str | Path,
+    device: str,
+    live_model: bool = True,
+) -> Estimate:
+    state = sum(4 * 4 * s.n_params for s in saes)
+    transients = max((STEP_TRANSIENTS * 4 * batch_size * s.width for s in saes), default=0)
+    d_total = sum({s.hookpoint: s.d_in for s in saes}.values())
+    buffer = 2 * 4 * shuffle_buffer_tokens * d_total if live_model else 2 * 4 * batch_size * d_total
+    eval_acts = 4 * eval_tokens * d_total
+    memory = state + transients + buffer + eval_acts + model_bytes
+    weights = sum(4 * s.n_params for s in saes)
+    disk = weights + (4 * weights if checkpointing else 0)  # activations are never written
+    flops = tokens * sum(10 * s.d_in * s.width for s in saes)
+    if live_model:
+        flops += tokens * 2 * model_params * forward_fraction
+    flops += eval_tokens * 2 * model_params * (len(saes) + 2 * len({s.hookpoint for s in saes}))
+    seconds = flops / (EFFICIENCY * matmul_flops_per_second(device))
+    return Estimate(memory, available_memory(device), disk, _free_disk(out_dir), seconds, device)
+
+
+def check(estimate_: Estimate, out_dir: str | Path) -> None:
+    """Refuse a suite that cannot fit; the message says what to change."""
+    if estimate_.available_memory_bytes is not None and estimate_.memory_bytes > 0.9 * estimate_.available_memory_bytes:
+        raise MemoryError(
+            f"this suite needs about {estimate_.memory_bytes / GIB:.1f} GiB on {estimate_.device} but only "
+            f"{estimate_.available_memory_bytes / GIB:.1f} GiB is available; train fewer SAEs per run (fewer hookpoints, "
+            "architectures, widths or target L0s), use smaller widths or a smaller batch_size, or shuffle_buffer_tokens"
+        )
+    if estimate_.free_disk_bytes is not None and estimate_.disk_bytes > estimate_.free_disk_bytes:
+        raise OSError(
+            f"too little disk at {out_dir}: the suite writes about {estimate_.disk_bytes / GIB:.2f} GiB but "
+            f"{estimate_.free_disk_bytes / GIB:.2f} GiB is free; free space, choose another --out, or set checkpoint_every: 0"
+        )
+
+
+def _free_disk(path: str | Path) -> int | None:
+    folder = Path(path).resolve()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
