@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=16_384)
     parser.add_argument("--delta-lm", action="store_true", help="also splice into the model (slow on CPU)")
     parser.add_argument("--lr-decay-fraction", type=float, default=0.2, help="final fraction of the run with linear lr decay")
-    parser.add_argument("--proportional-gain", type=float, default=0.0, help="λ controller's proportional term (JumpReLU etc.)")
+    parser.add_argument("--proportional-gain", type=float, default=2.0, help="λ controller's proportional term (JumpReLU etc.)")
     parser.add_argument("--json", help="write rows to this file")
     args = parser.parse_args()
 

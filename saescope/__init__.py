@@ -10,7 +10,12 @@ __version__ = "0.1.0"
 
 from saescope.checkpoint import load
 from saescope.metrics import SaeMetrics, evaluate_sae
-from saescope.saes import ARCHITECTURES, SparseAutoencoder, create_sae, register_architecture
+from saescope.saes import (
+    ARCHITECTURES,
+    SparseAutoencoder,
+    create_sae,
+    register_architecture,
+)
 from saescope.training import TrainConfig, Trainer, train_saes
 
 # Language-model entry points, imported on first use so that `import saescope` stays light.
@@ -50,7 +55,6 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    *_LAZY,
     "ARCHITECTURES",
     "SaeMetrics",
     "SparseAutoencoder",
@@ -64,3 +68,5 @@ __all__ = [
     "register_architecture",
     "train_saes",
 ]
+
+__all__ += list(_LAZY)

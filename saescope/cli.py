@@ -26,7 +26,11 @@ def _load_activations(path: str) -> Any:
 
 
 def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
-    from saescope.bench.recovery import RecoveryBenchConfig, format_rows, run_recovery_benchmark
+    from saescope.bench.recovery import (
+        RecoveryBenchConfig,
+        format_rows,
+        run_recovery_benchmark,
+    )
 
     options: dict[str, Any] = {"progress": not args.json and sys.stderr.isatty() or args.progress}
     if args.variants:
@@ -259,6 +263,35 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_interpret(args: argparse.Namespace) -> int:
+    from saescope.interpret.run import interpret_suite
+
+    try:
+        result = interpret_suite(args.path, tokens=args.tokens, top_k=args.top_k, window=args.window, device=args.device,
+                                 progress=sys.stderr.isatty())
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        raise SystemExit(f"error: {error}") from None
+    for path, info in result["saes"].items():
+        print(f"{Path(args.path) / path}: {info['alive']} of {info['features']} features fired on {info['tokens']:,} tokens")
+    print(f"\ninterpreted {len(result['saes'])} SAEs over {result['tokens']:,} tokens in {result['seconds']:.0f} s; "
+          f"browse: saescope view {args.path}")
+    return 0
+
+
+def _cmd_view(args: argparse.Namespace) -> int:
+    from saescope.view import export_site, serve
+
+    try:
+        if args.export:
+            target = export_site(args.path, args.export)
+            print(f"static browser written to {target}; open {Path(target).resolve() / 'index.html'} in a browser")
+            return 0
+        serve(args.path, host=args.host, port=args.port, prompts=not args.no_model, device=args.device)
+    except (ValueError, FileNotFoundError, FileExistsError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from saescope.suite.demo import run_demo
 
@@ -341,6 +374,23 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="describe a suite or an SAE folder")
     info.add_argument("path")
     info.set_defaults(func=_cmd_info)
+
+    interpret = commands.add_parser("interpret", help="top activations, histograms, logit effects and similar features for every SAE of a suite")
+    interpret.add_argument("path", help="suite folder")
+    interpret.add_argument("--tokens", type=int, default=100_000, help="tokens of text to run (default 100000)")
+    interpret.add_argument("--top-k", type=int, default=20, help="top activating examples per feature")
+    interpret.add_argument("--window", type=int, default=12, help="tokens shown either side of each example's peak")
+    interpret.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    interpret.set_defaults(func=_cmd_interpret)
+
+    view = commands.add_parser("view", help="browse a suite's features in a local web app (or --export a static site)")
+    view.add_argument("path", help="suite folder (run saescope interpret on it first)")
+    view.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    view.add_argument("--port", type=int, default=8765)
+    view.add_argument("--no-model", action="store_true", help="do not load the model (no prompt panel)")
+    view.add_argument("--export", metavar="DIR", help="write a static site that works offline from file:// instead of serving")
+    view.add_argument("--device", help="cuda or cpu for the prompt panel")
+    view.set_defaults(func=_cmd_view)
 
     demo = commands.add_parser("demo", help="train, evaluate and plot a small suite on the built-in model and corpus")
     demo.add_argument("--out", default="demo-suite", help="where the suite goes (default demo-suite)")

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from saescope.metrics import ReconstructionStats, density_histogram, evaluate_sae, fvu, l0, mmcs, shrinkage
+from saescope.metrics import (
+    ReconstructionStats,
+    density_histogram,
+    evaluate_sae,
+    fvu,
+    l0,
+    mmcs,
+    shrinkage,
+)
 from saescope.saes import create_sae
 
 

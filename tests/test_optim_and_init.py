@@ -26,7 +26,7 @@ def test_optimizer_choice_and_bad_values():
     assert sae.resolved_optimizer == "signum" and isinstance(build_optimizer("signum", sae.parameters(), 1e-3, (0.9, 0.999)), Signum)
     assert create_sae("jumprelu", 16, 64).resolved_adam_betas() == (0.0, 0.999)
     assert create_sae("jumprelu", 16, 64, adam_beta1=0.9).resolved_adam_betas() == (0.9, 0.999)
-    with pytest.raises(ValueError, match="optimizer must be 'adam', 'signum' or 'schedule_free_adam'"):
+    with pytest.raises(ValueError, match="optimizer must be one of"):
         create_sae("topk", 16, 64, k=4, optimizer="sgd")
     with pytest.raises(ValueError, match="adam_beta1 must be in"):
         create_sae("relu", 16, 64, adam_beta1=1.0)

@@ -13,7 +13,14 @@ import pytest
 from lm_helpers import tiny_loaded, write_corpus
 
 from saescope.cli import main
-from saescope.suite import SuiteConfig, SuiteConfigError, describe, evaluate_suite, format_table, train_suite
+from saescope.suite import (
+    SuiteConfig,
+    SuiteConfigError,
+    describe,
+    evaluate_suite,
+    format_table,
+    train_suite,
+)
 from saescope.suite.index import read_index
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -20,6 +20,8 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+OPTIMIZER_NAMES = ("adam", "signum", "schedule_free_adam", "schedule_free_signum")
+
 
 @dataclass
 class SaeConfig:
@@ -38,7 +40,7 @@ class SaeConfig:
     adam_beta1: float | None = None
     """Adam's β₁. None takes the architecture's default (0 for JumpReLU and Gated, as their papers)."""
     optimizer: str | None = None
-    """"adam", "signum" or "schedule_free_adam". None takes the architecture's default."""
+    """"adam", "signum", "schedule_free_adam" or "schedule_free_signum". None takes the architecture's default."""
     hookpoint: str | None = None
     """Where the activations come from (a module path in the model), for the record."""
     model_id: str | None = None
@@ -55,8 +57,8 @@ class SaeConfig:
             raise ValueError(f"sparsity_coefficient must be >= 0, got {self.sparsity_coefficient}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.optimizer is not None and self.optimizer not in ("adam", "signum", "schedule_free_adam"):
-            raise ValueError(f"optimizer must be 'adam', 'signum' or 'schedule_free_adam', got {self.optimizer!r}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZER_NAMES:
+            raise ValueError(f"optimizer must be one of {OPTIMIZER_NAMES}, got {self.optimizer!r}")
         if self.adam_beta1 is not None and not 0 <= self.adam_beta1 < 1:
             raise ValueError(f"adam_beta1 must be in [0, 1), got {self.adam_beta1}")
 
@@ -64,7 +66,7 @@ class SaeConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SaeConfig":
+    def from_dict(cls, values: dict[str, Any]) -> SaeConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -222,7 +224,7 @@ class SparseAutoencoder(nn.Module):
     def default_lr(self) -> float:
         if self.cfg.lr is not None:
             return self.cfg.lr
-        base = self.signum_lr if self.resolved_optimizer == "signum" else self.base_lr
+        base = self.signum_lr if "signum" in self.resolved_optimizer else self.base_lr
         return base * math.sqrt(2**14 / self.d_sae)
 
     # -- training hooks the trainer calls -----------------------------------------------------------
@@ -271,7 +273,7 @@ class SparseAutoencoder(nn.Module):
             tensors[name] = tensors[name] / scale
         self.load_export_tensors(tensors)
 
-    def copy(self) -> "SparseAutoencoder":
+    def copy(self) -> SparseAutoencoder:
         return copy.deepcopy(self)
 
     def save(self, path: str, **extra_cfg: Any) -> None:

@@ -72,7 +72,7 @@ class SuiteConfig:
 
     # -- loading ------------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "suite config") -> "SuiteConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "suite config") -> SuiteConfig:
         if not isinstance(values, dict):
             raise SuiteConfigError(f"{source}: expected a mapping of fields, got {type(values).__name__}")
         known = {f.name for f in fields(cls)}
@@ -87,7 +87,7 @@ class SuiteConfig:
         return config
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "SuiteConfig":
+    def from_file(cls, path: str | Path) -> SuiteConfig:
         file = Path(path)
         if not file.is_file():
             raise SuiteConfigError(f"--config {path}: no such file")

@@ -2,7 +2,8 @@
 
 SmolLM2-135M's residual stream at three depths, JumpReLU and TopK, one width, two target L0s:
 twelve SAEs trained from one pass over the built-in corpus, evaluated inside the model (ΔLM loss),
-then tabulated and plotted. Sized to finish in about a quarter of an hour on 2 CPU cores; the same
+tabulated and plotted, then interpreted (top activations, histograms, logit effects) for the
+feature browser, which is also exported as a static site. Sized to finish in about a quarter of an hour on 2 CPU cores; the same
 config with more tokens is the starting point for a real suite (``saescope train --config``).
 A second run reuses a finished suite and a killed one resumes from its last checkpoint.
 """
@@ -24,15 +25,18 @@ DEMO_CONFIG: dict[str, Any] = {
     "tokens": 163_840,
     "batch_size": 2048,
     "lr": {"jumprelu": 4e-3},
-    "eval_tokens": 4096,
+    "eval_tokens": 2048,
     "shuffle_buffer_tokens": 32_768,
 }
+INTERPRET_TOKENS = 32_768
 
 
 def run_demo(out: str | Path = "demo-suite", tokens: int | None = None, report=None) -> int:
+    from saescope.interpret.run import interpret_suite
     from saescope.suite import SuiteConfig, evaluate_suite, format_table, train_suite
     from saescope.suite.index import is_suite, read_index
     from saescope.training.state import has_trainer_state
+    from saescope.view import export_site
 
     say = report or (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(out)
@@ -49,16 +53,24 @@ def run_demo(out: str | Path = "demo-suite", tokens: int | None = None, report=N
         train_suite(config, out, resume=resume, progress=True, report=say)
     trained = time.perf_counter()
     rows = evaluate_suite(out, progress=sys.stderr.isatty())
+    evaluated = time.perf_counter()
+    first = out / read_index(out)["saes"][0]["path"] / "interpret" / "summary.json"
+    if not first.is_file():
+        say(f"interpreting every feature over {INTERPRET_TOKENS:,} tokens")
+        interpret_suite(out, tokens=INTERPRET_TOKENS, progress=sys.stderr.isatty())
+    site = export_site(out, out / "site")
     finished = time.perf_counter()
     print(format_table(rows))
     plots = sorted((out / "plots").glob("*.png"))
     print(
         f"\nDemo finished in {(finished - started) / 60:.1f} min (training and in-model evaluation {(trained - started) / 60:.1f} min, "
-        f"report {finished - trained:.0f} s).\n"
+        f"report and plots {evaluated - trained:.0f} s, interpretation {finished - evaluated:.0f} s).\n"
         f"  suite index    {out / 'suite.json'}  (saescope info {out})\n"
-        f"  SAE folders    {out}/<hookpoint>/<arch>-w<width>-l0_<target>/  (cfg.json, sae_weights.safetensors, metrics.json)\n"
+        f"  SAE folders    {out}/<hookpoint>/<arch>-w<width>-l0_<target>/  (cfg.json, sae_weights.safetensors, metrics.json, interpret/)\n"
         f"  metrics        {out / 'eval.json'}, {out / 'eval.csv'}\n"
         f"  plots          " + ", ".join(str(p) for p in plots) + "\n"
+        f"  browse         saescope view {out}   (http://127.0.0.1:8765/, with a prompt panel)\n"
+        f"                 or open {site.resolve() / 'index.html'} (static, offline)\n"
         f"  the config     {out / 'suite.yaml'}  (edit and run: saescope train --config {out / 'suite.yaml'} --out NEW_FOLDER)"
     )
     return 0

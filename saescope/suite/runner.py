@@ -15,8 +15,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from saescope.suite.config import TOPK_FAMILY, SuiteConfig, SuiteConfigError, parse_width, resolve_width
-from saescope.suite.index import FORMAT, is_suite, read_index, sae_folder_name, write_index
+from saescope.suite.config import (
+    TOPK_FAMILY,
+    SuiteConfig,
+    SuiteConfigError,
+    parse_width,
+    resolve_width,
+)
+from saescope.suite.index import (
+    FORMAT,
+    is_suite,
+    read_index,
+    sae_folder_name,
+    write_index,
+)
 from saescope.suite.preflight import PlannedSae, check, estimate
 
 logger = logging.getLogger("saescope")
@@ -89,6 +101,7 @@ def train_suite(
     train = TrainConfig(
         total_tokens=config.tokens, batch_size=config.batch_size, seed=config.seed, device=config.device,
         normalization_tokens=min(65_536, config.tokens), progress=progress,
+        log_every=max(1, min(50, config.tokens // config.batch_size // 40)),  # a progress bar that moves
         checkpoint_every=checkpoint_every, checkpoint_dir=str(checkpoint_dir) if checkpoint_every else None,
     )
     data = LmDataConfig(
@@ -161,7 +174,7 @@ def _plan(config: SuiteConfig, widths: dict[str, int]) -> list[PlannedSae]:
 
     plan, seen = [], set()
     for hookpoint, d_in in widths.items():
-        layer, site = _layer_and_site(canonical_name(hookpoint))
+        layer = _layer_and_site(canonical_name(hookpoint))[0]
         for arch in config.architectures:
             for width in config.widths:
                 n = resolve_width(width, d_in)
@@ -188,7 +201,7 @@ def _layer_and_site(name: str) -> tuple[int, str]:
 
 
 def _entry(planned: PlannedSae) -> dict[str, Any]:
-    _layer, site = _layer_and_site(planned.hookpoint)
+    site = _layer_and_site(planned.hookpoint)[1]
     return {
         "path": f"{planned.hookpoint}/{sae_folder_name(planned.architecture, planned.width, planned.target_l0)}",
         "hookpoint": planned.hookpoint, "layer": planned.layer, "site": site, "architecture": planned.architecture,

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-OPTIMIZERS = ("adam", "signum", "schedule_free_adam")
+OPTIMIZERS = ("adam", "signum", "schedule_free_adam", "schedule_free_signum")
 
 
 class Signum(torch.optim.Optimizer):
@@ -42,27 +42,32 @@ class Signum(torch.optim.Optimizer):
 
 
 class ScheduleFreeAdam(torch.optim.Optimizer):
-    """Schedule-free Adam (Defazio et al. 2024, arXiv 2405.15682): no lr decay, an averaged iterate instead.
+    """Schedule-free Adam or SignSGD (Defazio et al. 2024, arXiv 2405.15682): no lr decay, an averaged iterate instead.
 
-    Three sequences per weight: z takes plain Adam-normalised steps, x is a running average of z
-    weighted by lr², and gradients are taken at y = (1−β₁)·z + β₁·x, which the parameter holds
-    during training. ``use_average()`` puts x into the parameter for evaluation and export.
-    The caller keeps the lr constant after warm-up; warm-up is welcome (it enters the weights).
+    Three sequences per weight: z takes plain steps (Adam-normalised, or the gradient's sign with
+    ``sign=True``, each weight moving by ±lr), x is a running average of z weighted by lr², and
+    gradients are taken at y = (1−β₁)·z + β₁·x, which the parameter holds during training.
+    ``use_average()`` puts x into the parameter for evaluation and export. The caller keeps the lr
+    constant after warm-up; warm-up is welcome (it enters the weights). EleutherAI's sparsify trains
+    with the sign variant by default.
     """
 
-    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 sign: bool = False) -> None:
         if lr <= 0:
             raise ValueError(f"ScheduleFreeAdam lr must be > 0, got {lr}")
         if not 0 < betas[0] < 1 or not 0 <= betas[1] < 1:
             raise ValueError(f"ScheduleFreeAdam betas must be in (0, 1) and [0, 1), got {betas}")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+        self.sign = sign
 
     def _state(self, param: Tensor) -> dict[str, Tensor]:
         state = self.state[param]
         if "z" not in state:
             state["z"] = param.detach().clone()
             state["x"] = param.detach().clone()
-            state["exp_avg_sq"] = torch.zeros_like(param)
+            if not self.sign:
+                state["exp_avg_sq"] = torch.zeros_like(param)
             state["step"] = torch.zeros((), dtype=torch.float64)
             state["weight_sum"] = torch.zeros((), dtype=torch.float64)
         return state
@@ -78,10 +83,14 @@ class ScheduleFreeAdam(torch.optim.Optimizer):
                 state["step"] += 1
                 state["weight_sum"] += lr * lr
                 average_weight = (lr * lr / state["weight_sum"]).item()
-                z, x, v = state["z"], state["x"], state["exp_avg_sq"]
-                v.mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
-                bias_correction = 1 - beta2 ** state["step"].item()
-                z.addcdiv_(param.grad, (v / bias_correction).sqrt_().add_(eps), value=-lr)
+                z, x = state["z"], state["x"]
+                if self.sign:
+                    z.add_(param.grad.sign(), alpha=-lr)
+                else:
+                    v = state["exp_avg_sq"]
+                    v.mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
+                    bias_correction = 1 - beta2 ** state["step"].item()
+                    z.addcdiv_(param.grad, (v / bias_correction).sqrt_().add_(eps), value=-lr)
                 x.lerp_(z, average_weight)
                 param.copy_(z).lerp_(x, beta1)
 
@@ -114,4 +123,6 @@ def build_optimizer(name: str, params: Iterable[Tensor], lr: float, adam_betas: 
         return Signum(params, lr=lr, momentum=0.9)
     if name == "schedule_free_adam":
         return ScheduleFreeAdam(params, lr=lr, betas=(0.9, adam_betas[1]))
+    if name == "schedule_free_signum":
+        return ScheduleFreeAdam(params, lr=lr, betas=(0.9, adam_betas[1]), sign=True)
     raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")

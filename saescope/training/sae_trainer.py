@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from saescope.saes import SparseAutoencoder
+from saescope.saes.base import unit_norm_rows
 from saescope.training.config import TrainConfig
 from saescope.training.cpu_allocator import retain_freed_memory
-from saescope.saes.base import unit_norm_rows
 from saescope.training.optimizers import ScheduleFreeAdam, build_optimizer
 from saescope.training.schedules import lr_multiplier
 from saescope.training.sparsity_control import SparsityController

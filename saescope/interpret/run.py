@@ -1,0 +1,127 @@
+"""``saescope interpret SUITE``: feature pages' data for every SAE of a suite, from one pass over the text.
+
+One LM forward per batch of contexts serves every SAE (all hookpoints captured together, the forward
+stopping after the deepest), each SAE encodes its hookpoint's activations once, and a
+``FeatureCollector`` per SAE updates all of its features at once. Afterwards the decoder directions
+give logit effects and similar features (within the SAE, and in the SAEs of the adjacent layers at
+the same site with the same architecture and width). Results go to ``<sae>/interpret/`` (see
+``saescope.interpret.store``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saescope.interpret.collect import FeatureCollector
+from saescope.interpret.directions import logit_effects, similar_features
+from saescope.interpret.store import write_interpretation
+
+logger = logging.getLogger("saescope")
+
+
+def interpret_suite(
+    path: str | Path,
+    tokens: int = 100_000,
+    top_k: int = 20,
+    window: int = 12,
+    n_samples: int = 24,
+    batch_contexts: int = 16,
+    device: str | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    loaded: Any = None,
+) -> dict[str, Any]:
+    """Interpret every SAE of the suite at ``path`` over about ``tokens`` tokens; returns a summary."""
+    from saescope.checkpoint import load
+    from saescope.data.tokens import TextContexts, special_token_ids, trainable_mask
+    from saescope.lm.capture import capture
+    from saescope.lm.hookpoints import resolve_hookpoints
+    from saescope.lm.models import load_model
+    from saescope.suite.index import read_index
+
+    folder = Path(path)
+    index = read_index(folder)
+    if index.get("status") != "complete":
+        raise ValueError(f"{folder}: the suite is not complete; finish training before interpreting it")
+    if tokens <= 0:
+        raise ValueError(f"tokens must be positive, got {tokens}")
+    config = index.get("config", {})
+    if loaded is None:
+        loaded = load_model(config.get("model") or index["model"], device=device or config.get("device"), dtype=config.get("dtype"))
+    device_ = loaded.device
+    entries = index["saes"]
+    saes = {e["path"]: load(str(folder / e["path"])).to(device_).eval() for e in entries}
+    points = {p.name: p for p in resolve_hookpoints(loaded.model, sorted({e["hookpoint"] for e in entries}))}
+    collectors = {p: FeatureCollector(sae.d_sae, top_k, n_samples, window, device=device_, seed=seed) for p, sae in saes.items()}
+    by_hookpoint: dict[str, list[str]] = {}
+    for e in entries:
+        by_hookpoint.setdefault(e["hookpoint"], []).append(e["path"])
+
+    context_size = int(config.get("context_size", 128))
+    text = TextContexts(index.get("dataset") or config.get("dataset", "pydocs"), loaded.tokenizer, context_size,
+                        part="train", text_field=config.get("text_field", "text"), split=config.get("split", "train"))
+    excluded = special_token_ids(loaded.tokenizer)
+    n_batches = max(1, -(-tokens // (batch_contexts * context_size)))
+    started = time.perf_counter()
+    bar = _progress(n_batches, progress)
+    contexts_seen: list[torch.Tensor] = []
+    with torch.no_grad():
+        for batch_number, input_ids in enumerate(text.iter_batches(batch_contexts, seed=seed, shuffle=True)):
+            if batch_number >= n_batches:
+                break
+            input_ids = input_ids.to(device_)
+            mask = trainable_mask(input_ids, excluded)
+            contexts_seen.append(input_ids.cpu())
+
+            def consume(point, activation, input_ids=input_ids, mask=mask):
+                flat = activation.reshape(-1, activation.shape[-1]).float()
+                for sae_path in by_hookpoint[point.name]:
+                    acts = saes[sae_path].encode(flat).view(*activation.shape[:2], -1)
+                    collectors[sae_path].update(acts, input_ids, mask)
+
+            capture(loaded.model, list(points.values()), consume, input_ids)
+            bar.update(1)
+    bar.close()
+    harvest_seconds = time.perf_counter() - started
+
+    written = {}
+    vocab_cache: dict[int, str] = {}
+    for entry in entries:
+        sae_path = entry["path"]
+        sae = saes[sae_path]
+        stats = collectors[sae_path].finish()
+        logits = logit_effects(loaded.model, sae.W_dec.detach())
+        similar = similar_features(sae.W_dec.detach())
+        adjacent = {}
+        for neighbour in _adjacent(entry, entries):
+            ids, cosines = similar_features(sae.W_dec.detach(), saes[neighbour["path"]].W_dec.detach(), top=3)
+            adjacent[neighbour["path"]] = (ids, cosines)
+        written[sae_path] = write_interpretation(folder / sae_path, stats, logits, similar, adjacent, loaded.tokenizer, vocab_cache)
+    seconds = time.perf_counter() - started
+    return {"saes": written, "tokens": sum(int(c.numel()) for c in contexts_seen), "seconds": round(seconds, 1),
+            "pass_seconds": round(harvest_seconds, 1)}
+
+
+def _adjacent(entry: dict[str, Any], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The SAEs with the same site, architecture, width and target one layer up and down (nearest present)."""
+    peers = [e for e in entries if e["path"] != entry["path"] and e["site"] == entry["site"] and e["architecture"] == entry["architecture"]
+             and e["width"] == entry["width"] and e["target_l0"] == entry["target_l0"]]
+    below = [e for e in peers if e["layer"] < entry["layer"]]
+    above = [e for e in peers if e["layer"] > entry["layer"]]
+    chosen = []
+    if below:
+        chosen.append(max(below, key=lambda e: e["layer"]))
+    if above:
+        chosen.append(min(above, key=lambda e: e["layer"]))
+    return chosen
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="interpret", unit="batch", disable=not enabled)

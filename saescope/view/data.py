@@ -1,0 +1,87 @@
+"""Everything the feature browser shows, read from a suite folder through a fixed set of keys.
+
+The browser never names a file: it asks for ``suite``, ``sae/<n>/summary``, ``sae/<n>/vocab`` or
+``sae/<n>/features/<first feature of a shard>``, where ``n`` indexes ``suite.json``'s list of SAEs.
+Each key maps to one known file inside the suite folder, so no request can reach anything else.
+The server serves these as JSON; the static export writes each one as a small script file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from saescope.suite.index import read_index
+
+_KEY = re.compile(r"^sae/(\d+)/(summary|vocab|features/(\d+))$")
+
+
+class SuiteData:
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder).resolve()
+        self.index = read_index(self.folder)
+        self.entries = self.index["saes"]
+
+    def keys(self) -> list[str]:
+        """Every key with data behind it (what a static export writes)."""
+        keys = ["suite"]
+        for n, entry in enumerate(self.entries):
+            summary = self._interpret_dir(n) / "summary.json"
+            if not summary.is_file():
+                continue
+            keys += [f"sae/{n}/summary", f"sae/{n}/vocab"]
+            count = json.loads(summary.read_text())["n_features"]
+            shard = json.loads(summary.read_text()).get("shard_size", 128)
+            keys += [f"sae/{n}/features/{start}" for start in range(0, count, shard)]
+        return keys
+
+    def get(self, key: str) -> Any:
+        """The JSON value behind ``key``; KeyError for anything unknown or missing."""
+        if key == "suite":
+            return self._suite()
+        match = _KEY.match(key)
+        if not match:
+            raise KeyError(key)
+        n = int(match.group(1))
+        if n >= len(self.entries):
+            raise KeyError(key)
+        folder = self._interpret_dir(n)
+        if match.group(2) == "summary":
+            file = folder / "summary.json"
+        elif match.group(2) == "vocab":
+            file = folder / "vocab.json"
+        else:
+            file = folder / f"features_{int(match.group(3)):05d}.json"
+        if not file.is_file():
+            raise KeyError(key)
+        return json.loads(file.read_text())
+
+    def plot_file(self, name: str) -> Path:
+        """A PNG of the suite's plots folder by bare file name; KeyError otherwise."""
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+\.png", name):
+            raise KeyError(name)
+        file = self.folder / "plots" / name
+        if not file.is_file():
+            raise KeyError(name)
+        return file
+
+    def _interpret_dir(self, n: int) -> Path:
+        folder = (self.folder / self.entries[n]["path"] / "interpret").resolve()
+        if self.folder not in folder.parents:
+            raise KeyError(n)
+        return folder
+
+    def _suite(self) -> dict[str, Any]:
+        plots = sorted(p.name for p in (self.folder / "plots").glob("*.png")) if (self.folder / "plots").is_dir() else []
+        saes = []
+        for n, entry in enumerate(self.entries):
+            saes.append({
+                "n": n, "path": entry["path"], "hookpoint": entry["hookpoint"], "layer": entry["layer"], "site": entry["site"],
+                "architecture": entry["architecture"], "width": entry["width"], "target_l0": entry["target_l0"],
+                "metrics": {k: v for k, v in (entry.get("metrics") or {}).items() if isinstance(v, (int, float))},
+                "interpreted": (self._interpret_dir(n) / "summary.json").is_file(),
+            })
+        return {"name": self.folder.name, "model": self.index.get("model"), "dataset": self.index.get("dataset"),
+                "tokens": self.index.get("config", {}).get("tokens"), "plots": plots, "saes": saes}

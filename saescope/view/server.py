@@ -1,0 +1,183 @@
+"""``saescope view SUITE``: a local, read-only web server for the feature browser.
+
+Bound to 127.0.0.1 by default. It answers only:
+
+    GET  /                      the app (static/index.html, app.js, app.css)
+    GET  /api/data?key=KEY      JSON for a key of ``SuiteData`` (never a path)
+    GET  /plots/NAME.png        a plot of the suite
+    POST /api/prompt            {"sae": n, "text": "..."} → each token's top features (loads the model once)
+
+Request bodies are capped at ``MAX_BODY`` bytes and prompts at ``MAX_PROMPT_CHARS`` characters;
+anything else is 404, 405 or 413. Nothing is ever written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from saescope.view.data import SuiteData
+
+logger = logging.getLogger("saescope")
+MAX_BODY = 16_384
+MAX_PROMPT_CHARS = 2_000
+MAX_PROMPT_TOKENS = 256
+STATIC_FILES = {"/": ("index.html", "text/html"), "/index.html": ("index.html", "text/html"),
+                "/app.js": ("app.js", "text/javascript"), "/app.css": ("app.css", "text/css")}
+
+
+def static_text(name: str) -> str:
+    return resources.files("saescope.view").joinpath("static", name).read_text(encoding="utf-8")
+
+
+class PromptInspector:
+    """Runs a prompt through the model and one SAE of the suite: each token's strongest features."""
+
+    def __init__(self, data: SuiteData, device: str | None = None, loaded: Any = None) -> None:
+        self.data = data
+        self.device = device
+        self._loaded = loaded
+        self._saes: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def inspect(self, n: int, text: str, top: int = 5) -> dict[str, Any]:
+        import torch
+
+        from saescope.checkpoint import load
+        from saescope.lm.capture import capture_dict
+        from saescope.lm.hookpoints import resolve_hookpoints
+        from saescope.lm.models import load_model
+
+        if not isinstance(n, int) or not 0 <= n < len(self.data.entries):
+            raise ValueError(f"sae must be an index in 0..{len(self.data.entries) - 1}")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("text must be a non-empty string")
+        if len(text) > MAX_PROMPT_CHARS:
+            raise ValueError(f"text is longer than {MAX_PROMPT_CHARS} characters")
+        with self._lock:  # one model, shared by request threads
+            if self._loaded is None:
+                config = self.data.index.get("config", {})
+                self._loaded = load_model(config.get("model") or self.data.index["model"], device=self.device, dtype=config.get("dtype"))
+            loaded = self._loaded
+            if n not in self._saes:
+                self._saes[n] = load(str(self.data.folder / self.data.entries[n]["path"])).to(loaded.device).eval()
+            sae = self._saes[n]
+            tokenizer = loaded.tokenizer
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"][: MAX_PROMPT_TOKENS - 1]
+            bos = tokenizer.bos_token_id
+            input_ids = torch.tensor([([bos] if bos is not None else []) + ids], device=loaded.device)
+            point = resolve_hookpoints(loaded.model, self.data.entries[n]["hookpoint"])[0]
+            with torch.no_grad():
+                activation = capture_dict(loaded.model, [point], input_ids)[point.name][0].float()
+                acts = sae.encode(activation)
+                values, features = acts.topk(min(top, acts.shape[1]), dim=1)
+        offset = 1 if bos is not None else 0
+        tokens = []
+        for position, token_id in enumerate(input_ids[0].tolist()):
+            if position < offset:
+                continue
+            pairs = [[int(f), round(float(v), 4)] for f, v in zip(features[position].tolist(), values[position].tolist()) if v > 0]
+            tokens.append({"text": tokenizer.decode([token_id]), "features": pairs})
+        return {"sae": n, "tokens": tokens}
+
+
+def make_handler(data: SuiteData, inspector: PromptInspector | None):
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "saescope"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            logger.debug("view: " + format, *args)
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, value: Any) -> None:
+            self._send(status, json.dumps(value, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
+
+        def _error(self, status: int, message: str) -> None:
+            self._json(status, {"error": message})
+
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            if url.path in STATIC_FILES:
+                name, kind = STATIC_FILES[url.path]
+                self._send(HTTPStatus.OK, static_text(name).encode("utf-8"), f"{kind}; charset=utf-8")
+                return
+            if url.path == "/api/data":
+                key = parse_qs(url.query).get("key", [""])[0]
+                try:
+                    self._json(HTTPStatus.OK, data.get(key))
+                except KeyError:
+                    self._error(HTTPStatus.NOT_FOUND, "no such data")
+                return
+            if url.path.startswith("/plots/"):
+                try:
+                    self._send(HTTPStatus.OK, data.plot_file(url.path[len("/plots/"):]).read_bytes(), "image/png")
+                except KeyError:
+                    self._error(HTTPStatus.NOT_FOUND, "no such plot")
+                return
+            self._error(HTTPStatus.NOT_FOUND, "not found")
+
+        def do_POST(self) -> None:
+            if urlparse(self.path).path != "/api/prompt":
+                self._error(HTTPStatus.NOT_FOUND, "not found")
+                return
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+            except ValueError:
+                length = -1
+            if length < 0 or length > MAX_BODY:
+                self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body must be at most {MAX_BODY} bytes")
+                self.close_connection = True
+                return
+            if inspector is None:
+                self._error(HTTPStatus.SERVICE_UNAVAILABLE, "prompt inspection is off (saescope view --no-model)")
+                return
+            try:
+                request = json.loads(self.rfile.read(length) or b"{}")
+                result = inspector.inspect(request.get("sae"), request.get("text"))
+            except (ValueError, AttributeError, json.JSONDecodeError) as error:
+                self._error(HTTPStatus.BAD_REQUEST, str(error))
+                return
+            self._json(HTTPStatus.OK, result)
+
+        def _refuse(self) -> None:
+            self._error(HTTPStatus.METHOD_NOT_ALLOWED, "read-only server")
+
+        do_PUT = do_DELETE = do_PATCH = _refuse
+
+    return Handler
+
+
+def make_server(folder: str | Path, host: str = "127.0.0.1", port: int = 8765, prompts: bool = True,
+                device: str | None = None, loaded: Any = None) -> ThreadingHTTPServer:
+    data = SuiteData(folder)
+    inspector = PromptInspector(data, device=device, loaded=loaded) if prompts else None
+    server = ThreadingHTTPServer((host, port), make_handler(data, inspector))
+    server.daemon_threads = True
+    return server
+
+
+def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8765, prompts: bool = True, device: str | None = None) -> None:
+    server = make_server(folder, host, port, prompts, device)
+    address = f"http://{host}:{server.server_address[1]}/"
+    print(f"saescope view: {Path(folder)} at {address}  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,231 @@
+// saescope feature browser. Every piece of text from the suite is inserted with textContent (never
+// innerHTML), so token strings such as "<script>" show as text. Data comes from the local server
+// (/api/data?key=...) or, in a static export, from data/<key>.js files that register themselves.
+"use strict";
+
+const STATIC = window.SAESCOPE_STATIC === true;
+const cache = new Map();
+
+function load(key) {
+  if (cache.has(key)) return cache.get(key);
+  let promise;
+  if (STATIC) {
+    promise = new Promise((resolve, reject) => {
+      window.SAESCOPE_DATA = window.SAESCOPE_DATA || {};
+      const script = document.createElement("script");
+      script.src = "data/" + key.replace(/\//g, "_") + ".js";
+      script.onload = () => (key in window.SAESCOPE_DATA ? resolve(window.SAESCOPE_DATA[key]) : reject(new Error("missing " + key)));
+      script.onerror = () => reject(new Error("cannot load " + key));
+      document.head.appendChild(script);
+    });
+  } else {
+    promise = fetch("api/data?key=" + encodeURIComponent(key)).then((r) => {
+      if (!r.ok) throw new Error("no data for " + key);
+      return r.json();
+    });
+  }
+  cache.set(key, promise);
+  return promise;
+}
+
+// -- small DOM helpers ------------------------------------------------------------------------------
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (name === "text") node.textContent = value;
+    else if (name === "onclick") node.addEventListener("click", value);
+    else node.setAttribute(name, value);
+  }
+  for (const child of children) if (child !== null && child !== undefined) node.append(child);
+  return node;
+}
+const fmt = (v, digits = 3) => (typeof v === "number" ? (Math.abs(v) >= 1000 || (v !== 0 && Math.abs(v) < 0.001) ? v.toExponential(2) : v.toFixed(digits)) : "–");
+const pct = (v) => (typeof v === "number" ? (100 * v).toFixed(v < 0.001 && v > 0 ? 3 : 1) + "%" : "–");
+const visible = (text) => text.replace(/\n/g, "↵").replace(/\t/g, "⇥");
+function setPage(crumbs, ...content) {
+  const app = document.getElementById("app");
+  app.replaceChildren(...content);
+  const bar = document.getElementById("crumbs");
+  bar.replaceChildren();
+  for (const [label, href] of crumbs) bar.append(" › ", href ? el("a", { href, text: label }) : el("span", { text: label }));
+}
+function fail(error) {
+  setPage([], el("p", { class: "error", text: String(error.message || error) }));
+}
+
+// -- tokens highlighted by strength ------------------------------------------------------------------
+function tokenSpan(text, value, scale, peak) {
+  const alpha = scale > 0 ? Math.min(1, Math.max(0, value / scale)) : 0;
+  const span = el("span", { class: "tok" + (peak ? " peak" : ""), title: "activation " + fmt(value, 4), "data-act": String(value) });
+  span.textContent = visible(text);
+  if (alpha > 0) span.style.backgroundColor = "rgba(30, 90, 255, " + (0.12 + 0.78 * alpha).toFixed(3) + ")";
+  if (alpha > 0.6) span.style.color = "white";
+  return span;
+}
+function example(record, vocab, scale) {
+  const line = el("div", { class: "example" });
+  const centre = Math.floor(record.tokens.length / 2);
+  record.tokens.forEach((id, i) => {
+    if (id < 0) return;
+    line.append(tokenSpan(vocab[String(id)] ?? "?", record.acts[i], scale, i === centre));
+  });
+  return line;
+}
+
+// -- pages -------------------------------------------------------------------------------------------
+async function overview() {
+  const suite = await load("suite");
+  const table = el("table", { id: "sae-table" });
+  table.append(el("tr", {}, ...["SAE", "arch", "width", "target L0", "L0", "FVU", "ΔLM loss", "loss rec.", "dead"].map((h, i) => el("th", { class: i < 2 ? "left" : "", text: h }))));
+  for (const sae of suite.saes) {
+    const m = sae.metrics || {};
+    const name = sae.interpreted ? el("a", { href: "#/sae/" + sae.n, text: sae.path }) : el("span", { text: sae.path + " (not interpreted)" });
+    table.append(el("tr", {}, el("td", { class: "left" }, name), el("td", { class: "left", text: sae.architecture }), el("td", { text: String(sae.width) }),
+      el("td", { text: String(sae.target_l0) }), el("td", { text: fmt(m.l0, 1) }), el("td", { text: fmt(m.fvu) }), el("td", { text: fmt(m.delta_lm_loss, 4) }),
+      el("td", { text: pct(m.loss_recovered) }), el("td", { text: pct(m.dead_fraction) })));
+  }
+  const plots = el("div", { class: "plots" }, ...suite.plots.map((p) => el("img", { src: "plots/" + p, alt: p, title: p })));
+  setPage([[suite.name, null]], el("h1", { text: "Suite " + suite.name }),
+    el("p", { class: "muted", text: `${suite.model} on ${suite.dataset}, ${suite.saes.length} SAEs` + (suite.tokens ? `, ${suite.tokens.toLocaleString()} training tokens each` : "") }),
+    table, el("h2", { text: "Plots" }), plots);
+}
+
+async function saePage(n) {
+  const [suite, summary, vocab] = await Promise.all([load("suite"), load(`sae/${n}/summary`), load(`sae/${n}/vocab`)]);
+  const sae = suite.saes[n];
+  const sortBy = el("select", { id: "sort" }, el("option", { value: "density", text: "sort by density" }), el("option", { value: "max", text: "sort by max activation" }), el("option", { value: "id", text: "sort by id" }));
+  const mode = el("select", { id: "search-mode" }, el("option", { value: "id", text: "feature id" }), el("option", { value: "token", text: "token text" }), el("option", { value: "logit", text: "top logit" }));
+  const query = el("input", { id: "search", type: "search", placeholder: "search…" });
+  const list = el("table", { id: "feature-list" });
+  const count = el("span", { class: "muted" });
+  const text = (id) => vocab[String(id)] ?? "?";
+
+  function render() {
+    const q = query.value.trim().toLowerCase();
+    let ids = [...Array(summary.n_features).keys()];
+    if (q) {
+      if (mode.value === "id") ids = ids.filter((i) => String(i) === q || String(i).startsWith(q));
+      else if (mode.value === "token") ids = ids.filter((i) => summary.peak_tokens[i].some((t) => text(t).toLowerCase().includes(q)));
+      else ids = ids.filter((i) => text(summary.top_logit[i]).toLowerCase().includes(q));
+    }
+    const key = sortBy.value;
+    if (key !== "id") ids.sort((a, b) => summary[key][b] - summary[key][a]);
+    count.textContent = `${ids.length} of ${summary.n_features} features`;
+    list.replaceChildren(el("tr", {}, ...["feature", "density", "max act.", "peaks on", "top logit"].map((h) => el("th", { class: "left", text: h }))));
+    for (const i of ids.slice(0, 300)) {
+      const peaks = el("td", { class: "left" }, ...summary.peak_tokens[i].slice(0, 5).map((t) => el("span", { class: "chip", text: visible(text(t)) })));
+      list.append(el("tr", {}, el("td", { class: "left" }, el("a", { href: `#/sae/${n}/feature/${i}`, text: "#" + i })), el("td", { text: pct(summary.density[i]) }),
+        el("td", { text: fmt(summary.max[i]) }), peaks, el("td", { class: "left", text: visible(text(summary.top_logit[i])) })));
+    }
+  }
+  for (const control of [sortBy, mode]) control.addEventListener("change", render);
+  query.addEventListener("input", render);
+  render();
+  const alive = summary.density.filter((d) => d > 0).length;
+  setPage([[suite.name, "#/"], [sae.path, null]], el("h1", { text: sae.path }),
+    el("p", { class: "muted", text: `${summary.n_features} features (${alive} fired), measured on ${summary.n_tokens.toLocaleString()} tokens` }),
+    promptPanel(n), el("h2", { text: "Features" }), el("div", { class: "controls" }, sortBy, mode, query, count), list);
+}
+
+function promptPanel(n) {
+  const panel = el("div", { id: "prompt-panel" }, el("h2", { text: "Try a prompt" }));
+  if (STATIC) {
+    panel.append(el("p", { class: "muted", text: "Prompt inspection needs the model: run `saescope view SUITE` instead of the static export." }));
+    return panel;
+  }
+  const box = el("textarea", { id: "prompt-text", rows: "3", cols: "80", placeholder: "Type text and press Run" });
+  const result = el("div", { id: "prompt-result" });
+  const run = el("button", { id: "prompt-run", text: "Run" });
+  run.addEventListener("click", async () => {
+    result.replaceChildren(el("p", { class: "muted", text: "Running the model…" }));
+    try {
+      const response = await fetch("api/prompt", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ sae: n, text: box.value }) });
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.error || "request failed");
+      result.replaceChildren(...body.tokens.map((token) => el("div", { class: "prompt-token" }, el("div", { class: "text", text: visible(token.text) }),
+        ...token.features.map(([f, v]) => el("div", {}, el("a", { class: "chip feature-link", href: `#/sae/${n}/feature/${f}`, text: `#${f} ${fmt(v, 2)}` }))))));
+    } catch (error) {
+      result.replaceChildren(el("p", { class: "error", text: String(error.message || error) }));
+    }
+  });
+  panel.append(box, el("div", {}, run), result);
+  return panel;
+}
+
+function histogram(counts, edges) {
+  const width = 420, height = 110, bar = width / counts.length, top = Math.max(1, ...counts);
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("class", "hist");
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height + 18);
+  counts.forEach((c, i) => {
+    const h = c > 0 ? Math.max(1, (height * Math.log1p(c)) / Math.log1p(top)) : 0;
+    const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+    rect.setAttribute("x", i * bar);
+    rect.setAttribute("y", height - h);
+    rect.setAttribute("width", Math.max(1, bar - 1));
+    rect.setAttribute("height", h);
+    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    title.textContent = `${c} tokens with activation 10^${edges[i].toFixed(2)}–10^${edges[i + 1].toFixed(2)}`;
+    rect.append(title);
+    svg.append(rect);
+  });
+  for (const [x, label] of [[0, "10^" + edges[0]], [width - 40, "10^" + edges[edges.length - 1]]]) {
+    const t = document.createElementNS("http://www.w3.org/2000/svg", "text");
+    t.setAttribute("x", x);
+    t.setAttribute("y", height + 14);
+    t.setAttribute("font-size", "10");
+    t.textContent = label;
+    svg.append(t);
+  }
+  return svg;
+}
+
+async function featurePage(n, f) {
+  const [suite, summary, vocab] = await Promise.all([load("suite"), load(`sae/${n}/summary`), load(`sae/${n}/vocab`)]);
+  if (!(f >= 0 && f < summary.n_features)) throw new Error(`feature ${f} does not exist (0–${summary.n_features - 1})`);
+  const start = Math.floor(f / summary.shard_size) * summary.shard_size;
+  const shard = await load(`sae/${n}/features/${start}`);
+  const record = shard[f - start];
+  const sae = suite.saes[n];
+  const text = (id) => vocab[String(id)] ?? "?";
+  const scale = record.max || 1;
+  const logitTable = (rows, title) => el("table", { class: "logits" }, el("tr", {}, el("th", { class: "left", text: title }), el("th", { text: "effect" })),
+    ...rows.map(([id, v]) => el("tr", {}, el("td", { class: "left", text: visible(text(id)) }), el("td", { text: fmt(v) }))));
+  const byPath = new Map(suite.saes.map((s) => [s.path, s.n]));
+  const similar = el("div", {}, ...record.similar.map(([id, c]) => el("a", { class: "chip", href: `#/sae/${n}/feature/${id}`, text: `#${id} (${fmt(c, 2)})` })));
+  const adjacent = el("div", {}, ...record.adjacent.map((a) => el("div", {}, el("span", { class: "muted", text: a.sae + ": " }),
+    ...a.features.map(([id, c]) => el("a", { class: "chip", href: `#/sae/${byPath.get(a.sae)}/feature/${id}`, text: `#${id} (${fmt(c, 2)})` })))));
+  const samples = el("div", {});
+  let band = -1;
+  for (const s of record.samples) {
+    if (s.quantile !== band) {
+      band = s.quantile;
+      samples.append(el("div", { class: "muted", text: `activation quantile ${Math.round(100 * band)}–${Math.round(100 * (band + 0.2))}%` }));
+    }
+    samples.append(example(s, vocab, scale));
+  }
+  setPage([[suite.name, "#/"], [sae.path, `#/sae/${n}`], ["#" + f, null]],
+    el("h1", { text: `Feature #${f}` }),
+    el("p", { class: "stats" }, el("span", { text: "density " + pct(record.density) }), el("span", { text: "max activation " + fmt(record.max) }),
+      el("span", { text: "mean when active " + fmt(record.mean) }), el("span", { class: "muted", text: sae.path })),
+    el("h2", { text: "Top activations" }),
+    el("div", { id: "top-examples" }, ...(record.top.length ? record.top.map((e) => example(e, vocab, scale)) : [el("p", { class: "muted", text: "This feature never fired on the interpreted tokens." })])),
+    el("div", { class: "columns" },
+      el("div", {}, el("h2", { text: "Activation histogram (log10)" }), histogram(record.histogram, summary.log10_bin_edges)),
+      el("div", {}, el("h2", { text: "Logit effects" }), el("div", { class: "columns" }, logitTable(record.logits.top, "promoted"), logitTable(record.logits.bottom, "suppressed")))),
+    el("h2", { text: "Similar features (decoder cosine)" }), similar, adjacent,
+    el("h2", { text: "Examples across activation quantiles" }), samples);
+}
+
+function route() {
+  const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
+  let page;
+  if (parts.length === 0) page = overview();
+  else if (parts[0] === "sae" && parts.length === 2) page = saePage(Number(parts[1]));
+  else if (parts[0] === "sae" && parts[2] === "feature" && parts.length === 4) page = featurePage(Number(parts[1]), Number(parts[3]));
+  else page = Promise.reject(new Error("no such page: " + location.hash));
+  page.then(() => window.scrollTo(0, 0)).catch(fail);
+}
+window.addEventListener("hashchange", route);
+route();

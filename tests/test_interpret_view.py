@@ -1,0 +1,143 @@
+"""Interpretation of a tiny suite, the read-only server and the static export (HTTP level; browser tests are separate)."""
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+from lm_helpers import tiny_loaded, write_corpus
+
+from saescope.interpret.directions import (
+    logit_effects,
+    output_directions,
+    similar_features,
+)
+from saescope.interpret.run import interpret_suite
+from saescope.suite import train_suite
+from saescope.view import export_site, make_server
+
+
+@pytest.fixture(scope="module")
+def interpreted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("interp")
+    loaded = tiny_loaded("llama", n_layers=2)
+    loaded.model.save_pretrained(root / "model")
+    loaded.tokenizer.save_pretrained(root / "model")
+    corpus = write_corpus(root / "c.txt", repeat=12)
+    with open(corpus, "a") as handle:  # a document with markup, to check escaping downstream
+        handle.write("\n\n" + "<script>alert(1)</script> <b>bold</b> & more " * 20)
+    config = {"model": str(root / "model"), "dataset": corpus, "hookpoints": ["layers.*.resid_post"], "architectures": ["topk"],
+              "widths": [64], "target_l0s": [4], "tokens": 2048, "batch_size": 256, "context_size": 32, "eval_tokens": 256,
+              "device": "cpu", "shuffle_buffer_tokens": 1024}
+    suite = root / "suite"
+    train_suite(config, suite, progress=False, report=lambda line: None)
+    result = interpret_suite(suite, tokens=4096, top_k=5, window=3, batch_contexts=8, progress=False)
+    return suite, result
+
+
+def test_interpret_writes_compact_records(interpreted):
+    suite, result = interpreted
+    assert set(result["saes"]) == {"layers.0.resid_post/topk-w64-l0_4", "layers.1.resid_post/topk-w64-l0_4"}
+    folder = suite / "layers.1.resid_post/topk-w64-l0_4/interpret"
+    summary = json.loads((folder / "summary.json").read_text())
+    records = json.loads((folder / "features_00000.json").read_text())
+    vocab = json.loads((folder / "vocab.json").read_text())
+    assert summary["n_features"] == 64 and len(records) == 64 and summary["window"] == 3
+    alive = [r for r in records if r["density"] > 0]
+    assert alive, "some features must fire"
+    for record in alive:
+        values = [e["max"] for e in record["top"]]
+        assert values == sorted(values, reverse=True) and values[0] == pytest.approx(record["max"], rel=1e-3)
+        assert all(e["acts"][3] == e["max"] for e in record["top"])  # the window is centred on the peak
+        assert all(str(t) in vocab for e in record["top"] for t in e["tokens"] if t >= 0)
+        assert sum(record["histogram"]) == round(record["density"] * summary["n_tokens"])
+        assert len(record["logits"]["top"]) == 10 and len(record["similar"]) == 5
+        assert record["adjacent"] and record["adjacent"][0]["sae"] == "layers.0.resid_post/topk-w64-l0_4"
+    assert sum(r["density"] > 0 for r in records) == sum(d > 0 for d in summary["density"])
+
+
+def test_logit_effects_and_similarity_against_direct_computation():
+    loaded = tiny_loaded("llama", n_layers=2)
+    torch.manual_seed(0)
+    decoder = torch.randn(6, 32)
+    ids, values, low_ids, low_values = logit_effects(loaded.model, decoder, top=4, chunk=4)
+    direct = (decoder * loaded.model.model.norm.weight.detach()) @ loaded.model.lm_head.weight.detach().T
+    assert torch.allclose(values, direct.topk(4, dim=1).values, atol=1e-5)
+    assert torch.equal(ids, direct.topk(4, dim=1).indices) and torch.allclose(low_values, direct.topk(4, dim=1, largest=False).values, atol=1e-5)
+    gpt2 = tiny_loaded("gpt2", n_layers=1)
+    centred = output_directions(gpt2.model, decoder)
+    assert torch.allclose(centred, (decoder - decoder.mean(dim=1, keepdim=True)) * gpt2.model.transformer.ln_f.weight.detach(), atol=1e-6)
+    same = torch.cat([decoder, decoder[:1] * 3])
+    sim_ids, sim_cos = similar_features(same, top=2)
+    assert sim_ids[0, 0] == 6 and sim_cos[0, 0] == pytest.approx(1.0, abs=1e-5)
+    assert (sim_ids != torch.arange(7).unsqueeze(1)).all()  # never itself
+
+
+@pytest.fixture
+def server(interpreted):
+    suite, _ = interpreted
+    httpd = make_server(suite, port=0, prompts=True, device="cpu")
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return response.status, response.headers.get("Content-Type"), response.read()
+
+
+def _status(url, data=None, method=None, headers=None):
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def test_server_serves_keys_plots_and_prompts(server):
+    status, kind, body = _get(server + "/")
+    assert status == 200 and kind.startswith("text/html") and b"app.js" in body
+    status, _kind, body = _get(server + "/api/data?key=suite")
+    suite = json.loads(body)
+    assert [s["interpreted"] for s in suite["saes"]] == [True, True] and "depth.png" not in suite["plots"]  # not evaluated yet
+    status, _kind, body = _get(server + "/api/data?key=sae/1/features/0")
+    assert len(json.loads(body)) == 64
+    status, result = _status(server + "/api/prompt", json.dumps({"sae": 1, "text": "A list is a mutable sequence"}).encode(), "POST",
+                             {"Content-Type": "application/json"})
+    assert status == 200 and result["tokens"] and all(len(t["features"]) <= 5 for t in result["tokens"])
+    assert "".join(t["text"] for t in result["tokens"]) == "A list is a mutable sequence"
+
+
+def test_server_is_read_only_and_bounded(server):
+    for path in ("/api/data?key=../../etc/passwd", "/api/data?key=sae/99/summary", "/plots/../suite.json", "/suite.json", "/../../etc/passwd",
+                 "/api/data?key=sae/0/features/../../x"):
+        assert _status(server + path)[0] == 404, path
+    assert _status(server + "/api/data?key=suite", data=b"x", method="PUT")[0] == 405
+    assert _status(server + "/api/data?key=suite", method="DELETE")[0] == 405
+    too_big = json.dumps({"sae": 0, "text": "x" * 20_000}).encode()
+    assert _status(server + "/api/prompt", too_big, "POST", {"Content-Type": "application/json"})[0] == 413
+    status, body = _status(server + "/api/prompt", json.dumps({"sae": 7, "text": "hi"}).encode(), "POST")
+    assert status == 400 and "sae must be an index" in body["error"]
+    status, body = _status(server + "/api/prompt", json.dumps({"sae": 0, "text": "y" * 2_500}).encode(), "POST")
+    assert status == 400 and "longer than 2000" in body["error"]
+
+
+def test_static_export_has_every_key_as_a_script(interpreted, tmp_path):
+    suite, _ = interpreted
+    site = export_site(suite, tmp_path / "site")
+    html = (site / "index.html").read_text()
+    assert "window.SAESCOPE_STATIC = true" in html
+    files = sorted(p.name for p in (site / "data").iterdir())
+    assert "suite.js" in files and "sae_1_features_0.js" in files and "sae_0_vocab.js" in files
+    script = (site / "data" / "sae_1_summary.js").read_text()
+    assert script.startswith("window.SAESCOPE_DATA=window.SAESCOPE_DATA||{};window.SAESCOPE_DATA[\"sae/1/summary\"]=")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not a saescope export"):
+        export_site(suite, tmp_path / "other")
