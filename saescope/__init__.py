@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from saescope.checkpoint import load
+from saescope.interop.loading import load_sae as load
 from saescope.metrics import SaeMetrics, evaluate_sae
 from saescope.saes import (
     ARCHITECTURES,
@@ -36,6 +36,7 @@ _LAZY = {
     "train_suite": "saescope.suite",
     "evaluate_suite": "saescope.suite",
     "describe": "saescope.suite",
+    "export_saelens": "saescope.interop",
 }
 
 

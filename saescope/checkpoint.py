@@ -95,6 +95,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SparseA
         if not torch.isfinite(tensors[name]).all():
             raise ValueError(f"{weights_path}: {name} contains NaN or inf; the SAE diverged or the file is corrupt")
     sae.load_export_tensors({name: t.float() for name, t in tensors.items()})
+    if "apply_b_dec_to_input" in cfg and bool(cfg["apply_b_dec_to_input"]) != sae.apply_b_dec_to_input:
+        sae.apply_b_dec_to_input = bool(cfg["apply_b_dec_to_input"])  # e.g. an SAE imported from SAELens
     sae.normalization = cfg.get("normalization") or {}
     sae.training_summary = cfg.get("training") or {}
     return sae.to(device).eval()

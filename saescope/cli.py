@@ -292,6 +292,70 @@ def _cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from saescope.interop import export_saelens, load_sae
+
+    try:
+        sae = load_sae(args.source, hookpoint=args.hookpoint)
+        if args.to == "saelens":
+            export_saelens(sae, args.out)
+        else:
+            sae.save(args.out)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"{args.source} ({sae.architecture}, d_in {sae.d_in}, {sae.d_sae} latents) written to {args.out} in {args.to} format")
+    return 0
+
+
+def _cmd_steer(args: argparse.Namespace) -> int:
+    from saescope.interop import load_sae
+    from saescope.lm.models import load_model
+    from saescope.steer import Intervention, feature_max_activation, steer_and_compare
+
+    values = args.value if len(args.value) == len(args.feature) else args.value * len(args.feature) if len(args.value) == 1 else None
+    if values is None:
+        raise SystemExit(f"error: give one --value, or one per --feature ({len(args.feature)})")
+    try:
+        sae = load_sae(args.sae, hookpoint=args.hookpoint)
+        interventions = []
+        for feature, value in zip(args.feature, values):
+            peak = feature_max_activation(args.sae, feature) if args.unit == "max" else None
+            if args.unit == "max" and peak is None:
+                raise ValueError(f"--unit max needs the feature's maximum activation: run `saescope interpret` on the suite of {args.sae} first")
+            interventions.append(Intervention(sae, feature, value, kind=args.kind, positions=args.positions, unit=args.unit, max_activation=peak))
+        model = args.model or sae.cfg.model_id
+        if not model:
+            raise ValueError(f"{args.sae} does not record its model; pass --model")
+        loaded = load_model(model, device=args.device)
+        plain, steered = steer_and_compare(loaded, args.prompt, interventions, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                           temperature=args.temperature)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        raise SystemExit(f"error: {error}") from None
+    what = ", ".join(f"#{f} {args.kind}" + ("" if args.kind == "ablate" else f" {v:g}{'x max' if args.unit == 'max' else ''}") for f, v in zip(args.feature, values))
+    print(_side_by_side(args.prompt, [("unsteered", plain), (f"steered ({what})", steered)], args.seed))
+    return 0
+
+
+def _side_by_side(prompt: str, columns: list[tuple[str, Any]], seed: int) -> str:
+    import shutil
+    import textwrap
+
+    width = max(30, (shutil.get_terminal_size((120, 20)).columns - 3) // 2)
+    blocks = []
+    for title, generation in columns:
+        rate = "-" if generation.feature_rate is None else f"{generation.feature_rate:.0%}"
+        lines = [title, "-" * min(width, len(title))] + textwrap.wrap(generation.text.replace("\n", " ⏎ "), width) + \
+            ["", f"feature fires on {rate} of tokens; perplexity {generation.perplexity:.1f}"]
+        blocks.append(lines)
+    rows = max(len(b) for b in blocks)
+    out = [f"prompt: {prompt!r}   (seed {seed}, same for both)", ""]
+    for i in range(rows):
+        left = blocks[0][i] if i < len(blocks[0]) else ""
+        right = blocks[1][i] if i < len(blocks[1]) else ""
+        out.append(f"{left:<{width}} | {right}")
+    return "\n".join(out)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from saescope.suite.demo import run_demo
 
@@ -391,6 +455,29 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--export", metavar="DIR", help="write a static site that works offline from file:// instead of serving")
     view.add_argument("--device", help="cuda or cpu for the prompt panel")
     view.set_defaults(func=_cmd_view)
+
+    convert = commands.add_parser("convert", help="read a saescope, SAELens or Gemma Scope SAE (path or hub id) and write it as saescope or SAELens")
+    convert.add_argument("source", help="SAE folder, params.npz, or hub id such as google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71")
+    convert.add_argument("out", help="output folder")
+    convert.add_argument("--to", choices=["saelens", "saescope"], default="saescope")
+    convert.add_argument("--hookpoint", help="record this hookpoint (e.g. layers.20.resid_post) when the source does not say")
+    convert.set_defaults(func=_cmd_convert)
+
+    steer = commands.add_parser("steer", help="generate with and without SAE features added, clamped or ablated, side by side")
+    steer.add_argument("--sae", required=True, help="SAE folder (saescope or SAELens), Gemma Scope params.npz, or hub id")
+    steer.add_argument("--feature", type=int, nargs="+", required=True, help="feature index (several apply together)")
+    steer.add_argument("--value", type=float, nargs="+", default=[0.0], help="one value, or one per feature")
+    steer.add_argument("--kind", choices=["add", "clamp", "ablate"], default="add")
+    steer.add_argument("--unit", choices=["raw", "max"], default="raw", help="max: value in multiples of the feature's maximum activation (needs saescope interpret)")
+    steer.add_argument("--positions", choices=["all", "prompt", "generated"], default="all")
+    steer.add_argument("--prompt", required=True)
+    steer.add_argument("--max-new-tokens", type=int, default=40)
+    steer.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
+    steer.add_argument("--seed", type=int, default=0)
+    steer.add_argument("--model", help="default: the model the SAE records")
+    steer.add_argument("--hookpoint", help="default: the hookpoint the SAE records")
+    steer.add_argument("--device")
+    steer.set_defaults(func=_cmd_steer)
 
     demo = commands.add_parser("demo", help="train, evaluate and plot a small suite on the built-in model and corpus")
     demo.add_argument("--out", default="demo-suite", help="where the suite goes (default demo-suite)")

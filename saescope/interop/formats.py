@@ -1,0 +1,195 @@
+"""Read Gemma Scope and SAELens checkpoints, write SAELens folders, and tell the formats apart.
+
+Gemma Scope (Gemma 2): ``params.npz`` with ``W_enc [d_model, d_sae]``, ``W_dec [d_sae, d_model]``,
+``b_enc``, ``b_dec``, ``threshold``; no config file; ``pre = x @ W_enc + b_enc`` with no pre-encoder
+bias, ``f = relu(pre) · (pre > threshold)``, ``x̂ = f @ W_dec + b_dec``; input normalisation
+already folded in. The hookpoint comes from the path (``layer_L/width_W/average_l0_N``) and the
+repository's site suffix (``-res``, ``-mlp``, ``-att``).
+
+SAELens v6: ``cfg.json`` + ``sae_weights.safetensors``; architectures ``standard`` (ReLU),
+``jumprelu``, ``topk``, ``gated`` and ``batchtopk`` (which SAELens itself saves as ``jumprelu``
+with the global threshold broadcast); ``apply_b_dec_to_input`` subtracts ``b_dec`` before encoding.
+
+Both map onto saescope's own classes with identical tensors, so ``encode``/``decode`` give the
+published formulas exactly (tested against an independent numpy implementation).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from saescope.saes import SparseAutoencoder, create_sae
+
+GEMMA_SCOPE_SITES = {"res": "resid_post", "mlp": "mlp_out", "att": "attn_z"}
+SAELENS_TO_SAESCOPE = {"standard": "relu", "relu": "relu", "jumprelu": "jumprelu", "topk": "topk", "gated": "gated", "batchtopk": "batchtopk"}
+SAESCOPE_TO_SAELENS = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk", "gated": "gated", "batchtopk": "jumprelu"}
+_GEMMA_PATH = re.compile(r"layer_(\d+)/width_(\w+)/average_l0_(\d+)")
+
+
+def detect_format(path: str | Path) -> str:
+    """"saescope", "saelens" or "gemma_scope" for a local file or folder; ValueError otherwise."""
+    target = Path(path)
+    if target.is_file() and target.suffix == ".npz" or (target.is_dir() and (target / "params.npz").is_file()):
+        return "gemma_scope"
+    if target.is_dir() and (target / "cfg.json").is_file():
+        try:
+            cfg = json.loads((target / "cfg.json").read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{target / 'cfg.json'}: not valid JSON ({error})") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{target / 'cfg.json'}: expected a JSON object")
+        if "saescope_version" in cfg:
+            return "saescope"
+        if "architecture" in cfg or "hook_name" in cfg or "hook_point" in cfg or "metadata" in cfg:
+            return "saelens"
+        raise ValueError(f"{target / 'cfg.json'}: neither a saescope nor a SAELens config (no architecture)")
+    if not target.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    raise ValueError(f"{path}: not an SAE (expected a folder with cfg.json + sae_weights.safetensors, or a Gemma Scope params.npz)")
+
+
+# -- Gemma Scope -----------------------------------------------------------------------------------------
+def load_gemma_scope(path: str | Path, hookpoint: str | None = None, model_id: str | None = None) -> SparseAutoencoder:
+    file = Path(path)
+    if file.is_dir():
+        file = file / "params.npz"
+    try:
+        with np.load(file) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{file}: cannot read a Gemma Scope params.npz ({error})") from None
+    required = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+    missing = [name for name in required if name not in arrays]
+    if missing:
+        raise ValueError(f"{file}: missing {missing}; a Gemma Scope params.npz holds {list(required)}")
+    d_in, d_sae = arrays["W_enc"].shape
+    expected = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
+    for name, shape in expected.items():
+        if arrays[name].shape != shape:
+            raise ValueError(f"{file}: {name} has shape {list(arrays[name].shape)}, but W_enc {list(arrays['W_enc'].shape)} implies {list(shape)}")
+    hookpoint = hookpoint or gemma_scope_hookpoint(str(path))
+    sae = create_sae("jumprelu", int(d_in), int(d_sae), hookpoint=hookpoint, model_id=model_id)
+    _load_checked(sae, {name: torch.from_numpy(np.asarray(arrays[name], dtype=np.float32)) for name in required}, file)
+    sae.normalization = {"method": "none", "folded": True, "note": "Gemma Scope: normalisation folded into the weights"}
+    sae.training_summary = {"source": "gemma_scope", "path": str(path)}
+    return sae
+
+
+def gemma_scope_hookpoint(path: str) -> str | None:
+    """``layers.L.<site>`` from a Gemma Scope path such as ``gemma-scope-2b-pt-res/layer_20/width_16k/...``."""
+    match = _GEMMA_PATH.search(path.replace("\\", "/"))
+    if not match:
+        return None
+    site = next((GEMMA_SCOPE_SITES[s] for s in GEMMA_SCOPE_SITES if re.search(rf"-{s}(\b|/|-|$)", path)), "resid_post")
+    return f"layers.{int(match.group(1))}.{site}"
+
+
+# -- SAELens -------------------------------------------------------------------------------------------
+def load_saelens(path: str | Path) -> SparseAutoencoder:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    cfg_file, weights_file = folder / "cfg.json", folder / "sae_weights.safetensors"
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"{weights_file}: missing; a SAELens folder holds cfg.json and sae_weights.safetensors")
+    cfg = _saelens_cfg(cfg_file)
+    arch = cfg["architecture"]
+    if arch not in SAELENS_TO_SAESCOPE:
+        raise ValueError(f"{cfg_file}: SAELens architecture {arch!r} is not supported; supported: {sorted(SAELENS_TO_SAESCOPE)}")
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in (None, "none", False):
+        raise ValueError(f"{cfg_file}: normalize_activations={norm!r} needs a dataset-dependent scale that is not in the folder; "
+                         "fold it into the weights with SAELens (fold_activation_norm_scaling_factor) and save again")
+    try:
+        tensors = load_file(str(weights_file))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{weights_file}: cannot read weights ({error})") from None
+    d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    metadata = cfg.get("metadata") or {}
+    hookpoint = metadata.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+    model_id = metadata.get("model_name") or cfg.get("model_name")
+    options: dict[str, Any] = {"hookpoint": hookpoint, "model_id": model_id}
+    ours = SAELENS_TO_SAESCOPE[arch]
+    if ours in ("topk", "batchtopk"):
+        k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
+        if k is None:
+            raise ValueError(f"{cfg_file}: a {arch} config needs k")
+        options["k"] = int(k)
+        if cfg.get("rescale_acts_by_decoder_norm"):
+            raise ValueError(f"{cfg_file}: rescale_acts_by_decoder_norm=true is a training-time setting; save the SAE for inference with SAELens first")
+    if ours == "batchtopk":
+        if "topk_threshold" in tensors and "threshold" not in tensors:
+            tensors["threshold"] = tensors.pop("topk_threshold").float().reshape(-1).expand(d_sae).clone()
+    sae = create_sae(ours, d_in, d_sae, **options)
+    sae.apply_b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", True))
+    _load_checked(sae, tensors, weights_file)
+    sae.normalization = {"method": "none", "folded": True, "note": f"loaded from SAELens ({arch})"}
+    sae.training_summary = {"source": "saelens", "path": str(path), "architecture": arch}
+    return sae
+
+
+def _saelens_cfg(cfg_file: Path) -> dict[str, Any]:
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{cfg_file}: missing")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{cfg_file}: not valid JSON ({error})") from None
+    if not isinstance(cfg, dict) or "d_in" not in cfg or "d_sae" not in cfg:
+        raise ValueError(f"{cfg_file}: a SAELens config needs d_in and d_sae")
+    if "architecture" not in cfg:  # pre-6.0 configs name the activation instead
+        activation = cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu"
+        cfg["architecture"] = "topk" if activation == "topk" else "standard"
+    if isinstance(cfg.get("normalize_activations"), bool):
+        cfg["normalize_activations"] = "none" if not cfg["normalize_activations"] else "expected_average_only_in"
+    return cfg
+
+
+def export_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
+    """Write ``sae`` as a SAELens v6 folder (cfg.json + sae_weights.safetensors) that SAELens loads as is."""
+    from safetensors.torch import save_file
+
+    from saescope import __version__
+
+    if sae.architecture not in SAESCOPE_TO_SAELENS:
+        raise ValueError(f"{sae.architecture} SAEs have no SAELens equivalent; exportable: {sorted(SAESCOPE_TO_SAELENS)}")
+    if sae.normalization and not sae.normalization.get("folded", True):
+        raise ValueError("this SAE still expects normalised inputs; fold the input scale first (trained SAEs are folded when saved)")
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().float().contiguous().cpu() for name, t in sae.export_tensors().items()}
+    cfg: dict[str, Any] = {
+        "architecture": SAESCOPE_TO_SAELENS[sae.architecture],
+        "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32", "device": "cpu",
+        "apply_b_dec_to_input": bool(sae.apply_b_dec_to_input),
+        "normalize_activations": "none", "reshape_activations": "none",
+        "metadata": {"model_name": sae.cfg.model_id, "hook_name": sae.cfg.hookpoint, "sae_lens_training_version": None,
+                     "exported_by": f"saescope {__version__}"},
+    }
+    if sae.architecture == "topk":
+        cfg["k"] = int(sae.cfg.k)
+        cfg["rescale_acts_by_decoder_norm"] = False
+    save_file(tensors, str(folder / "sae_weights.safetensors"))
+    (folder / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return folder
+
+
+def _load_checked(sae: SparseAutoencoder, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    expected = {name: tuple(t.shape) for name, t in sae.export_tensors().items()}
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{source}: tensors do not match a {sae.architecture} SAE (missing {missing}, unexpected {unexpected})")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(f"{source}: {name} has shape {list(tensors[name].shape)}, expected {list(shape)} (d_in={sae.d_in}, d_sae={sae.d_sae})")
+        if not torch.isfinite(tensors[name]).all():
+            raise ValueError(f"{source}: {name} contains NaN or inf")
+    sae.load_export_tensors({name: t.float() for name, t in tensors.items()})
+    sae.eval()

@@ -1,0 +1,71 @@
+"""``saescope.load(path_or_hub_id)``: any SAE checkpoint, whatever wrote it.
+
+Local paths are recognised by their files (``detect_format``). Anything else that looks like
+``owner/repo[/path/in/repo]`` is fetched from the Hugging Face hub with ``huggingface_hub`` (only the
+files the format needs) and then read the same way; Gemma Scope repositories are recognised by their
+``params.npz``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from saescope.interop.formats import detect_format, load_gemma_scope, load_saelens
+from saescope.saes import SparseAutoencoder
+
+
+def load_sae(path: str | Path, device: str = "cpu", hookpoint: str | None = None) -> SparseAutoencoder:
+    """Load a saescope, SAELens or Gemma Scope SAE from a local path or a hub id."""
+    local = Path(path).expanduser()
+    if local.exists():
+        kind = detect_format(local)
+        source = str(path)
+    elif _looks_like_hub_id(str(path)):
+        local, kind = _download(str(path))
+        source = str(path)
+    else:
+        raise FileNotFoundError(f"{path}: no such file or folder (a hub id looks like owner/repo/path/in/repo)")
+    if kind == "saescope":
+        from saescope.checkpoint import load
+
+        sae = load(str(local), device=device)
+    elif kind == "saelens":
+        sae = load_saelens(local)
+    else:
+        sae = load_gemma_scope(local if local.suffix == ".npz" or local.is_dir() else local, hookpoint=hookpoint)
+        if hookpoint is None and sae.cfg.hookpoint is None:
+            from saescope.interop.formats import gemma_scope_hookpoint
+
+            sae.cfg.hookpoint = gemma_scope_hookpoint(source)
+    if hookpoint is not None:
+        sae.cfg.hookpoint = hookpoint
+    return sae.to(device).eval()
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) >= 2 and not text.startswith((".", "/", "~")) and all(parts)
+
+
+def _download(hub_id: str) -> tuple[Path, str]:
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+    except ImportError as error:  # pragma: no cover - transformers depends on huggingface_hub
+        raise ImportError("loading from the hub needs huggingface_hub (pip install huggingface_hub)") from error
+    parts = hub_id.split("/")
+    repo, sub = "/".join(parts[:2]), "/".join(parts[2:])
+    prefix = f"{sub}/" if sub else ""
+    try:
+        try:
+            npz = hf_hub_download(repo, f"{prefix}params.npz")
+            return Path(npz), "gemma_scope"
+        except EntryNotFoundError:
+            cfg = hf_hub_download(repo, f"{prefix}cfg.json")
+            hf_hub_download(repo, f"{prefix}sae_weights.safetensors")
+            folder = Path(cfg).parent
+            return folder, detect_format(folder)
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{hub_id}: no such repository on the Hugging Face hub ({repo})") from None
+    except EntryNotFoundError:
+        raise FileNotFoundError(f"{hub_id}: {repo} has no params.npz or cfg.json + sae_weights.safetensors under {sub or 'its root'!r}") from None
