@@ -169,3 +169,16 @@ def test_static_export_works_from_file_urls(browser, suite, tmp_path):
         page.goto((site / "index.html").resolve().as_uri() + "#/sae/1")
         page.wait_for_selector("#prompt-panel")
         assert "needs the model" in page.locator("#prompt-panel").inner_text()
+
+
+def test_steer_panel_shows_both_outputs(browser, server, suite, tmp_path):
+    _folder, feature = suite
+    with page_for(browser, "steer", tmp_path) as page:
+        page.goto(server + f"#/sae/1/feature/{feature}")
+        page.wait_for_selector("#steer-text")
+        page.fill("#steer-text", "A list is")
+        page.fill("#steer-strength", "6")
+        page.click("#steer-run")
+        page.wait_for_selector("#steer-steered .example", timeout=120_000)
+        assert "perplexity" in page.locator("#steer-plain").inner_text()
+        assert page.locator("#steer-steered .example").inner_text() != ""

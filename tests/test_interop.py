@@ -10,7 +10,12 @@ from safetensors.numpy import save_file
 
 import saescope
 from saescope import create_sae
-from saescope.interop import detect_format, export_saelens, load_gemma_scope, load_saelens
+from saescope.interop import (
+    detect_format,
+    export_saelens,
+    load_gemma_scope,
+    load_saelens,
+)
 
 
 def _relu(x):

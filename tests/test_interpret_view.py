@@ -141,3 +141,16 @@ def test_static_export_has_every_key_as_a_script(interpreted, tmp_path):
     (tmp_path / "other" / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="not a saescope export"):
         export_site(suite, tmp_path / "other")
+
+
+def test_server_steer_endpoint(server):
+    body = json.dumps({"sae": 1, "feature": 0, "strength": 3, "kind": "add", "text": "A list is", "max_new_tokens": 5}).encode()
+    status, result = _status(server + "/api/steer", body, "POST", {"Content-Type": "application/json"})
+    assert status == 200 and set(result) >= {"unsteered", "steered", "max_activation"}
+    assert result["steered"]["perplexity"] > 0
+    for bad, message in (({"sae": 1, "feature": 999, "strength": 1, "text": "x"}, "feature 999 does not exist"),
+                         ({"sae": 1, "feature": 0, "strength": 1, "text": "x", "max_new_tokens": 500}, "max_new_tokens must be in 1..40"),
+                         ({"sae": 1, "feature": 0, "strength": "big", "text": "x"}, "strength must be a number"),
+                         ({"sae": 1, "feature": 0, "strength": 1, "kind": "boost", "text": "x"}, "kind must be one of")):
+        status, result = _status(server + "/api/steer", json.dumps(bad).encode(), "POST")
+        assert status == 400 and message in result["error"], bad

@@ -124,9 +124,8 @@ def load_saelens(path: str | Path) -> SparseAutoencoder:
         options["k"] = int(k)
         if cfg.get("rescale_acts_by_decoder_norm"):
             raise ValueError(f"{cfg_file}: rescale_acts_by_decoder_norm=true is a training-time setting; save the SAE for inference with SAELens first")
-    if ours == "batchtopk":
-        if "topk_threshold" in tensors and "threshold" not in tensors:
-            tensors["threshold"] = tensors.pop("topk_threshold").float().reshape(-1).expand(d_sae).clone()
+    if ours == "batchtopk" and "topk_threshold" in tensors and "threshold" not in tensors:
+        tensors["threshold"] = tensors.pop("topk_threshold").float().reshape(-1).expand(d_sae).clone()
     sae = create_sae(ours, d_in, d_sae, **options)
     sae.apply_b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", True))
     _load_checked(sae, tensors, weights_file)

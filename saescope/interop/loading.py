@@ -32,7 +32,7 @@ def load_sae(path: str | Path, device: str = "cpu", hookpoint: str | None = None
     elif kind == "saelens":
         sae = load_saelens(local)
     else:
-        sae = load_gemma_scope(local if local.suffix == ".npz" or local.is_dir() else local, hookpoint=hookpoint)
+        sae = load_gemma_scope(local, hookpoint=hookpoint)
         if hookpoint is None and sae.cfg.hookpoint is None:
             from saescope.interop.formats import gemma_scope_hookpoint
 

@@ -113,7 +113,7 @@ class Steering:
         return fn
 
     @contextmanager
-    def active(self) -> Iterator["Steering"]:
+    def active(self) -> Iterator[Steering]:
         from saescope.lm.capture import hooked
 
         self.calls_seen: dict[str, int] = {}

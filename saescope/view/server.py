@@ -6,6 +6,9 @@ Bound to 127.0.0.1 by default. It answers only:
     GET  /api/data?key=KEY      JSON for a key of ``SuiteData`` (never a path)
     GET  /plots/NAME.png        a plot of the suite
     POST /api/prompt            {"sae": n, "text": "..."} → each token's top features (loads the model once)
+    POST /api/steer             {"sae": n, "feature": i, "strength": s, "kind": "add", "text": "..."} →
+                                unsteered and steered continuations (strength in multiples of the
+                                feature's max activation; at most ``MAX_STEER_TOKENS`` new tokens)
 
 Request bodies are capped at ``MAX_BODY`` bytes and prompts at ``MAX_PROMPT_CHARS`` characters;
 anything else is 404, 405 or 413. Nothing is ever written.
@@ -29,6 +32,7 @@ logger = logging.getLogger("saescope")
 MAX_BODY = 16_384
 MAX_PROMPT_CHARS = 2_000
 MAX_PROMPT_TOKENS = 256
+MAX_STEER_TOKENS = 40
 STATIC_FILES = {"/": ("index.html", "text/html"), "/index.html": ("index.html", "text/html"),
                 "/app.js": ("app.js", "text/javascript"), "/app.css": ("app.css", "text/css")}
 
@@ -47,28 +51,51 @@ class PromptInspector:
         self._saes: dict[int, Any] = {}
         self._lock = threading.Lock()
 
-    def inspect(self, n: int, text: str, top: int = 5) -> dict[str, Any]:
-        import torch
-
+    def _model_and_sae(self, n: int) -> tuple[Any, Any]:
+        """Load the model and SAE ``n`` once; call with the lock held."""
         from saescope.checkpoint import load
-        from saescope.lm.capture import capture_dict
-        from saescope.lm.hookpoints import resolve_hookpoints
         from saescope.lm.models import load_model
 
+        if self._loaded is None:
+            config = self.data.index.get("config", {})
+            self._loaded = load_model(config.get("model") or self.data.index["model"], device=self.device, dtype=config.get("dtype"))
+        if n not in self._saes:
+            self._saes[n] = load(str(self.data.folder / self.data.entries[n]["path"])).to(self._loaded.device).eval()
+        return self._loaded, self._saes[n]
+
+    def steer(self, n: int, feature: int, strength: float, kind: str, text: str, max_new_tokens: int = 30, seed: int = 0) -> dict[str, Any]:
+        from saescope.steer import Intervention, feature_max_activation, steer_and_compare
+
+        self._check(n, text)
+        if not isinstance(strength, (int, float)) or not -1000 <= strength <= 1000:
+            raise ValueError("strength must be a number in [-1000, 1000]")
+        if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_STEER_TOKENS:
+            raise ValueError(f"max_new_tokens must be in 1..{MAX_STEER_TOKENS}")
+        with self._lock:
+            loaded, sae = self._model_and_sae(n)
+            peak = feature_max_activation(self.data.folder / self.data.entries[n]["path"], feature) if isinstance(feature, int) else None
+            intervention = Intervention(sae, feature, float(strength), kind=kind, unit="max", max_activation=peak or 1.0)
+            plain, steered = steer_and_compare(loaded, text, [intervention], max_new_tokens=max_new_tokens, seed=seed)
+        return {name: {"text": g.text, "feature_rate": g.feature_rate, "perplexity": round(g.perplexity, 2)}
+                for name, g in (("unsteered", plain), ("steered", steered))} | {"max_activation": peak}
+
+    def _check(self, n: Any, text: Any) -> None:
         if not isinstance(n, int) or not 0 <= n < len(self.data.entries):
             raise ValueError(f"sae must be an index in 0..{len(self.data.entries) - 1}")
         if not isinstance(text, str) or not text.strip():
             raise ValueError("text must be a non-empty string")
         if len(text) > MAX_PROMPT_CHARS:
             raise ValueError(f"text is longer than {MAX_PROMPT_CHARS} characters")
+
+    def inspect(self, n: int, text: str, top: int = 5) -> dict[str, Any]:
+        import torch
+
+        from saescope.lm.capture import capture_dict
+        from saescope.lm.hookpoints import resolve_hookpoints
+
+        self._check(n, text)
         with self._lock:  # one model, shared by request threads
-            if self._loaded is None:
-                config = self.data.index.get("config", {})
-                self._loaded = load_model(config.get("model") or self.data.index["model"], device=self.device, dtype=config.get("dtype"))
-            loaded = self._loaded
-            if n not in self._saes:
-                self._saes[n] = load(str(self.data.folder / self.data.entries[n]["path"])).to(loaded.device).eval()
-            sae = self._saes[n]
+            loaded, sae = self._model_and_sae(n)
             tokenizer = loaded.tokenizer
             ids = tokenizer(text, add_special_tokens=False)["input_ids"][: MAX_PROMPT_TOKENS - 1]
             bos = tokenizer.bos_token_id
@@ -132,7 +159,8 @@ def make_handler(data: SuiteData, inspector: PromptInspector | None):
             self._error(HTTPStatus.NOT_FOUND, "not found")
 
         def do_POST(self) -> None:
-            if urlparse(self.path).path != "/api/prompt":
+            path = urlparse(self.path).path
+            if path not in ("/api/prompt", "/api/steer"):
                 self._error(HTTPStatus.NOT_FOUND, "not found")
                 return
             try:
@@ -148,8 +176,14 @@ def make_handler(data: SuiteData, inspector: PromptInspector | None):
                 return
             try:
                 request = json.loads(self.rfile.read(length) or b"{}")
-                result = inspector.inspect(request.get("sae"), request.get("text"))
-            except (ValueError, AttributeError, json.JSONDecodeError) as error:
+                if not isinstance(request, dict):
+                    raise ValueError("the request body must be a JSON object")
+                if path == "/api/prompt":
+                    result = inspector.inspect(request.get("sae"), request.get("text"))
+                else:
+                    result = inspector.steer(request.get("sae"), request.get("feature"), request.get("strength"), request.get("kind", "add"),
+                                             request.get("text"), int(request.get("max_new_tokens", 30)))
+            except (ValueError, TypeError, AttributeError, json.JSONDecodeError) as error:
                 self._error(HTTPStatus.BAD_REQUEST, str(error))
                 return
             self._json(HTTPStatus.OK, result)

@@ -152,6 +152,38 @@ function promptPanel(n) {
   return panel;
 }
 
+function steerPanel(n, f) {
+  const panel = el("div", { id: "steer-panel" }, el("h2", { text: "Steer with this feature" }));
+  if (STATIC) {
+    panel.append(el("p", { class: "muted", text: "Steering needs the model: run `saescope view SUITE` instead of the static export." }));
+    return panel;
+  }
+  const box = el("textarea", { id: "steer-text", rows: "2", cols: "80", placeholder: "Prompt to continue" });
+  const strength = el("input", { id: "steer-strength", type: "range", min: "-10", max: "10", step: "0.5", value: "4" });
+  const shown = el("span", { id: "steer-strength-value", text: "4× max" });
+  strength.addEventListener("input", () => (shown.textContent = strength.value + "× max"));
+  const kind = el("select", { id: "steer-kind" }, el("option", { value: "add", text: "add" }), el("option", { value: "clamp", text: "clamp" }),
+    el("option", { value: "ablate", text: "ablate" }));
+  const run = el("button", { id: "steer-run", text: "Generate" });
+  const result = el("div", { id: "steer-result", class: "columns" });
+  run.addEventListener("click", async () => {
+    result.replaceChildren(el("p", { class: "muted", text: "Generating twice with the same seed…" }));
+    try {
+      const response = await fetch("api/steer", { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ sae: n, feature: f, strength: Number(strength.value), kind: kind.value, text: box.value }) });
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.error || "request failed");
+      const column = (title, g, id) => el("div", { id, class: "steer-output" }, el("h3", { text: title }), el("div", { class: "example", text: g.text }),
+        el("p", { class: "muted", text: `feature fires on ${g.feature_rate === null ? "–" : pct(g.feature_rate)} of tokens; perplexity ${fmt(g.perplexity, 1)}` }));
+      result.replaceChildren(column("unsteered", body.unsteered, "steer-plain"), column("steered", body.steered, "steer-steered"));
+    } catch (error) {
+      result.replaceChildren(el("p", { class: "error", text: String(error.message || error) }));
+    }
+  });
+  panel.append(box, el("div", { class: "controls" }, kind, strength, shown, run), result);
+  return panel;
+}
+
 function histogram(counts, edges) {
   const width = 420, height = 110, bar = width / counts.length, top = Math.max(1, ...counts);
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
@@ -215,7 +247,7 @@ async function featurePage(n, f) {
       el("div", {}, el("h2", { text: "Activation histogram (log10)" }), histogram(record.histogram, summary.log10_bin_edges)),
       el("div", {}, el("h2", { text: "Logit effects" }), el("div", { class: "columns" }, logitTable(record.logits.top, "promoted"), logitTable(record.logits.bottom, "suppressed")))),
     el("h2", { text: "Similar features (decoder cosine)" }), similar, adjacent,
-    el("h2", { text: "Examples across activation quantiles" }), samples);
+    el("h2", { text: "Examples across activation quantiles" }), samples, steerPanel(n, f));
 }
 
 function route() {
