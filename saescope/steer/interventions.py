@@ -11,7 +11,9 @@ Each ``Intervention`` is (SAE, feature, value) plus a kind and where it applies:
 - ``ablate``: clamp to 0.
 
 ``positions`` says which tokens: ``"all"``, ``"prompt"`` (the first forward of a generation, i.e.
-the prompt's prefill) or ``"generated"`` (every later forward, one new token each).
+the prompt's prefill) or ``"generated"`` (every later forward, one new token each). The first
+position of the prompt (BOS) is left alone by default: steering the attention-sink token derails
+the whole context.
 Several interventions apply together, in order, at one or several hookpoints.
 """
 
@@ -81,7 +83,7 @@ class Steering:
     """Hooks that apply interventions. ``with steering.active():`` attaches them for one generation:
     the first forward inside the block is the prompt, every later one a generated token."""
 
-    def __init__(self, model: nn.Module, interventions: Sequence[Intervention]) -> None:
+    def __init__(self, model: nn.Module, interventions: Sequence[Intervention], skip_first_position: bool = True) -> None:
         from saescope.lm.hookpoints import resolve_hookpoints
 
         if not interventions:
@@ -96,19 +98,23 @@ class Steering:
             self._points.setdefault(point.name, (point, []))[1].append(intervention)
             intervention.sae.to(next(model.parameters()).device).eval()
         self.calls_seen: dict[str, int] = {}
+        self.skip_first_position = skip_first_position
+        """Leave position 0 of the prompt alone: the BOS token, whose state the model uses as an attention sink."""
 
     def _hook(self, group: list[Intervention], point_name: str):
         def fn(hidden: Tensor) -> Tensor:
             first_call = self.calls_seen.get(point_name, 0) == 0
             self.calls_seen[point_name] = self.calls_seen.get(point_name, 0) + 1
+            keep = hidden[:, :1] if first_call and self.skip_first_position and hidden.shape[1] > 1 else None
+            steered = hidden[:, 1:] if keep is not None else hidden
             with torch.no_grad():
                 for intervention in group:
                     if intervention.positions == "prompt" and not first_call:
                         continue
                     if intervention.positions == "generated" and first_call:
                         continue
-                    hidden = intervention.apply(hidden)
-            return hidden
+                    steered = intervention.apply(steered)
+            return torch.cat([keep, steered], dim=1) if keep is not None else steered
 
         return fn
 

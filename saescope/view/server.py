@@ -64,7 +64,11 @@ class PromptInspector:
         return self._loaded, self._saes[n]
 
     def steer(self, n: int, feature: int, strength: float, kind: str, text: str, max_new_tokens: int = 30, seed: int = 0) -> dict[str, Any]:
-        from saescope.steer import Intervention, feature_max_activation, steer_and_compare
+        from saescope.steer import (
+            Intervention,
+            feature_max_activation,
+            steer_and_compare,
+        )
 
         self._check(n, text)
         if not isinstance(strength, (int, float)) or not -1000 <= strength <= 1000:
