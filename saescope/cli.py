@@ -159,6 +159,14 @@ def _cmd_train_suite(args: argparse.Namespace) -> int:
         print(f"{Path(args.out) / entry['path']}: {_format_metrics(entry.get('metrics', {}))}")
     print(f"\n{len(index['saes'])} SAEs in {args.out} (index: {Path(args.out) / 'suite.json'}); "
           f"next: saescope eval {args.out}   (table, eval.json, eval.csv and plots)")
+    if args.interpret:
+        from saescope.interpret.run import interpret_suite
+
+        try:
+            result = interpret_suite(args.out, tokens=args.interpret, progress=sys.stderr.isatty(), device=config.device)
+        except (ValueError, FileNotFoundError) as error:
+            raise SystemExit(f"error: {error}") from None
+        print(f"interpreted every feature over {result['tokens']:,} tokens; browse: saescope view {args.out}")
     return 0
 
 def _cmd_train_array(args: argparse.Namespace) -> int:
@@ -407,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints (suites: about a tenth of the run; 0: never)")
     train.add_argument("--keep-checkpoint", action="store_true", help="keep OUT/checkpoint after a successful run")
     train.add_argument("--resume", action="store_true", help="continue a killed run from OUT/checkpoint")
+    train.add_argument("--interpret", type=int, metavar="TOKENS", help="after training, run saescope interpret over this many tokens")
     train.add_argument("--out", required=True, help="output folder: suite.json plus <hookpoint>/<arch>-w<width>-l0_<target>/ per SAE")
     train.set_defaults(func=_cmd_train)
 

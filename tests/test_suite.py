@@ -238,9 +238,10 @@ def test_cli_config_with_flag_overrides_then_eval_and_info(model_dir, corpus, tm
     path = tmp_path / "suite.yaml"
     path.write_text(json.dumps(small_config(model_dir, corpus, widths=[64], target_l0s=[4], architectures=["topk"], tokens=8192)))
     out = tmp_path / "cli"
-    assert main(["train", "--config", str(path), "--tokens", "1024", "--target-l0", "4", "8", "--out", str(out)]) == 0
+    assert main(["train", "--config", str(path), "--tokens", "1024", "--target-l0", "4", "8", "--out", str(out), "--interpret", "2048"]) == 0
     printed = capsys.readouterr().out
-    assert "4 SAEs in" in printed and f"next: saescope eval {out}" in printed
+    assert "4 SAEs in" in printed and f"next: saescope eval {out}" in printed and "interpreted every feature" in printed
+    assert (out / "layers.1.resid_post/topk-w64-l0_8/interpret/summary.json").is_file()
     index = read_index(out)
     assert index["config"]["tokens"] == 1024 and index["config"]["target_l0s"] == [4, 8]
     assert main(["eval", str(out)]) == 0

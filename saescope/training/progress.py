@@ -56,12 +56,20 @@ class ProgressReporter:
             self.wandb_run.finish()
 
 
+MAX_LISTED = 4
+"""With more SAEs than this the bar shows ranges (min–max) instead of one value per SAE."""
+
+
 def _postfix(tokens: int, tokens_per_second: float, per_sae: dict[str, dict[str, float]]) -> str:
     def joined(key: str, fmt: str) -> str:
-        return "/".join(format(m[key], fmt) for m in per_sae.values())
+        values = [m[key] for m in per_sae.values()]
+        if len(values) > MAX_LISTED:
+            return f"{format(min(values), fmt)}–{format(max(values), fmt)}"
+        return "/".join(format(v, fmt) for v in values)
 
+    count = f"{len(per_sae)} SAEs " if len(per_sae) > MAX_LISTED else ""
     return (
-        f"tok={_si(tokens)} L0={joined('l0', '.1f')} FVU={joined('fvu', '.3f')} "
+        f"{count}tok={_si(tokens)} L0={joined('l0', '.1f')} FVU={joined('fvu', '.3f')} "
         f"dead%={joined('dead_fraction', '.1%').replace('%', '')} {_si(tokens_per_second)}tok/s"
     )
 
