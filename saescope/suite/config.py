@@ -52,6 +52,9 @@ class SuiteConfig:
     shuffle_buffer_tokens: int = 65_536
     eval_tokens: int = 16_384
     """Held-out tokens for L0/FVU/ΔLM loss after training (0 skips the evaluation)."""
+    sparsity_proportional_gain: float = 2.0
+    """Proportional term of the λ controller for target-L0 SAEs (jumprelu, relu, gated): on short LM runs it
+    lands JumpReLU within 10% of its target (29.9 for 32, against 26.6 without; benchmarks/RESULTS.md)."""
     cache: str | None = None
     """Train from an activation cache (``saescope cache``) instead of the live model."""
     seed: int = 0
@@ -154,6 +157,9 @@ class SuiteConfig:
                 fail(f"options: {arch!r} is not one of this suite's architectures {self.architectures}")
             if not isinstance(extra, dict):
                 fail(f"options.{arch}: expected a mapping of SAE config fields")
+        if isinstance(self.sparsity_proportional_gain, bool) or not isinstance(self.sparsity_proportional_gain, (int, float)) \
+                or self.sparsity_proportional_gain < 0:
+            fail(f"sparsity_proportional_gain: must be a number >= 0, got {self.sparsity_proportional_gain!r}")
         if self.dtype not in (None, "float32", "bfloat16", "float16"):
             fail(f"dtype: {self.dtype!r}; choose float32, bfloat16 or float16")
         if self.cache is None:

@@ -102,6 +102,7 @@ def train_suite(
         total_tokens=config.tokens, batch_size=config.batch_size, seed=config.seed, device=config.device,
         normalization_tokens=min(65_536, config.tokens), progress=progress,
         log_every=max(1, min(50, config.tokens // config.batch_size // 40)),  # a progress bar that moves
+        sparsity_proportional_gain=float(config.sparsity_proportional_gain),
         checkpoint_every=checkpoint_every, checkpoint_dir=str(checkpoint_dir) if checkpoint_every else None,
     )
     data = LmDataConfig(
