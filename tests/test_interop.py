@@ -162,7 +162,7 @@ def test_bad_files_give_clear_messages(tmp_path):
     (lens / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": 4, "d_sae": 8}))
     with pytest.raises(ValueError, match=r"tensors do not match a relu SAE \(missing \['W_dec', 'b_dec', 'b_enc'\]"):
         saescope.load(lens)
-    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+    with pytest.raises(FileNotFoundError, match="no such SAE folder or file"):
         saescope.load(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="not an SAE"):
@@ -216,5 +216,5 @@ def test_convert_command(tmp_path, capsys):
     _check(saescope.load(tmp_path / "lens"), "jumprelu", p, apply_b_dec=False)
     assert main(["convert", str(tmp_path / "lens"), str(tmp_path / "ours")]) == 0
     _check(saescope.load(tmp_path / "ours"), "jumprelu", p, apply_b_dec=False)
-    with pytest.raises(SystemExit, match="no such file or folder"):
+    with pytest.raises(SystemExit, match="no such SAE folder or file"):
         main(["convert", str(tmp_path / "missing"), str(tmp_path / "x")])

@@ -24,7 +24,7 @@ def load_sae(path: str | Path, device: str = "cpu", hookpoint: str | None = None
         local, kind = _download(str(path))
         source = str(path)
     else:
-        raise FileNotFoundError(f"{path}: no such file or folder (a hub id looks like owner/repo/path/in/repo)")
+        raise FileNotFoundError(f"{path}: no such SAE folder or file (a hub id looks like owner/repo/path/in/repo)")
     if kind == "saescope":
         from saescope.checkpoint import load
 
