@@ -87,3 +87,15 @@ def test_replace_activation_changes_the_output_and_is_removed():
         ablated = model(input_ids=ids).logits
     assert not torch.allclose(clean, ablated)
     torch.testing.assert_close(model(input_ids=ids).logits, clean)
+
+
+def test_bracket_globs_as_in_the_example_suite():
+    from lm_helpers import tiny_model
+
+    from saescope.lm.hookpoints import resolve_hookpoints
+
+    model = tiny_model("llama", n_layers=9)
+    names = [p.name for p in resolve_hookpoints(model, ["layers.[048].resid_post"])]
+    assert names == ["layers.0.resid_post", "layers.4.resid_post", "layers.8.resid_post"]
+    with pytest.raises(ValueError, match=r"unknown hookpoint 'layers.1\[0-9\].mlp_out'"):
+        resolve_hookpoints(model, ["layers.1[0-9].mlp_out"])  # a glob that matches nothing is an error, not an empty suite
