@@ -37,6 +37,8 @@ class SaeConfig:
     """If set, the trainer adapts λ (or uses k) so that the final mean L0 lands on this value."""
     lr: float | None = None
     """Learning rate. None takes the architecture's default, scaled as 1/sqrt(d_sae)."""
+    lr_base: float | None = None
+    """Learning rate at 2**14 latents, scaled as 1/sqrt(d_sae) like the default (used when lr is None)."""
     adam_beta1: float | None = None
     """Adam's β₁. None takes the architecture's default (0 for JumpReLU and Gated, as their papers)."""
     optimizer: str | None = None
@@ -57,6 +59,8 @@ class SaeConfig:
             raise ValueError(f"sparsity_coefficient must be >= 0, got {self.sparsity_coefficient}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lr_base is not None and self.lr_base <= 0:
+            raise ValueError(f"lr_base must be > 0, got {self.lr_base}")
         if self.optimizer is not None and self.optimizer not in OPTIMIZER_NAMES:
             raise ValueError(f"optimizer must be one of {OPTIMIZER_NAMES}, got {self.optimizer!r}")
         if self.adam_beta1 is not None and not 0 <= self.adam_beta1 < 1:
@@ -225,6 +229,8 @@ class SparseAutoencoder(nn.Module):
         if self.cfg.lr is not None:
             return self.cfg.lr
         base = self.signum_lr if "signum" in self.resolved_optimizer else self.base_lr
+        if self.cfg.lr_base is not None:
+            base = self.cfg.lr_base
         return base * math.sqrt(2**14 / self.d_sae)
 
     # -- training hooks the trainer calls -----------------------------------------------------------
