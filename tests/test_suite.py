@@ -280,7 +280,7 @@ def test_demo_runs_trains_evaluates_and_reuses(model_dir, corpus, tmp_path, monk
 
 
 def test_suites_give_jumprelu_the_lm_learning_rate_unless_told(trained_suite, model_dir, corpus, tmp_path):
-    out, index = trained_suite
+    out, _index = trained_suite
     cfg = json.loads((out / "layers.0.resid_post/jumprelu-w64-l0_4" / "cfg.json").read_text())
     assert cfg["lr_base"] == 2e-3 and cfg["training"]["lr"] == pytest.approx(2e-3 * (2**14 / 64) ** 0.5)
     topk = json.loads((out / "layers.0.resid_post/topk-w64-l0_4" / "cfg.json").read_text())
