@@ -142,9 +142,10 @@ def test_sigkill_during_writing_then_resume(loaded, tmp_path):
     manifest = read_manifest(out)
     assert not manifest["complete"]
     listed = sorted(s["file"] for h in manifest["hookpoints"].values() for s in h["shards"])
-    assert _visible_shards(out) == listed
-    for file in listed:
-        np.load(out / file)  # every visible shard is whole
+    visible = _visible_shards(out)
+    assert set(listed) <= set(visible)  # a shard renamed just before the kill may exist unlisted
+    for file in visible:
+        np.load(out / file)  # every visible shard is whole; half-written ones only exist as .tmp
     finished = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert finished.returncode == 0, finished.stderr[-2000:]
     final = read_manifest(out)

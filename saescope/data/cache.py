@@ -5,12 +5,13 @@ Layout::
     CACHE/manifest.json
     CACHE/<hookpoint>/shard_00000.npy   [n_tokens_in_shard, d]  (fp32, fp16, or bf16 stored as uint16)
 
-Shard ``i`` of every hookpoint holds the same tokens. A shard becomes visible only when the manifest
-lists it: shards are written to a temporary name, flushed, renamed, and then the manifest is replaced
-atomically. A writer killed at any moment therefore leaves either the old manifest (the half-written
-shard is an unlisted temporary file, removed on resume) or the new one; ``resume=True`` continues
-after the last listed shard, since shards end on context boundaries and the manifest records how many
-contexts they cover.
+Shard ``i`` of every hookpoint holds the same tokens. A shard counts only once the manifest lists
+it: shards are written to a temporary name, flushed, renamed, and then the manifest is replaced
+atomically. A writer killed at any moment therefore leaves the old manifest or the new one, never a
+corrupt listed shard; what the old manifest does not list (a half-written ``.tmp`` file, or a whole
+shard renamed just before the kill) is ignored by readers and deleted on resume. ``resume=True``
+continues after the last listed shard, since shards end on context boundaries and the manifest
+records how many contexts they cover.
 
 ``CachedActivations`` reads a cache through the same source interface as arrays and the live model,
 so training from the cache and from the model is the same call.
@@ -108,6 +109,11 @@ class CacheWriter:
                 raise ValueError(f"{self.path}: cache holds hookpoints {sorted(self.manifest['hookpoints'])}, this run asks for {sorted(widths)}")
             for stray in self.path.rglob("*.tmp"):
                 stray.unlink()  # half-written shards from a killed run
+            for name, entry in self.manifest["hookpoints"].items():
+                listed = {shard["file"] for shard in entry["shards"]}
+                for orphan in (self.path / name).glob("shard_*.npy"):
+                    if f"{name}/{orphan.name}" not in listed:
+                        orphan.unlink()  # renamed just before the kill, never listed
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self.manifest = {
