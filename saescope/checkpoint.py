@@ -80,26 +80,32 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SparseA
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as error:
         raise ValueError(f"{weights_path}: cannot read weights ({error}); the file is truncated or corrupt, re-save it") from None
-    expected = {name: tuple(t.shape) for name, t in sae.export_tensors().items()}
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"{weights_path}: tensors do not match a {cfg['architecture']} SAE (missing {missing}, unexpected {unexpected})"
-        )
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
-            raise ValueError(
-                f"{weights_path}: {name} has shape {list(tensors[name].shape)}, but {CONFIG_NAME} "
-                f"(d_in={sae.d_in}, d_sae={sae.d_sae}) implies {list(shape)}"
-            )
-        if not torch.isfinite(tensors[name]).all():
-            raise ValueError(f"{weights_path}: {name} contains NaN or inf; the SAE diverged or the file is corrupt")
-    sae.load_export_tensors({name: t.float() for name, t in tensors.items()})
+    load_checked_tensors(sae, tensors, weights_path, CONFIG_NAME)
     if "apply_b_dec_to_input" in cfg and bool(cfg["apply_b_dec_to_input"]) != sae.apply_b_dec_to_input:
         sae.apply_b_dec_to_input = bool(cfg["apply_b_dec_to_input"])  # e.g. an SAE imported from SAELens
     sae.normalization = cfg.get("normalization") or {}
     sae.training_summary = cfg.get("training") or {}
     return sae.to(device).eval()
+
+
+def load_checked_tensors(sae: SparseAutoencoder, tensors: dict[str, torch.Tensor], source: Path, implied_by: str) -> None:
+    """Load published-name ``tensors`` into ``sae`` after checking names, shapes and finiteness.
+
+    Every error names ``source`` (the weights file) and, for shapes, what implies them (``implied_by``).
+    """
+    expected = {name: tuple(t.shape) for name, t in sae.export_tensors().items()}
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{source}: tensors do not match a {sae.architecture} SAE (missing {missing}, unexpected {unexpected})")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(
+                f"{source}: {name} has shape {list(tensors[name].shape)}, but {implied_by} "
+                f"(d_in={sae.d_in}, d_sae={sae.d_sae}) implies {list(shape)}"
+            )
+        if not torch.isfinite(tensors[name]).all():
+            raise ValueError(f"{source}: {name} contains NaN or inf; the SAE diverged or the file is corrupt")
+    sae.load_export_tensors({name: t.float() for name, t in tensors.items()})
 
 
 def _atomic_write(target: Path, write) -> None:

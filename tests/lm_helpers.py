@@ -68,3 +68,22 @@ def write_corpus(path, repeat: int = 8) -> str:
     documents = [f"{doc} Note {i}." for i, doc in enumerate(CORPUS * repeat)]
     path.write_text("\n\n".join(documents))
     return str(path)
+
+
+def save_tiny_model(folder, family: str = "llama", n_layers: int = 2) -> str:
+    """A tiny model and its tokenizer saved as a model folder (what ``--model`` and suite configs take)."""
+    loaded = tiny_loaded(family, n_layers=n_layers)
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def tiny_suite_config(model_dir: str, corpus: str, **overrides) -> dict:
+    """A suite config small enough for a unit test: every layer's resid_post of a tiny model, 8 steps."""
+    values = {
+        "model": model_dir, "dataset": corpus, "hookpoints": ["layers.*.resid_post"], "architectures": ["topk"],
+        "widths": [64], "target_l0s": [4], "tokens": 2048, "batch_size": 256, "context_size": 32,
+        "eval_tokens": 256, "device": "cpu", "shuffle_buffer_tokens": 1024,
+    }
+    values.update(overrides)
+    return values

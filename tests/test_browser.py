@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from lm_helpers import tiny_loaded, write_corpus
+from lm_helpers import save_tiny_model, tiny_suite_config, write_corpus
 
 from saescope.interpret.run import interpret_suite
 from saescope.suite import evaluate_suite, train_suite
@@ -52,13 +52,7 @@ def browser():
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
-    loaded = tiny_loaded("llama", n_layers=2)
-    loaded.model.save_pretrained(root / "model")
-    loaded.tokenizer.save_pretrained(root / "model")
-    corpus = write_corpus(root / "c.txt", repeat=12)
-    config = {"model": str(root / "model"), "dataset": corpus, "hookpoints": ["layers.*.resid_post"], "architectures": ["topk"],
-              "widths": [64], "target_l0s": [4], "tokens": 2048, "batch_size": 256, "context_size": 32, "eval_tokens": 256,
-              "device": "cpu", "shuffle_buffer_tokens": 1024}
+    config = tiny_suite_config(save_tiny_model(root / "model"), write_corpus(root / "c.txt", repeat=12))
     folder = root / "suite"
     train_suite(config, folder, progress=False, report=lambda line: None)
     evaluate_suite(folder, progress=False)

@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 import torch
-from lm_helpers import tiny_loaded, write_corpus
+from lm_helpers import save_tiny_model, tiny_loaded, tiny_suite_config, write_corpus
 
 from saescope.interpret.directions import (
     logit_effects,
@@ -22,15 +22,10 @@ from saescope.view import export_site, make_server
 @pytest.fixture(scope="module")
 def interpreted(tmp_path_factory):
     root = tmp_path_factory.mktemp("interp")
-    loaded = tiny_loaded("llama", n_layers=2)
-    loaded.model.save_pretrained(root / "model")
-    loaded.tokenizer.save_pretrained(root / "model")
     corpus = write_corpus(root / "c.txt", repeat=12)
     with open(corpus, "a") as handle:  # a document with markup, to check escaping downstream
         handle.write("\n\n" + "<script>alert(1)</script> <b>bold</b> & more " * 20)
-    config = {"model": str(root / "model"), "dataset": corpus, "hookpoints": ["layers.*.resid_post"], "architectures": ["topk"],
-              "widths": [64], "target_l0s": [4], "tokens": 2048, "batch_size": 256, "context_size": 32, "eval_tokens": 256,
-              "device": "cpu", "shuffle_buffer_tokens": 1024}
+    config = tiny_suite_config(save_tiny_model(root / "model"), corpus)
     suite = root / "suite"
     train_suite(config, suite, progress=False, report=lambda line: None)
     result = interpret_suite(suite, tokens=4096, top_k=5, window=3, batch_contexts=8, progress=False)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lm_helpers import tiny_loaded, write_corpus
+from lm_helpers import save_tiny_model, tiny_suite_config, write_corpus
 
 from saescope.cli import main
 from saescope.suite import (
@@ -28,11 +28,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    loaded = tiny_loaded("llama", n_layers=2)
-    loaded.model.save_pretrained(folder)
-    loaded.tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +37,7 @@ def corpus(tmp_path_factory):
 
 
 def small_config(model_dir, corpus, **overrides):
-    values = {
-        "model": model_dir, "dataset": corpus, "hookpoints": ["layers.*.resid_post"], "architectures": ["jumprelu", "topk"],
-        "widths": [64, "4x"], "target_l0s": [4, 8], "tokens": 2048, "batch_size": 256, "context_size": 32,
-        "eval_tokens": 256, "device": "cpu", "shuffle_buffer_tokens": 1024,
-    }
-    values.update(overrides)
-    return values
+    return tiny_suite_config(model_dir, corpus, **{"architectures": ["jumprelu", "topk"], "widths": [64, "4x"], "target_l0s": [4, 8], **overrides})
 
 
 @pytest.fixture(scope="module")

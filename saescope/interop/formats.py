@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from saescope.checkpoint import load_checked_tensors
 from saescope.saes import SparseAutoencoder, create_sae
 
 GEMMA_SCOPE_SITES = {"res": "resid_post", "mlp": "mlp_out", "att": "attn_z"}
@@ -75,7 +76,8 @@ def load_gemma_scope(path: str | Path, hookpoint: str | None = None, model_id: s
             raise ValueError(f"{file}: {name} has shape {list(arrays[name].shape)}, but W_enc {list(arrays['W_enc'].shape)} implies {list(shape)}")
     hookpoint = hookpoint or gemma_scope_hookpoint(str(path))
     sae = create_sae("jumprelu", int(d_in), int(d_sae), hookpoint=hookpoint, model_id=model_id)
-    _load_checked(sae, {name: torch.from_numpy(np.asarray(arrays[name], dtype=np.float32)) for name in required}, file)
+    load_checked_tensors(sae, {name: torch.from_numpy(np.asarray(arrays[name], dtype=np.float32)) for name in required}, file, "W_enc")
+    sae.eval()
     sae.normalization = {"method": "none", "folded": True, "note": "Gemma Scope: normalisation folded into the weights"}
     sae.training_summary = {"source": "gemma_scope", "path": str(path)}
     return sae
@@ -128,7 +130,8 @@ def load_saelens(path: str | Path) -> SparseAutoencoder:
         tensors["threshold"] = tensors.pop("topk_threshold").float().reshape(-1).expand(d_sae).clone()
     sae = create_sae(ours, d_in, d_sae, **options)
     sae.apply_b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", True))
-    _load_checked(sae, tensors, weights_file)
+    load_checked_tensors(sae, tensors, weights_file, "cfg.json")
+    sae.eval()
     sae.normalization = {"method": "none", "folded": True, "note": f"loaded from SAELens ({arch})"}
     sae.training_summary = {"source": "saelens", "path": str(path), "architecture": arch}
     return sae
@@ -178,17 +181,3 @@ def export_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
     save_file(tensors, str(folder / "sae_weights.safetensors"))
     (folder / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return folder
-
-
-def _load_checked(sae: SparseAutoencoder, tensors: dict[str, torch.Tensor], source: Path) -> None:
-    expected = {name: tuple(t.shape) for name, t in sae.export_tensors().items()}
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{source}: tensors do not match a {sae.architecture} SAE (missing {missing}, unexpected {unexpected})")
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
-            raise ValueError(f"{source}: {name} has shape {list(tensors[name].shape)}, expected {list(shape)} (d_in={sae.d_in}, d_sae={sae.d_sae})")
-        if not torch.isfinite(tensors[name]).all():
-            raise ValueError(f"{source}: {name} contains NaN or inf")
-    sae.load_export_tensors({name: t.float() for name, t in tensors.items()})
-    sae.eval()

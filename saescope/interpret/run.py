@@ -69,14 +69,14 @@ def interpret_suite(
     n_batches = max(1, -(-tokens // (batch_contexts * context_size)))
     started = time.perf_counter()
     bar = _progress(n_batches, progress)
-    contexts_seen: list[torch.Tensor] = []
+    tokens_seen = 0
     with torch.no_grad():
         for batch_number, input_ids in enumerate(text.iter_batches(batch_contexts, seed=seed, shuffle=True)):
             if batch_number >= n_batches:
                 break
             input_ids = input_ids.to(device_)
             mask = trainable_mask(input_ids, excluded)
-            contexts_seen.append(input_ids.cpu())
+            tokens_seen += input_ids.numel()
 
             def consume(point, activation, input_ids=input_ids, mask=mask):
                 flat = activation.reshape(-1, activation.shape[-1]).float()
@@ -103,7 +103,7 @@ def interpret_suite(
             adjacent[neighbour["path"]] = (ids, cosines)
         written[sae_path] = write_interpretation(folder / sae_path, stats, logits, similar, adjacent, loaded.tokenizer, vocab_cache)
     seconds = time.perf_counter() - started
-    return {"saes": written, "tokens": sum(int(c.numel()) for c in contexts_seen), "seconds": round(seconds, 1),
+    return {"saes": written, "tokens": tokens_seen, "seconds": round(seconds, 1),
             "pass_seconds": round(harvest_seconds, 1)}
 
 

@@ -32,8 +32,8 @@ class SuiteData:
             if not summary.is_file():
                 continue
             keys += [f"sae/{n}/summary", f"sae/{n}/vocab"]
-            count = json.loads(summary.read_text())["n_features"]
-            shard = json.loads(summary.read_text()).get("shard_size", 128)
+            values = json.loads(summary.read_text())
+            count, shard = values["n_features"], values.get("shard_size", 128)
             keys += [f"sae/{n}/features/{start}" for start in range(0, count, shard)]
         return keys
 
