@@ -21,11 +21,11 @@ import time
 import torch
 
 from saescope.data.tokens import TextContexts
+from saescope.jobs import create_job
 from saescope.lm.capture import capture
 from saescope.lm.hookpoints import resolve_hookpoints
 from saescope.lm.models import load_model
 from saescope.lm.stream import ModelActivationSource
-from saescope.saes import create_sae
 from saescope.training import TrainConfig, Trainer
 
 
@@ -101,7 +101,7 @@ def main() -> None:
 
     def sae(hook: str = hookpoint):
         torch.manual_seed(0)
-        return create_sae("jumprelu", 576, args.width, target_l0=32, hookpoint=hook)
+        return create_job("jumprelu", 576, args.width, target_l0=32, hookpoint=hook)
 
     live_seconds = _train(live_source(), {"sae": sae()}, args.train_tokens, args.batch_size)
     array = live_source().head(args.train_tokens + args.batch_size)[hookpoint]

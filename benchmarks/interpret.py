@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from saescope.checkpoint import load
+from saescope.checkpoint import load, save_sae
 from saescope.data.tokens import TextContexts
 from saescope.interpret.run import interpret_suite
 from saescope.lm.capture import capture
@@ -33,7 +33,7 @@ from saescope.suite.index import FORMAT, write_index
 
 def one_sae_suite(folder: Path, sae, hookpoint: str, model: str) -> None:
     path = f"{hookpoint}/{sae.architecture}-w{sae.d_sae}"
-    sae.save(str(folder / path))
+    save_sae(sae, folder / path)
     layer = int(hookpoint.split(".")[1])
     write_index(folder, {"format": FORMAT, "version": 1, "status": "complete", "model": model, "dataset": "pydocs",
                          "config": {"model": model, "dataset": "pydocs", "context_size": 128},

@@ -19,9 +19,9 @@ import time
 import torch
 
 from saescope.data.cache import CachedActivations, read_manifest
+from saescope.jobs import create_job
 from saescope.lm.models import load_model
 from saescope.lm.pipeline import LmDataConfig, evaluate_on_model
-from saescope.saes import create_sae
 from saescope.training import TrainConfig, Trainer
 
 DEFAULT_VARIANTS = ["topk:adam:default", "jumprelu:adam:default"]
@@ -39,11 +39,11 @@ def build(variant: str, target: float, d_in: int, width: int, hookpoint: str):
     if arch.startswith("jumprelu-"):
         arch, extra = arch.split("-", 1)
         if extra == "tanh":
-            options["sparsity_loss"] = "tanh"
+            options["objective"] = "jumprelu_tanh"
         elif extra == "zero":
             options["encoder_bias_init"] = "zero"
     torch.manual_seed(0)
-    return create_sae(arch, d_in, width, **options, target_l0=target)  # topk: k = round(target)
+    return create_job(arch, d_in, width, **options, target_l0=target)  # topk: k = round(target)
 
 
 def main() -> None:

@@ -7,7 +7,8 @@ about 10·d_in·d_sae FLOPs per token (encoder forward, decoder forward, two dec
 encoder weight gradient; no input gradient); gated does ~14 because of its frozen-decoder auxiliary
 reconstruction. The timed step is the trainer's real hot path (``SaeTrainer.train_step``: forward,
 backward, decoder-gradient projection, clipping, Adam, renormalisation, on-device metrics), so the
-figure is what a user gets. TopK is timed with both its dense and its sparse (embedding_bag) decoder.
+figure is what a user gets. TopK is timed with both its dense and its sparse (embedding_bag) decoder;
+its code stays (indices, values) through the step (no [batch, d_sae] scatter for the statistics).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 
 import torch
 
-from saescope.saes import create_sae
+from saescope.jobs import create_job
 from saescope.training import SaeTrainer, TrainConfig
 
 
@@ -44,7 +45,7 @@ def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 8) -> flo
 
 CASES = {
     "jumprelu": ("jumprelu", {"sparsity_coefficient": 1e-3}, 10),
-    "jumprelu-tanh": ("jumprelu", {"sparsity_loss": "tanh"}, 10),
+    "jumprelu-tanh": ("jumprelu", {"objective": "jumprelu_tanh"}, 10),
     "relu": ("relu", {}, 10),
     "gated": ("gated", {"sparsity_coefficient": 0.1}, 14),
     "topk-dense": ("topk", {"k": 64, "sparse_decode": False}, 10),
@@ -55,9 +56,9 @@ CASES = {
 
 def time_case(name: str, d_in: int, d_sae: int, batch: int, steps: int, device: torch.device) -> dict:
     architecture, options, flops_factor = CASES[name]
-    sae = create_sae(architecture, d_in, d_sae, **options)
+    job = create_job(architecture, d_in, d_sae, name=name, **options)
     config = TrainConfig(total_tokens=batch * 1000, batch_size=batch, progress=False, device=str(device))
-    trainer = SaeTrainer(sae, config, device, name)
+    trainer = SaeTrainer(job, config, device)
     x = torch.randn(batch, d_in, device=device)
     trainer.set_input_scale(float(x.pow(2).sum(1).mean()), x.mean(0))
     for step in range(2):  # warm-up: allocator, Adam state

@@ -6,12 +6,15 @@ datasets, plotting, a web server) is imported inside the function that needs it.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from saescope._version import __version__
+from saescope.checkpoint import save_sae as save
 from saescope.interop.loading import load_sae as load
+from saescope.jobs import ReadSpec, SaeJob, create_job
 from saescope.metrics import SaeMetrics, evaluate_sae
+from saescope.objectives import OBJECTIVES, Objective, StepContext, register_objective
 from saescope.saes import (
     ARCHITECTURES,
+    FeatureCode,
     SparseAutoencoder,
     create_sae,
     register_architecture,
@@ -57,16 +60,25 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "ARCHITECTURES",
+    "OBJECTIVES",
+    "FeatureCode",
+    "Objective",
+    "ReadSpec",
+    "SaeJob",
     "SaeMetrics",
     "SparseAutoencoder",
+    "StepContext",
     "TrainConfig",
     "Trainer",
     "__version__",
+    "create_job",
     "create_sae",
     "evaluate",
     "evaluate_sae",
     "load",
     "register_architecture",
+    "register_objective",
+    "save",
     "train_saes",
 ]
 

@@ -26,7 +26,7 @@ _PROVENANCE_KEYS = ("architecture", "saescope_version", "dtype", "apply_b_dec_to
 
 def save_sae(sae: SparseAutoencoder, path: str | os.PathLike, **extra: Any) -> Path:
     """Write ``sae`` to the folder ``path`` (created if needed); files are replaced atomically."""
-    from saescope import __version__
+    from saescope._version import __version__
 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -47,7 +47,7 @@ def save_sae(sae: SparseAutoencoder, path: str | os.PathLike, **extra: Any) -> P
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SparseAutoencoder:
-    """Load an SAE folder written by ``SparseAutoencoder.save``.
+    """Load an SAE folder written by ``save_sae``.
 
     Example:
         >>> sae = saescope.load("runs/demo/jumprelu")          # doctest: +SKIP
@@ -70,7 +70,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SparseA
         sae_class = get_architecture(cfg["architecture"])
     except ValueError as error:
         raise ValueError(f"{cfg_path}: {error}") from None
-    fields = {k: v for k, v in cfg.items() if k not in _PROVENANCE_KEYS}
+    fields = {k: v for k, v in cfg.items() if k not in _PROVENANCE_KEYS and k not in _legacy_recipe_keys(sae_class)}
     try:
         sae = sae_class(sae_class.config_class.from_dict(fields))
     except (TypeError, ValueError) as error:
@@ -86,6 +86,13 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SparseA
     sae.normalization = cfg.get("normalization") or {}
     sae.training_summary = cfg.get("training") or {}
     return sae.to(device).eval()
+
+
+def _legacy_recipe_keys(sae_class: type[SparseAutoencoder]) -> set[str]:
+    """Training settings that folders from saescope 0.1 wrote beside the SAE fields; they are provenance now."""
+    from saescope.objectives import recipe_field_names
+
+    return (recipe_field_names() | {"sparsity_loss", "tanh_scale", "decoder_init_norm"}) - sae_class.config_class.field_names()
 
 
 def load_checked_tensors(sae: SparseAutoencoder, tensors: dict[str, torch.Tensor], source: Path, implied_by: str) -> None:

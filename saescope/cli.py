@@ -170,7 +170,9 @@ def _cmd_train_suite(args: argparse.Namespace) -> int:
     return 0
 
 def _cmd_train_array(args: argparse.Namespace) -> int:
-    from saescope.saes import create_sae
+    import torch
+
+    from saescope.jobs import create_job, sets_k
     from saescope.training import TrainConfig, train_saes
     from saescope.training.state import has_trainer_state
 
@@ -186,14 +188,16 @@ def _cmd_train_array(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --width {args.width[0]}: give a latent count such as 4608 (or use --expansion)")
     width = int(args.width[0]) if args.width else int(round(d_in * (args.expansion[0] if args.expansion else 8)))
     saes = {}
+    torch.manual_seed(args.seed or 0)  # SAE initialisation, so that --seed makes the run reproducible
     try:
         for arch in args.arch or ["jumprelu"]:
             options: dict[str, Any] = {"lr": args.lr, "target_l0": args.target_l0}
-            if arch in ("topk", "batchtopk"):
-                options["k"] = args.k
+            if sets_k(arch):
+                if args.k is not None:
+                    options["k"] = args.k
             else:
                 options["sparsity_coefficient"] = args.sparsity_coefficient
-            saes[arch] = create_sae(arch, d_in, width, **options)
+            saes[arch] = create_job(arch, d_in, width, name=arch, **options)
         config = TrainConfig(
             total_tokens=args.tokens or 10_000_000,
             batch_size=args.batch_size or 4096,
@@ -308,7 +312,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         if args.to == "saelens":
             export_saelens(sae, args.out)
         else:
-            sae.save(args.out)
+            from saescope.checkpoint import save_sae
+
+            save_sae(sae, args.out)
     except (ValueError, FileNotFoundError, ImportError) as error:
         raise SystemExit(f"error: {error}") from None
     print(f"{args.source} ({sae.architecture}, d_in {sae.d_in}, {sae.d_sae} latents) written to {args.out} in {args.to} format")
@@ -374,7 +380,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from saescope import __version__
+    from saescope._version import __version__
     from saescope.saes import ARCHITECTURES
 
     parser = argparse.ArgumentParser(prog="saescope", description="Train, measure and interpret sparse autoencoders.")

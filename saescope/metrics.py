@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from saescope.data import as_source
-from saescope.saes import SparseAutoencoder
+from saescope.saes import FeatureCode, SparseAutoencoder
 
 DENSE_THRESHOLD = 0.1
 DL_BIN_COUNTS = (4, 6, 8, 12, 16, 32)
@@ -89,7 +89,10 @@ class ReconstructionStats:
         self.max_acts = torch.zeros(d_sae, dtype=torch.float32, device=device)
 
     @torch.no_grad()
-    def update(self, x: Tensor, reconstruction: Tensor, feature_acts: Tensor) -> None:
+    def update(self, x: Tensor, reconstruction: Tensor, code: FeatureCode | Tensor) -> None:
+        """Add one batch; ``code`` is the SAE's ``FeatureCode`` (or a dense [n, d_sae] matrix)."""
+        if isinstance(code, Tensor):
+            code = FeatureCode.from_dense(code)
         n = x.shape[0]
         x64, r64 = x.double(), reconstruction.double()
         batch_mean = x64.mean(dim=0)
@@ -102,10 +105,10 @@ class ReconstructionStats:
         self.sum_sq_error += (x64 - r64).pow(2).sum()
         self.sum_sq_recon += r64.pow(2).sum()
         self.sum_dot += (x64 * r64).sum()
-        active = feature_acts > 0
-        self.sum_l0 += active.sum()
-        self.fire_counts += active.sum(dim=0)
-        torch.maximum(self.max_acts, feature_acts.max(dim=0).values.float(), out=self.max_acts)
+        counts = code.count_per_feature()
+        self.sum_l0 += counts.sum()
+        self.fire_counts += counts.long()
+        torch.maximum(self.max_acts, code.max_per_feature().float(), out=self.max_acts)
 
     def summary(self) -> dict[str, Any]:
         n = max(self.n_tokens, 1)
@@ -174,8 +177,8 @@ def evaluate_sae(
     stats = ReconstructionStats(sae.d_in, sae.d_sae, device)
     for x in source.iter_batches(batch_size):
         x = _checked(x, sae, device)
-        feature_acts = sae.encode(x)
-        stats.update(x, sae.decode(feature_acts), feature_acts)
+        code = sae.encode_code(x)
+        stats.update(x, sae.decode_code(code), code)
     if stats.n_tokens == 0:
         raise ValueError("evaluate_sae: no activations to evaluate")
     summary = stats.summary()
@@ -205,16 +208,14 @@ def _description_length(
     sq_errors = {b: torch.zeros((), dtype=torch.float64, device=device) for b in DL_BIN_COUNTS}
     for x in source.iter_batches(batch_size):
         x = x.to(device)
-        feature_acts = sae.encode(x)
-        active = feature_acts > 0
-        rows, cols = active.nonzero(as_tuple=True)
-        relative = feature_acts[rows, cols] / max_acts[cols]
+        code = sae.encode_code(x)
+        _rows, cols, values = code.active_entries()
+        relative = values / max_acts[cols]
         for b in DL_BIN_COUNTS:
             bins = (relative * b).long().clamp_(0, b - 1)
             histograms[b] += torch.bincount(cols * b + bins, minlength=d_sae * b)
-            quantised = torch.zeros_like(feature_acts)
-            quantised[rows, cols] = (bins.float() + 0.5) / b * max_acts[cols]
-            sq_errors[b] += (x.double() - sae.decode(quantised).double()).pow(2).sum()
+            quantised = code.with_active_values((bins.float() + 0.5) / b * max_acts[cols])
+            sq_errors[b] += (x.double() - sae.decode_code(quantised).double()).pow(2).sum()
     n = stats.n_tokens
     density = stats.fire_counts.double() / n
     h_bool = _binary_entropy(density).sum()

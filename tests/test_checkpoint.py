@@ -6,17 +6,19 @@ import pytest
 import torch
 
 import saescope
+from saescope.checkpoint import save_sae
+from saescope.jobs import create_job
 from saescope.saes import ARCHITECTURES, create_sae
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_round_trip(tmp_path, arch):
-    sae = create_sae(arch, 8, 32, target_l0=4, hookpoint="layers.3.resid_post", model_id="tiny")
+    sae = create_job(arch, 8, 32, target_l0=4, hookpoint="layers.3.resid_post", model_id="tiny").sae
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(0.05 * torch.randn_like(p))
     sae.normalization = {"input_scale": 0.5, "folded": True}
-    sae.save(tmp_path / "sae")
+    save_sae(sae, tmp_path / "sae")
     loaded = saescope.load(tmp_path / "sae")
     assert type(loaded) is type(sae) and loaded.cfg == sae.cfg
     for name, tensor in sae.export_tensors().items():
@@ -32,7 +34,7 @@ def test_round_trip(tmp_path, arch):
 @pytest.fixture
 def saved(tmp_path):
     path = tmp_path / "sae"
-    create_sae("jumprelu", 8, 32).save(path)
+    save_sae(create_sae("jumprelu", 8, 32), path)
     return path
 
 
@@ -77,6 +79,18 @@ def test_non_finite_weights(tmp_path):
     sae = create_sae("topk", 8, 32, k=4)
     with torch.no_grad():
         sae.W_dec[0, 0] = float("nan")
-    sae.save(tmp_path / "sae")
+    save_sae(sae, tmp_path / "sae")
     with pytest.raises(ValueError, match="W_dec contains NaN or inf"):
         saescope.load(tmp_path / "sae")
+
+
+def test_folders_from_saescope_0_1_load_with_their_training_settings_as_provenance(saved):
+    cfg = json.loads((saved / "cfg.json").read_text())
+    # 0.1 wrote the recipe beside the SAE fields; those keys are training provenance now
+    cfg.update(target_l0=8.0, lr=None, optimizer=None, sparsity_loss="step", bandwidth=None, encoder_bias_init="rate")
+    (saved / "cfg.json").write_text(json.dumps(cfg))
+    assert saescope.load(saved).cfg.d_sae == 32
+    cfg["tresholdd"] = 1
+    (saved / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"cfg.json: invalid config: unknown JumpReLUConfig fields \['tresholdd'\]"):
+        saescope.load(saved)

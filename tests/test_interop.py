@@ -10,12 +10,14 @@ from safetensors.numpy import save_file
 
 import saescope
 from saescope import create_sae
+from saescope.checkpoint import save_sae
 from saescope.interop import (
     detect_format,
     export_saelens,
     load_gemma_scope,
     load_saelens,
 )
+from saescope.jobs import create_job
 
 
 def _relu(x):
@@ -102,7 +104,7 @@ def test_saelens_folders(tmp_path, arch, apply_b_dec):
     assert sae.cfg.hookpoint == "blocks.3.hook_resid_post" and sae.cfg.model_id == "gpt2"
     _check(sae, arch, p, apply_b_dec, k=5)
     # Saved in saescope's own format and loaded back: identical behaviour, flag included.
-    sae.save(str(tmp_path / "ours"))
+    save_sae(sae, tmp_path / "ours")
     again = saescope.load(tmp_path / "ours")
     assert again.apply_b_dec_to_input == apply_b_dec
     _check(again, arch, p, apply_b_dec, k=5)
@@ -121,7 +123,7 @@ def test_saelens_batchtopk_with_a_global_threshold(tmp_path):
 @pytest.mark.parametrize("arch", ["relu", "jumprelu", "topk", "gated", "batchtopk"])
 def test_export_to_saelens_round_trips(tmp_path, arch):
     torch.manual_seed(0)
-    sae = create_sae(arch, 12, 40, target_l0=4, hookpoint="layers.2.mlp_out", model_id="tiny")
+    sae = create_job(arch, 12, 40, target_l0=4, hookpoint="layers.2.mlp_out", model_id="tiny").sae
     with torch.no_grad():
         for name, tensor in sae.named_parameters():
             tensor.add_(torch.randn_like(tensor) * 0.3)

@@ -1,10 +1,19 @@
-"""Forward passes against hand-computed cases, the registry, conversions and the sparse decode path."""
+"""Forward passes and losses against hand-computed cases, the registries, conversions and the sparse code path."""
 
 import pytest
 import torch
 
-from saescope.saes import ARCHITECTURES, create_sae, get_architecture
+from saescope.jobs import create_job
+from saescope.objectives import StepContext, get_objective
+from saescope.objectives.batchtopk import batch_top_k
+from saescope.saes import ARCHITECTURES, FeatureCode, create_sae, get_architecture
 from saescope.saes.sparse_ops import decode_dense, decode_sparse
+
+
+def _loss(sae, x, sparsity_coefficient=0.0, dead_mask=None, objective=None, progress=0.0):
+    recipe = get_objective(objective or sae.default_objective)()
+    ctx = StepContext(step=0, progress=progress, sparsity_coefficient=sparsity_coefficient, dead_mask=dead_mask)
+    return recipe.loss(sae, x, ctx)
 
 
 def _set(sae, **tensors):
@@ -26,12 +35,13 @@ def test_jumprelu_forward_by_hand():
     # pre = [[1, 0.2, 0.2], [0.4, 2, 1.4]]; threshold 0.5 keeps 1 | 2 and 1.4
     expected = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 1.4]])
     assert torch.allclose(sae.encode(x), expected)
-    out = sae(x, sparsity_coefficient=0.1)
+    out = _loss(sae, x, sparsity_coefficient=0.1)
     assert torch.allclose(out.reconstruction, expected @ sae.W_dec)
+    assert torch.allclose(sae(x), expected @ sae.W_dec)  # module forward: the reconstruction
     mse = ((out.reconstruction - x) ** 2).sum(-1).mean()
-    assert torch.allclose(out.loss_terms["mse"], mse)
-    assert torch.allclose(out.loss_terms["sparsity"], torch.tensor(0.1 * 1.5))  # mean L0 = (1 + 2) / 2
-    assert torch.allclose(out.loss, out.loss_terms["mse"] + out.loss_terms["sparsity"])
+    assert torch.allclose(out.terms["mse"], mse)
+    assert torch.allclose(out.terms["sparsity"], torch.tensor(0.1 * 1.5))  # mean L0 = (1 + 2) / 2
+    assert torch.allclose(out.loss, out.terms["mse"] + out.terms["sparsity"])
 
 
 def test_jumprelu_log_threshold_matches_direct():
@@ -49,9 +59,9 @@ def test_relu_forward_and_decoder_weighted_l1():
     _set(sae, b_enc=[0, 0, 0], W_dec=[[2, 0], [0, 1], [0, 0.5]])
     x = torch.tensor([[1.0, -1.0]])
     # pre = [1, -1, 0] -> f = [1, 0, 0]; penalty λ·f·‖d‖ = λ·1·2
-    out = sae(x, sparsity_coefficient=3.0)
-    assert torch.allclose(out.feature_acts, torch.tensor([[1.0, 0.0, 0.0]]))
-    assert torch.allclose(out.loss_terms["sparsity"], torch.tensor(6.0))
+    out = _loss(sae, x, sparsity_coefficient=3.0)
+    assert torch.allclose(out.code.dense(), torch.tensor([[1.0, 0.0, 0.0]]))
+    assert torch.allclose(out.terms["sparsity"], torch.tensor(6.0))
 
 
 def test_gated_forward_by_hand():
@@ -60,15 +70,15 @@ def test_gated_forward_by_hand():
     x = torch.tensor([[1.5, 1.0]])
     # x̃ = [1, 1]; u = [1, 1, 2]; gate = [1, 1, 0] -> open, open, closed
     # mag = u·exp(r) + b_mag = [1.1, 2, 2] -> f = [1.1, 2, 0]
-    out = sae(x, sparsity_coefficient=1.0)
-    assert torch.allclose(out.feature_acts, torch.tensor([[1.1, 2.0, 0.0]]))
-    assert torch.allclose(out.loss_terms["sparsity"], torch.tensor(2.0))  # ‖ReLU(π_gate)‖₁ = 1 + 1 + 0
+    out = _loss(sae, x, sparsity_coefficient=1.0)
+    assert torch.allclose(out.code.dense(), torch.tensor([[1.1, 2.0, 0.0]]))
+    assert torch.allclose(out.terms["sparsity"], torch.tensor(2.0))  # ‖ReLU(π_gate)‖₁ = 1 + 1 + 0
 
 
 def test_gated_auxiliary_loss_trains_the_gate_not_the_decoder():
     sae = create_sae("gated", 8, 32)
-    out = sae(torch.randn(64, 8) + 1.0)
-    out.loss_terms["aux"].backward()
+    out = _loss(sae, torch.randn(64, 8) + 1.0)
+    out.terms["aux"].backward()
     assert sae.W_dec.grad is None or torch.all(sae.W_dec.grad == 0)
     assert sae.W_enc.grad.abs().sum() > 0 and sae.b_gate.grad.abs().sum() > 0
 
@@ -79,26 +89,29 @@ def test_topk_keeps_k_largest():
     x = torch.tensor([[1.0, 0.5], [-1.0, -2.0]])
     # pre = x @ W_enc = [[1, .5, 1.5], [-1, -2, -3]]; top-1 -> [0, 0, 1.5] | ReLU(-1) = 0
     assert torch.allclose(sae.encode(x), torch.tensor([[0.0, 0.0, 1.5], [0.0, 0.0, 0.0]]))
+    code = sae.encode_code(x)
+    assert code.is_sparse and code.indices.tolist() == [[2], [0]] and code.l0_per_token().tolist() == [1.0, 0.0]
+    assert torch.allclose(sae.decode_code(code), sae.decode(sae.encode(x)))
 
 
 def test_topk_aux_loss_only_with_dead_latents():
     sae = create_sae("topk", 8, 32, k=2)
     x = torch.randn(64, 8)
-    assert "aux" not in sae(x).loss_terms
+    assert "aux" not in _loss(sae, x).terms
     dead = torch.zeros(32, dtype=torch.bool)
-    assert sae(x, dead_mask=dead).loss_terms["aux"] == 0
+    assert _loss(sae, x, dead_mask=dead).terms["aux"] == 0
     dead[:10] = True
-    out = sae(x, dead_mask=dead)
-    assert out.loss_terms["aux"] > 0
-    out.loss_terms["aux"].backward()
+    out = _loss(sae, x, dead_mask=dead)
+    assert out.terms["aux"] > 0
+    out.terms["aux"].backward()
     assert sae.W_dec.grad[:10].abs().sum() > 0  # AuxK trains dead latents' decoder rows
 
 
 def test_batchtopk_mean_l0_is_k_and_exports_as_jumprelu():
     sae = create_sae("batchtopk", 8, 32, k=3).train()
     x = torch.randn(128, 8)
-    out = sae(x)
-    assert (out.feature_acts > 0).sum().item() == 3 * 128
+    out = _loss(sae, x)
+    assert (out.code.dense() > 0).sum().item() == 3 * 128
     assert sae.threshold[0] > 0 and torch.all(sae.threshold == sae.threshold[0])
     jump = sae.to_jumprelu()
     assert torch.allclose(jump.encode(x), sae.encode(x), atol=1e-6)
@@ -107,7 +120,7 @@ def test_batchtopk_mean_l0_is_k_and_exports_as_jumprelu():
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_fold_input_scale_is_exact(arch):
-    sae = create_sae(arch, 8, 32, target_l0=4)
+    sae = create_job(arch, 8, 32, target_l0=4).sae
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -130,6 +143,11 @@ def test_weight_orientation_and_names(arch):
     sae = create_sae(arch, 6, 24)
     tensors = sae.export_tensors()
     assert tensors["W_enc"].shape == (6, 24) and tensors["W_dec"].shape == (24, 6) and tensors["b_dec"].shape == (6,)
+    expected = {"W_enc", "W_dec", "b_dec"} | {
+        "jumprelu": {"b_enc", "threshold"}, "batchtopk": {"b_enc", "threshold"}, "topk": {"b_enc"}, "relu": {"b_enc"},
+        "gated": {"b_gate", "b_mag", "r_mag"},
+    }[arch]
+    assert set(tensors) == expected  # the published SAELens / Gemma Scope names
 
 
 def test_unknown_architecture_lists_known():
@@ -140,18 +158,50 @@ def test_unknown_architecture_lists_known():
 def test_bad_configs_are_rejected():
     with pytest.raises(ValueError, match="d_sae must be a positive integer"):
         create_sae("jumprelu", 8, 0)
-    with pytest.raises(ValueError, match="k=40 must be in"):
+    with pytest.raises(ValueError, match="k=40 must be an integer in"):
         create_sae("topk", 8, 32, k=40)
-    with pytest.raises(ValueError, match="unknown JumpReLUConfig fields \\['kk'\\]"):
+    with pytest.raises(ValueError, match=r"\['kk'\] are not jumprelu SAE fields"):
         create_sae("jumprelu", 8, 32, kk=3)
-    with pytest.raises(ValueError, match="sparsity_loss must be"):
-        create_sae("jumprelu", 8, 32, sparsity_loss="l1")
+    with pytest.raises(ValueError, match="training settings such as target_l0.* go to saescope.create_job"):
+        create_sae("jumprelu", 8, 32, target_l0=3)
+    with pytest.raises(ValueError, match=r"unknown options \['kk'\]; SAE fields: \['hookpoint', 'model_id', 'threshold_param'\]"):
+        create_job("jumprelu", 8, 32, kk=3)
+    with pytest.raises(ValueError, match="unknown objective 'l1'; known: .*jumprelu_tanh"):
+        create_job("jumprelu", 8, 32, objective="l1")
+    with pytest.raises(ValueError, match="objective 'topk' trains \\['topk'\\], not a jumprelu SAE"):
+        create_job("jumprelu", 8, 32, objective="topk")
+    with pytest.raises(ValueError, match="target_l0=64 exceeds the SAE's 32 latents"):
+        create_job("jumprelu", 8, 32, target_l0=64)
 
 
-def test_wrong_width_input_is_rejected():
-    sae = create_sae("jumprelu", 8, 32)
-    with pytest.raises(ValueError, match=r"expected activations of shape \[n_tokens, 8\], got \(4, 7\)"):
-        sae(torch.randn(4, 7))
+def test_create_job_routes_each_option_to_the_module_or_the_objective():
+    job = create_job("topk", 8, 64, target_l0=6.4, aux_k=5, sparse_decode=False, hookpoint="layers.1.resid_post")
+    assert job.sae.cfg.k == 6 and job.sae.cfg.sparse_decode is False  # k from the target, on the module
+    assert job.objective.aux_k == 5 and job.objective.target_l0 == 6.4
+    assert job.reads.hookpoint == "layers.1.resid_post" and job.sae.cfg.hookpoint == "layers.1.resid_post"
+    explicit = create_job("topk", 8, 64, target_l0=6.4, k=3)
+    assert explicit.sae.cfg.k == 3  # an explicit k wins over the target
+    tanh = create_job("jumprelu", 8, 64, objective="jumprelu_tanh")
+    assert torch.allclose(tanh.sae.threshold, torch.full((64,), 0.1))  # the tanh recipe's θ₀ and decoder norm
+    assert torch.allclose(tanh.sae.W_dec.norm(dim=1), torch.full((64,), 0.1), atol=1e-6)
+    step = create_job("jumprelu", 8, 64)
+    assert torch.allclose(step.sae.threshold, torch.full((64,), 1e-3))
+    assert torch.allclose(step.sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-6)
+
+
+def test_feature_code_statistics_match_the_dense_matrix():
+    torch.manual_seed(0)
+    pre = torch.randn(40, 32) - 1.5  # some tokens select negative pre-activations, which the ReLU zeroes
+    values, indices = pre.topk(5, dim=-1)
+    sparse = FeatureCode.selected(indices, torch.relu(values), 32)
+    dense = FeatureCode.from_dense(sparse.dense().clone())
+    for name in ("l0_per_token", "count_per_feature", "fired", "sum_per_feature", "max_per_feature"):
+        a, b = getattr(sparse, name)(), getattr(dense, name)()
+        assert torch.equal(a, b) if a.dtype == torch.bool else torch.allclose(a.double(), b.double()), name
+    rows_s, cols_s, vals_s = sparse.active_entries()
+    rows_d, cols_d, vals_d = dense.active_entries()
+    assert sorted(zip(rows_s.tolist(), cols_s.tolist(), vals_s.tolist())) == sorted(zip(rows_d.tolist(), cols_d.tolist(), vals_d.tolist()))
+    assert (sparse.l0_per_token() <= 5).all() and (sparse.l0_per_token() < 5).any()  # ReLU zeros are not active
 
 
 def test_sparse_decode_matches_dense_in_values_and_gradients():
@@ -173,25 +223,29 @@ def test_sparse_decode_matches_dense_in_values_and_gradients():
 
 
 def test_unit_norm_decoder_constraint():
-    sae = create_sae("jumprelu", 8, 32)
+    job = create_job("jumprelu", 8, 32)
+    sae, objective = job.sae, job.objective
     x = torch.randn(64, 8)
-    sae(x, sparsity_coefficient=0.01).loss.backward()
-    sae.remove_parallel_decoder_grad()
+    _loss(sae, x, sparsity_coefficient=0.01).loss.backward()
+    objective.before_optimizer_step(sae)
     parallel = (sae.W_dec.grad * sae.W_dec).sum(dim=1)
     assert torch.allclose(parallel, torch.zeros(32), atol=1e-5)
     with torch.no_grad():
         sae.W_dec.mul_(3.0)
-    sae.after_step()
+    objective.after_step(sae)
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(32), atol=1e-6)
+    free = create_job("jumprelu", 8, 32, objective="jumprelu_tanh")
+    with torch.no_grad():
+        free.sae.W_dec.mul_(3.0)
+    free.objective.after_step(free.sae)
+    assert torch.allclose(free.sae.W_dec.norm(dim=1), torch.full((32,), 0.3), atol=1e-6)  # the tanh recipe leaves norms free
 
 
 def test_batchtopk_cpu_selection_is_exact_with_and_without_the_prefilter():
-    sae = create_sae("batchtopk", 8, 64, k=5)
     acts = torch.relu(torch.randn(200, 64))
     n_keep = 5 * 200
     exact_cutoff = acts.flatten().topk(n_keep).values.min()
     for tracked in (0.0, 0.5 * exact_cutoff.item(), 1.2 * exact_cutoff.item(), 10.0):
-        sae.threshold.fill_(tracked)
-        kept, cutoff = sae._batch_top_k(acts, n_keep)
+        kept, cutoff = batch_top_k(acts, n_keep, torch.tensor(tracked))
         assert cutoff == exact_cutoff, tracked
         assert (kept > 0).sum().item() == n_keep

@@ -5,6 +5,7 @@ import torch
 from lm_helpers import tiny_loaded
 
 from saescope import create_sae
+from saescope.checkpoint import save_sae
 from saescope.lm.hookpoints import resolve_hookpoints
 from saescope.steer import Intervention, Steering, generate, measure, steer_and_compare
 
@@ -110,7 +111,7 @@ def test_steer_command_prints_both_generations(setup, tmp_path, capsys):
     loaded.tokenizer.save_pretrained(tmp_path / "model")
     planted = sae.copy()
     planted.cfg.model_id = str(tmp_path / "model")
-    planted.save(str(tmp_path / "sae"))
+    save_sae(planted, tmp_path / "sae")
     assert main(["steer", "--sae", str(tmp_path / "sae"), "--feature", "0", "--value", "50", "--prompt", "A list is", "--temperature", "0",
                  "--max-new-tokens", "5", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out

@@ -272,10 +272,13 @@ def test_demo_runs_trains_evaluates_and_reuses(model_dir, corpus, tmp_path, monk
 def test_suites_give_jumprelu_the_lm_learning_rate_unless_told(trained_suite, model_dir, corpus, tmp_path):
     out, _index = trained_suite
     cfg = json.loads((out / "layers.0.resid_post/jumprelu-w64-l0_4" / "cfg.json").read_text())
-    assert cfg["lr_base"] == 2e-3 and cfg["training"]["lr"] == pytest.approx(2e-3 * (2**14 / 64) ** 0.5)
+    objective = cfg["training"]["objective"]
+    assert objective["name"] == "jumprelu" and objective["lr_base"] == 2e-3
+    assert cfg["training"]["lr"] == pytest.approx(2e-3 * (2**14 / 64) ** 0.5)
     topk = json.loads((out / "layers.0.resid_post/topk-w64-l0_4" / "cfg.json").read_text())
-    assert topk["lr_base"] is None  # TopK's own default already is the LM-tuned one
+    assert topk["training"]["objective"]["lr_base"] is None  # TopK's own default already is the LM-tuned one
     explicit = train_suite(small_config(model_dir, corpus, architectures=["jumprelu"], widths=[64], target_l0s=[4], lr={"jumprelu": 1e-3},
                                         eval_tokens=0), tmp_path / "lr", progress=False, report=lambda line: None)
     cfg = json.loads((tmp_path / "lr" / explicit["saes"][0]["path"] / "cfg.json").read_text())
-    assert cfg["lr"] == 1e-3 and cfg["lr_base"] is None
+    assert cfg["training"]["objective"]["lr"] == 1e-3 and cfg["training"]["objective"]["lr_base"] is None
+    assert cfg["training"]["lr"] == 1e-3

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from saescope.bench.synthetic import SyntheticActivations, SyntheticConfig
+from saescope.jobs import create_job
 from saescope.metrics import evaluate_sae
 from saescope.saes import create_sae
 from saescope.training import SaeTrainer, TrainConfig, Trainer, train_saes
@@ -16,8 +17,8 @@ def _quiet(**overrides):
 
 def test_target_l0_lands_within_ten_percent():
     data = SyntheticActivations(SyntheticConfig(d_in=32, n_features=96, mean_l0=4, seed=0))
-    saes = {arch: create_sae(arch, 32, 192, target_l0=6) for arch in ("jumprelu", "relu", "gated")}
-    saes["jumprelu-tanh"] = create_sae("jumprelu", 32, 192, target_l0=6, sparsity_loss="tanh")
+    saes = {arch: create_job(arch, 32, 192, target_l0=6) for arch in ("jumprelu", "relu", "gated")}
+    saes["jumprelu-tanh"] = create_job("jumprelu", 32, 192, target_l0=6, objective="jumprelu_tanh")
     trained = Trainer(saes, _quiet(total_tokens=512 * 1500, batch_size=512, log_every=100)).fit(lambda: data.stream(512, seed=1))
     held_out = data.sample(32768, seed=99)
     for name, sae in trained.items():
@@ -31,10 +32,10 @@ def _resume_setup(tmp_path):
     def saes():
         torch.manual_seed(0)
         return {
-            "jumprelu": create_sae("jumprelu", 16, 64, target_l0=5),
-            "topk": create_sae("topk", 16, 64, k=4),
-            "batchtopk": create_sae("batchtopk", 16, 64, k=4),
-            "gated": create_sae("gated", 16, 64, sparsity_coefficient=0.1),
+            "jumprelu": create_job("jumprelu", 16, 64, target_l0=5),
+            "topk": create_job("topk", 16, 64, k=4),
+            "batchtopk": create_job("batchtopk", 16, 64, k=4),
+            "gated": create_job("gated", 16, 64, sparsity_coefficient=0.1),
         }
     config = _quiet(total_tokens=128 * 60, batch_size=128, checkpoint_every=20, checkpoint_dir=str(tmp_path / "ckpt"),
                     dead_window_tokens=256, log_every=5)
@@ -78,7 +79,7 @@ def test_many_saes_share_one_pass_over_the_data():
             reads.append(i)
             yield torch.randn(256, 8)
 
-    saes = [create_sae("jumprelu", 8, 32, sparsity_coefficient=0.01), create_sae("topk", 8, 32, k=2), create_sae("jumprelu", 8, 32, sparsity_coefficient=0.1)]
+    saes = [create_sae("jumprelu", 8, 32), create_sae("topk", 8, 32, k=2), create_sae("jumprelu", 8, 32)]  # bare SAEs: default objectives
     trainer = Trainer(saes, _quiet(total_tokens=256 * 5, batch_size=256, normalization_tokens=256))
     trained = trainer.fit(stream)
     assert sorted(trained) == ["jumprelu-0", "jumprelu-1", "topk"]
@@ -109,10 +110,10 @@ def test_trains_from_a_numpy_memmap(tmp_path):
 
 
 def test_dead_latents_are_tracked_over_a_token_window():
-    sae = create_sae("relu", 8, 32, lr=1e-12)
+    job = create_job("relu", 8, 32, lr=1e-12)
     with torch.no_grad():
-        sae.b_enc[:8] = -1e4  # these eight can never fire
-    trainer = SaeTrainer(sae, _quiet(total_tokens=10_000, batch_size=100, dead_window_tokens=300), torch.device("cpu"), "relu")
+        job.sae.b_enc[:8] = -1e4  # these eight can never fire
+    trainer = SaeTrainer(job, _quiet(total_tokens=10_000, batch_size=100, dead_window_tokens=300), torch.device("cpu"))
     x = torch.randn(100, 8)
     for step in range(2):
         trainer.train_step(x, step)
@@ -152,5 +153,28 @@ def test_bad_train_configs():
         TrainConfig(total_tokens=10, batch_size=100)
     with pytest.raises(ValueError, match="checkpoint_every needs"):
         TrainConfig(checkpoint_every=10)
-    with pytest.raises(TypeError, match="expected a saescope SparseAutoencoder"):
+    with pytest.raises(TypeError, match="expected a saescope SaeJob or SparseAutoencoder"):
         Trainer([torch.nn.Linear(2, 2)])
+    with pytest.raises(ValueError, match=r"two SAE jobs share the name\(s\) \['topk'\]"):
+        Trainer([create_job("topk", 8, 32), create_job("topk", 8, 32, k=4)])
+
+
+def test_firing_rate_reaches_the_objective_as_a_running_average():
+    torch.manual_seed(0)
+    job = create_job("topk", 8, 32, k=4, lr=1e-9)  # weights stay put, so every step fires the same latents
+    trainer = SaeTrainer(job, _quiet(total_tokens=100_000, batch_size=500), torch.device("cpu"))
+    x = torch.randn(500, 8)
+    seen = []
+    loss = job.objective.loss
+
+    def spy(sae, batch, ctx):
+        seen.append(ctx.firing_rate.clone())
+        return loss(sae, batch, ctx)
+
+    job.objective.loss = spy
+    for step in range(3):
+        trainer.train_step(x, step)
+    assert torch.equal(seen[0], torch.zeros(32))  # nothing measured before the first step
+    counts = (job.sae.encode(x) > 0).float().mean(dim=0)
+    assert trainer.firing_rate.sum().item() == pytest.approx(4.0, rel=1e-4)  # k=4 per token, bias-corrected from step 1
+    assert torch.allclose(seen[1], counts, atol=1e-5) and torch.allclose(trainer.firing_rate, counts, atol=1e-5)

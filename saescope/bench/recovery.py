@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from saescope.bench.synthetic import VARIANTS, SyntheticActivations, SyntheticConfig
+from saescope.jobs import SaeJob, create_job
 from saescope.metrics import evaluate_sae, mmcs
-from saescope.saes import SparseAutoencoder, create_sae
 from saescope.training import TrainConfig, Trainer
 
 RECOVERY_COSINE = 0.9
@@ -23,7 +23,7 @@ RECOVERY_COSINE = 0.9
 # name -> (architecture, options); the target L0 is filled in per run.
 BENCH_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "jumprelu": ("jumprelu", {}),
-    "jumprelu-tanh": ("jumprelu", {"sparsity_loss": "tanh"}),
+    "jumprelu-tanh": ("jumprelu", {"objective": "jumprelu_tanh"}),
     "relu": ("relu", {}),
     "gated": ("gated", {}),
     "topk": ("topk", {}),
@@ -60,12 +60,12 @@ class RecoveryBenchConfig:
             raise ValueError(f"unknown architecture(s) {unknown}; choose from {list(BENCH_ARCHITECTURES)}")
 
 
-def build_bench_saes(config: RecoveryBenchConfig) -> dict[str, SparseAutoencoder]:
-    saes = {}
+def build_bench_jobs(config: RecoveryBenchConfig) -> dict[str, SaeJob]:
+    jobs = {}
     for name in config.architectures:
         architecture, options = BENCH_ARCHITECTURES[name]
-        saes[name] = create_sae(architecture, config.d_in, config.d_sae, **options, target_l0=config.target_l0)  # topk: k = round(target)
-    return saes
+        jobs[name] = create_job(architecture, config.d_in, config.d_sae, name=name, **options, target_l0=config.target_l0)  # topk: k = round(target)
+    return jobs
 
 
 def run_recovery_benchmark(config: RecoveryBenchConfig | None = None) -> list[dict[str, Any]]:
@@ -86,7 +86,7 @@ def run_recovery_benchmark(config: RecoveryBenchConfig | None = None) -> list[di
             **config.extra,
         )
         started = time.perf_counter()
-        trained = Trainer(build_bench_saes(config), train_config).fit(lambda data=data: data.stream(config.batch_size, seed=config.seed + 1))
+        trained = Trainer(list(build_bench_jobs(config).values()), train_config).fit(lambda data=data: data.stream(config.batch_size, seed=config.seed + 1))
         seconds = time.perf_counter() - started
         held_out = data.sample(config.eval_tokens, seed=config.seed + 10_000)
         for name, sae in trained.items():

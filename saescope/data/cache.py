@@ -93,7 +93,7 @@ class CacheWriter:
     """Append activations shard by shard; see the module docstring for the crash-safety rules."""
 
     def __init__(self, path: str | os.PathLike, widths: dict[str, int], dtype: str, metadata: dict[str, Any], resume: bool = False) -> None:
-        from saescope import __version__
+        from saescope._version import __version__
 
         self.path = Path(path)
         self.dtype = storage_dtype_name(dtype)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from saescope.checkpoint import load_checked_tensors
-from saescope.saes import SparseAutoencoder, create_sae
+from saescope.saes import SparseAutoencoder, create_sae, get_architecture
 
 GEMMA_SCOPE_SITES = {"res": "resid_post", "mlp": "mlp_out", "att": "attn_z"}
 SAELENS_TO_SAESCOPE = {"standard": "relu", "relu": "relu", "jumprelu": "jumprelu", "topk": "topk", "gated": "gated", "batchtopk": "batchtopk"}
@@ -119,7 +119,7 @@ def load_saelens(path: str | Path) -> SparseAutoencoder:
     model_id = metadata.get("model_name") or cfg.get("model_name")
     options: dict[str, Any] = {"hookpoint": hookpoint, "model_id": model_id}
     ours = SAELENS_TO_SAESCOPE[arch]
-    if ours in ("topk", "batchtopk"):
+    if "k" in get_architecture(ours).config_class.field_names():
         k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
         if k is None:
             raise ValueError(f"{cfg_file}: a {arch} config needs k")
@@ -158,7 +158,7 @@ def export_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
     """Write ``sae`` as a SAELens v6 folder (cfg.json + sae_weights.safetensors) that SAELens loads as is."""
     from safetensors.torch import save_file
 
-    from saescope import __version__
+    from saescope._version import __version__
 
     if sae.architecture not in SAESCOPE_TO_SAELENS:
         raise ValueError(f"{sae.architecture} SAEs have no SAELens equivalent; exportable: {sorted(SAESCOPE_TO_SAELENS)}")

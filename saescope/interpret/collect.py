@@ -1,7 +1,8 @@
 """Per-feature statistics of one SAE, gathered for all features at once in one pass over the contexts.
 
-For every batch of contexts the SAE encodes the hookpoint's activations ([batch, positions, F]) and
-the collector updates, on the device and without host synchronisation:
+For every batch of contexts the SAE encodes the hookpoint's activations into a ``FeatureCode`` and
+the collector updates, on the device (the only host reads are the batch's token count and the
+number of active entries, for the histogram):
 
 - the top-k activating tokens of every feature, each with a window of the feature's activations and
   token ids around it (running top-k merged with the batch's top-k);
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from saescope.saes.code import FeatureCode
 
 NO_TOKEN = -1
 
@@ -76,20 +79,29 @@ class FeatureCollector:
         self.generator = torch.Generator(device=dev).manual_seed(seed)
 
     @torch.no_grad()
-    def update(self, acts: Tensor, tokens: Tensor, mask: Tensor) -> None:
-        """``acts`` [B, T, F] feature activations, ``tokens`` [B, T] ids, ``mask`` [B, T] positions that count."""
-        acts = acts.float() * mask.unsqueeze(-1)
-        b, t, f = acts.shape
-        flat = acts.reshape(b * t, f)
+    def update(self, code: FeatureCode | Tensor, tokens: Tensor, mask: Tensor) -> None:
+        """``code`` the SAE's ``FeatureCode`` over the B·T positions (or dense [B, T, F] activations),
+        ``tokens`` [B, T] ids, ``mask`` [B, T] positions that count.
+
+        Counts, sums, maxima and histograms come from the code's active entries; the top examples and
+        samples need whole windows of a feature, so they read the dense matrix, built once per batch.
+        """
+        b, t = tokens.shape
+        if isinstance(code, Tensor):
+            code = FeatureCode.from_dense(code.reshape(b * t, -1))
+        code = code.masked(mask.reshape(-1))
         self.n_tokens += int(mask.sum())
+        self.fire_counts += code.count_per_feature().long()
+        self.activation_sums += code.sum_per_feature()
+        self.max_values = torch.maximum(self.max_values, code.max_per_feature().float())
+        _rows, cols, values = code.active_entries()
+        bins = torch.bucketize(values.float().log10(), self.bin_edges[1:-1])
+        self.histogram.view(-1).index_add_(0, cols * self.histogram.shape[1] + bins, torch.ones_like(bins))
+
+        flat = code.dense().float()
+        f = flat.shape[1]
+        acts = flat.view(b, t, f)
         fired = flat > 0
-        self.fire_counts += fired.sum(dim=0)
-        self.activation_sums += flat.sum(dim=0, dtype=torch.float64)
-        self.max_values = torch.maximum(self.max_values, flat.max(dim=0).values)
-        rows, cols = fired.nonzero(as_tuple=True)
-        if rows.numel():
-            bins = torch.bucketize(flat[rows, cols].log10(), self.bin_edges[1:-1])
-            self.histogram.view(-1).index_add_(0, cols * self.histogram.shape[1] + bins, torch.ones_like(bins))
 
         k = min(self.k, b * t)
         values, index = flat.topk(k, dim=0)  # [k, F]

@@ -81,8 +81,7 @@ def interpret_suite(
             def consume(point, activation, input_ids=input_ids, mask=mask):
                 flat = activation.reshape(-1, activation.shape[-1]).float()
                 for sae_path in by_hookpoint[point.name]:
-                    acts = saes[sae_path].encode(flat).view(*activation.shape[:2], -1)
-                    collectors[sae_path].update(acts, input_ids, mask)
+                    collectors[sae_path].update(saes[sae_path].encode_code(flat), input_ids, mask)
 
             capture(loaded.model, list(points.values()), consume, input_ids)
             bar.update(1)

@@ -18,19 +18,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saescope.checkpoint import save_sae
 from saescope.data.text import check_dataset
 from saescope.data.tokens import TextContexts, special_token_ids, trainable_mask
+from saescope.jobs import SaeJob, create_job, sets_k
 from saescope.lm.capture import capture, masked_collector
 from saescope.lm.hookpoints import Hookpoint, resolve_hookpoints
 from saescope.lm.models import LoadedModel, load_model
 from saescope.lm.splice_eval import splice_evaluate
 from saescope.lm.stream import ModelActivationSource
 from saescope.metrics import evaluate_sae
-from saescope.saes import ARCHITECTURES, SparseAutoencoder, create_sae
+from saescope.saes import ARCHITECTURES, SparseAutoencoder
 from saescope.training import TrainConfig, Trainer
 
 logger = logging.getLogger("saescope")
-TOPK_FAMILY = ("topk", "batchtopk")
 
 
 @dataclass
@@ -44,14 +45,14 @@ class SaeSpec:
     target_l0: float | None = None
     """Target L0 (k for topk/batchtopk)."""
     options: dict[str, Any] = field(default_factory=dict)
-    """Extra architecture config fields (e.g. sparsity_loss="tanh")."""
+    """Extra SAE or training fields (e.g. objective="jumprelu_tanh", aux_k=64, threshold_param="log")."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}; choose from {sorted(ARCHITECTURES)}")
         if self.width is not None and self.width <= 0:
             raise ValueError(f"width must be a positive integer, got {self.width}")
-        if self.architecture in TOPK_FAMILY and self.target_l0 is None and "k" not in self.options:
+        if sets_k(self.architecture, self.options.get("objective")) and self.target_l0 is None and "k" not in self.options:
             raise ValueError(f"{self.architecture} needs a target L0 (its k)")
 
     def resolved_width(self, d_in: int) -> int:
@@ -62,12 +63,12 @@ class SaeSpec:
         sparsity = f"l0_{self.target_l0:g}" if self.target_l0 is not None else "fixed"
         return f"{self.architecture}-w{width}-{sparsity}"
 
-    def build(self, d_in: int, hookpoint: str, model_id: str) -> SparseAutoencoder:
+    def build(self, d_in: int, hookpoint: str, model_id: str, name: str) -> SaeJob:
         width = self.resolved_width(d_in)
         options = dict(self.options)
         if self.target_l0 is not None:
             options.setdefault("target_l0", self.target_l0)  # TopK/BatchTopK take k = round(target_l0)
-        return create_sae(self.architecture, d_in, width, hookpoint=hookpoint, model_id=model_id, **options)
+        return create_job(self.architecture, d_in, width, name=name, reads=hookpoint, model_id=model_id, **options)
 
 
 @dataclass
@@ -187,22 +188,22 @@ def train_on_model(
         )
         widths = dict(source.d_in)
     torch.manual_seed(seed)
-    saes: dict[str, SparseAutoencoder] = {}
+    jobs: dict[str, SaeJob] = {}
     for hookpoint, d_in in widths.items():
         for spec in specs:
             key = f"{hookpoint}/{spec.folder_name(d_in)}"
-            if key in saes:
+            if key in jobs:
                 raise ValueError(f"two SAEs would share the folder {key}; give them different widths or target L0s")
-            saes[key] = spec.build(d_in, hookpoint, model_id)
+            jobs[key] = spec.build(d_in, hookpoint, model_id, key)
     if out_dir is not None and train.checkpoint_every and not train.checkpoint_dir:
         train.checkpoint_dir = str(Path(out_dir) / "checkpoint")
-    trained = Trainer(saes, train).fit(source, resume=resume)
+    trained = Trainer(list(jobs.values()), train).fit(source, resume=resume)
     metrics = evaluate_on_model(loaded, trained, data, progress=train.progress) if loaded is not None and data.eval_tokens > 0 else {name: {} for name in trained}
     for name, sae in trained.items():
         metrics[name]["training"] = sae.training_summary
         if out_dir is not None:
             folder = Path(out_dir) / name
-            sae.save(str(folder), context_size=data.context_size, dataset=data.dataset)
+            save_sae(sae, folder, context_size=data.context_size, dataset=data.dataset)
             (folder / "metrics.json").write_text(json.dumps(_metrics_for_file(metrics[name]), indent=2) + "\n")
     return {name: (trained[name], metrics[name]) for name in trained}
 

@@ -47,7 +47,7 @@ def sae_splice(sae: SparseAutoencoder, mask: Tensor, add_error: bool = False) ->
 
     def replace(activation: Tensor) -> Tensor:
         flat = activation.reshape(-1, activation.shape[-1])
-        reconstruction = sae(flat.to(sae.W_dec.dtype)).reconstruction.to(activation.dtype)
+        reconstruction = sae(flat.to(sae.W_dec.dtype)).to(activation.dtype)
         if add_error:
             reconstruction = reconstruction + (flat - reconstruction)
         out = torch.where(mask.reshape(-1, 1), reconstruction, flat)

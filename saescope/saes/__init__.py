@@ -1,16 +1,17 @@
 """SAE architectures, registered by name.
 
-Adding an architecture means writing one file with a ``SaeConfig`` subclass and a
-``SparseAutoencoder`` subclass, then calling ``register_architecture``; the trainer, metrics and
-checkpoints work with it unchanged.
+An architecture is one file with a ``SaeConfig`` subclass (its inference fields) and a
+``SparseAutoencoder`` subclass (parameters, ``encode``, ``decode``), registered with
+``register_architecture``. How it is trained is an objective (``saescope.objectives``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from saescope.saes.base import ForwardOutput, SaeConfig, SparseAutoencoder
+from saescope.saes.base import SaeConfig, SparseAutoencoder, unit_norm_rows
 from saescope.saes.batchtopk import BatchTopKConfig, BatchTopKSae
+from saescope.saes.code import FeatureCode
 from saescope.saes.gated import GatedConfig, GatedSae
 from saescope.saes.jumprelu import JumpReLUConfig, JumpReLUSae
 from saescope.saes.relu import ReLUConfig, ReLUSae
@@ -40,14 +41,21 @@ def get_architecture(name: str) -> type[SparseAutoencoder]:
 
 
 def create_sae(architecture: str, d_in: int, d_sae: int, **options: Any) -> SparseAutoencoder:
-    """Build a freshly initialised SAE.
+    """Build a freshly initialised SAE module (inference fields only; training settings go to ``create_job``).
 
     Example:
-        >>> sae = create_sae("jumprelu", d_in=64, d_sae=512, target_l0=8)
+        >>> sae = create_sae("jumprelu", d_in=64, d_sae=512)
         >>> sae.W_enc.shape, sae.W_dec.shape
         (torch.Size([64, 512]), torch.Size([512, 64]))
     """
     sae_class = get_architecture(architecture)
+    known = sae_class.config_class.field_names()
+    misplaced = sorted(set(options) - known)
+    if misplaced:
+        raise ValueError(
+            f"create_sae({architecture!r}): {misplaced} are not {architecture} SAE fields (those are {sorted(known)}); "
+            "training settings such as target_l0, lr or the sparsity coefficient go to saescope.create_job"
+        )
     return sae_class(sae_class.config_class.from_dict({"d_in": d_in, "d_sae": d_sae, **options}))
 
 
@@ -55,7 +63,7 @@ __all__ = [
     "ARCHITECTURES",
     "BatchTopKConfig",
     "BatchTopKSae",
-    "ForwardOutput",
+    "FeatureCode",
     "GatedConfig",
     "GatedSae",
     "JumpReLUConfig",
@@ -69,4 +77,5 @@ __all__ = [
     "create_sae",
     "get_architecture",
     "register_architecture",
+    "unit_norm_rows",
 ]

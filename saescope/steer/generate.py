@@ -70,7 +70,7 @@ def measure(loaded: Any, prompt: str, new_ids: list[int], intervention: Interven
         if intervention is not None:
             point = resolve_hookpoints(loaded.model, intervention.hookpoint)[0]
             hidden = capture_dict(loaded.model, [point], full)[point.name][0]
-            acts = intervention.sae.encode(hidden.float())[start:, intervention.feature]
+            acts = intervention.sae.encode_code(hidden.float()).feature(intervention.feature)[start:]
             rate = float((acts > 0).float().mean())
     return rate, perplexity
 

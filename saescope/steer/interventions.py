@@ -60,7 +60,7 @@ class Intervention:
         if not self.hookpoint:
             raise ValueError("the SAE does not record its hookpoint; pass hookpoint= (e.g. 'layers.10.resid_post')")
         if self.unit == "max" and self.max_activation is None:
-            raise ValueError("unit='max' needs max_activation (from the feature page, or steer_feature_max reads it from an interpreted suite)")
+            raise ValueError("unit='max' needs max_activation (from the feature page, or saescope.steer.feature_max_activation reads it from an interpreted suite)")
 
     @property
     def raw_value(self) -> float:
@@ -75,7 +75,7 @@ class Intervention:
             return hidden + self.raw_value * direction
         target = 0.0 if self.kind == "ablate" else self.raw_value
         flat = hidden.reshape(-1, hidden.shape[-1]).float()
-        current = self.sae.encode(flat)[:, self.feature].reshape(*hidden.shape[:-1], 1).to(hidden.dtype)
+        current = self.sae.encode_code(flat).feature(self.feature).reshape(*hidden.shape[:-1], 1).to(hidden.dtype)
         return hidden + (target - current) * direction
 
 

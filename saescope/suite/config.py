@@ -17,7 +17,6 @@ from typing import Any
 
 from saescope.saes import ARCHITECTURES
 
-TOPK_FAMILY = ("topk", "batchtopk")
 _EXPANSION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*x\s*$", re.IGNORECASE)
 
 
@@ -44,7 +43,7 @@ class SuiteConfig:
     lr: float | dict[str, float] | None = None
     """One lr for all, or per architecture ({"topk": 4e-3}); None: each architecture's default."""
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Extra SAE config fields per architecture, e.g. {"topk": {"k_anneal_fraction": 0.5}}."""
+    """Extra SAE or training fields per architecture, e.g. {"topk": {"k_anneal_fraction": 0.5}, "jumprelu": {"objective": "jumprelu_tanh"}}."""
     text_field: str = "text"
     split: str = "train"
     context_size: int = 128
@@ -156,7 +155,7 @@ class SuiteConfig:
             if arch not in self.architectures:
                 fail(f"options: {arch!r} is not one of this suite's architectures {self.architectures}")
             if not isinstance(extra, dict):
-                fail(f"options.{arch}: expected a mapping of SAE config fields")
+                fail(f"options.{arch}: expected a mapping of SAE or training fields")
         if isinstance(self.sparsity_proportional_gain, bool) or not isinstance(self.sparsity_proportional_gain, (int, float)) \
                 or self.sparsity_proportional_gain < 0:
             fail(f"sparsity_proportional_gain: must be a number >= 0, got {self.sparsity_proportional_gain!r}")

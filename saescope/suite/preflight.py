@@ -40,8 +40,9 @@ class PlannedSae:
 
     @property
     def n_params(self) -> int:
-        extra = self.width if self.architecture in ("jumprelu", "batchtopk", "gated") else 0
-        return 2 * self.d_in * self.width + self.width + self.d_in + extra
+        from saescope.jobs import parameter_count
+
+        return parameter_count(self.architecture, self.d_in, self.width)
 
 
 @dataclass

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from saescope.jobs import sets_k
 from saescope.suite.config import (
-    TOPK_FAMILY,
     SuiteConfig,
     SuiteConfigError,
     parse_width,
@@ -59,7 +59,7 @@ def train_suite(
 
     With ``resume=True`` a run killed after a checkpoint continues from it (same config).
     """
-    from saescope import __version__
+    from saescope._version import __version__
     from saescope.lm.pipeline import LmDataConfig, SaeSpec, train_on_model
     from saescope.training import TrainConfig
 
@@ -189,7 +189,7 @@ def _plan(config: SuiteConfig, widths: dict[str, int]) -> list[PlannedSae]:
                     if target > n:
                         raise SuiteConfigError(f"widths: {width!r} gives {n} latents at {hookpoint}, fewer than target L0 {target:g}; "
                                                "use a larger width or a smaller target")
-                    if arch in TOPK_FAMILY and round(target) < 1:
+                    if sets_k(arch, config.options.get(arch, {}).get("objective")) and round(target) < 1:
                         raise SuiteConfigError(f"target_l0s: {arch} needs k = round(target) >= 1, got {target:g}")
                     entry = PlannedSae(hookpoint, layer, arch, d_in, n, float(target))
                     key = (hookpoint, sae_folder_name(arch, n, float(target)))

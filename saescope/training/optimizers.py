@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-OPTIMIZERS = ("adam", "signum", "schedule_free_adam", "schedule_free_signum")
+from saescope.objectives.base import OPTIMIZER_NAMES
 
 
 class Signum(torch.optim.Optimizer):
@@ -125,4 +125,4 @@ def build_optimizer(name: str, params: Iterable[Tensor], lr: float, adam_betas: 
         return ScheduleFreeAdam(params, lr=lr, betas=(0.9, adam_betas[1]))
     if name == "schedule_free_signum":
         return ScheduleFreeAdam(params, lr=lr, betas=(0.9, adam_betas[1]), sign=True)
-    raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
+    raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZER_NAMES}")

@@ -1,9 +1,10 @@
-"""Everything needed to train one SAE on a stream of raw activation batches.
+"""Everything needed to train one SAE job on a stream of raw activation batches.
 
-The run-level ``Trainer`` owns the data and the loop; a ``SaeTrainer`` owns one SAE's optimiser,
-sparsity controller, input scale, dead-latent counters and running metrics, and exposes
-``train_step(x_raw, step)``. A model-streaming trainer can call the same method from inside a
-forward hook. Nothing here synchronises with the host except ``read_metrics`` (log cadence).
+The run-level ``Trainer`` owns the data and the loop; a ``SaeTrainer`` owns one job's optimiser,
+sparsity controller, input scale, dead-latent counters, running firing rates and metrics, and exposes
+``train_step(x_raw, step)``. What the loss is, which optimiser and lr, how inputs are scaled and
+whether decoder rows stay unit norm are the job's objective's answers, never this file's. Nothing
+here synchronises with the host except ``read_metrics`` (log cadence).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saescope.saes import SparseAutoencoder
+from saescope.jobs import SaeJob
+from saescope.objectives import StepContext
 from saescope.saes.base import unit_norm_rows
 from saescope.training.config import TrainConfig
 from saescope.training.cpu_allocator import retain_freed_memory
@@ -24,29 +26,35 @@ from saescope.training.sparsity_control import SparsityController
 
 TARGET_WARMUP_LIMIT = 0.2
 """Longest default λ warm-up (fraction of the run) in target-L0 mode."""
+FIRING_RATE_HALF_LIFE_TOKENS = 1_000_000
+"""Half-life, in tokens, of the running per-latent firing rate handed to objectives (StepContext.firing_rate)."""
 
 
 class SaeTrainer:
-    def __init__(self, sae: SparseAutoencoder, config: TrainConfig, device: torch.device, name: str) -> None:
+    def __init__(self, job: SaeJob, config: TrainConfig, device: torch.device) -> None:
         if device.type == "cpu" and config.retain_cpu_memory:
             retain_freed_memory()
+        sae, objective = job.sae, job.objective
+        self.job = job
         self.sae = sae.to(device).train()
+        self.objective = objective
         self.config = config
-        self.name = name
-        self.hookpoint = sae.cfg.hookpoint
+        self.name = job.name
+        self.hookpoint = job.reads.hookpoint
         self.device = device
-        self.base_lr = sae.default_lr()
-        self.optimizer = build_optimizer(sae.resolved_optimizer, sae.parameters(), self.base_lr, sae.resolved_adam_betas())
+        self.base_lr = objective.learning_rate(sae)
+        self.optimizer = build_optimizer(objective.optimizer_name(), sae.parameters(), self.base_lr, objective.betas())
         self.schedule_free = isinstance(self.optimizer, ScheduleFreeAdam)
         # Schedule-free Adam replaces the lr decay by its averaged iterate.
         self.lr_decay_fraction = 0.0 if self.schedule_free else config.lr_decay_fraction
-        target = sae.cfg.target_l0 if sae.controls_l0_by_coefficient else None
+        target = objective.controlled_target_l0()
         warmup = config.sparsity_warmup_fraction
         if warmup is None:
             # The target-L0 controller only acts after the warm-up, so it must end well before the run does.
-            warmup = sae.sparsity_warmup_default if target is None else min(sae.sparsity_warmup_default, TARGET_WARMUP_LIMIT)
+            default = objective.sparsity_warmup_default
+            warmup = default if target is None else min(default, TARGET_WARMUP_LIMIT)
         self.controller = SparsityController(
-            initial=sae.initial_sparsity_coefficient(),
+            initial=objective.initial_sparsity_coefficient(sae),
             target_l0=target,
             total_steps=config.total_steps,
             warmup_fraction=warmup,
@@ -56,52 +64,73 @@ class SaeTrainer:
         self.input_scale = 1.0
         self.dead_window = config.resolved_dead_window()
         self.tokens_since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
+        # An EMA with Adam's bias correction: firing_rate_sum / firing_rate_weight is an average from the first step on.
+        self.firing_rate_sum = torch.zeros(sae.d_sae, dtype=torch.float32, device=device)
+        self.firing_rate_weight = torch.zeros((), dtype=torch.float32, device=device)
+        self.firing_rate_decay = 0.5 ** (config.batch_size / FIRING_RATE_HALF_LIFE_TOKENS)
         self.any_dead = False  # refreshed at log cadence; gates auxiliary dead-latent losses
         self._reset_running()
 
     # -- normalisation --------------------------------------------------------------------------
     def set_input_scale(self, mean_squared_norm: float, sample: Tensor) -> None:
         """Choose c so that E‖c·x‖² matches the architecture's convention, and seed data-based init."""
-        target = 1.0 if self.sae.input_norm == "unit_mean_square" else float(self.sae.d_in)
+        target = 1.0 if self.objective.input_norm == "unit_mean_square" else float(self.sae.d_in)
         self.input_scale = math.sqrt(target / mean_squared_norm)
-        self.sae.init_from_data(sample.to(self.device) * self.input_scale)
+        self.objective.init_from_data(self.sae, sample.to(self.device) * self.input_scale)
 
     # -- the hot step ---------------------------------------------------------------------------
     def train_step(self, x_raw: Tensor, step: int) -> None:
-        sae, config = self.sae, self.config
+        sae, objective, config = self.sae, self.objective, self.config
         x = x_raw * self.input_scale
         lr = self.base_lr * lr_multiplier(step, config.total_steps, config.lr_warmup_fraction, self.lr_decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        sae.set_training_progress(step / config.total_steps)
-        dead_mask = self.tokens_since_fired >= self.dead_window if self.any_dead else None
-        output = sae(x, sparsity_coefficient=self.controller.coefficient(step), dead_mask=dead_mask)
+        ctx = StepContext(
+            step=step,
+            progress=step / config.total_steps,
+            sparsity_coefficient=self.controller.coefficient(step),
+            dead_mask=self.tokens_since_fired >= self.dead_window if self.any_dead else None,
+            firing_rate=self.firing_rate,
+        )
+        output = objective.loss(sae, x, ctx)
         self.optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
-        sae.remove_parallel_decoder_grad()
+        objective.before_optimizer_step(sae)
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
         self.optimizer.step()
-        sae.after_step()
-        if self.schedule_free and sae.unit_norm_decoder:
+        objective.after_step(sae)
+        if self.schedule_free and objective.unit_norm_decoder:
             self.optimizer.constrain(sae.W_dec, unit_norm_rows)
 
         with torch.no_grad():
-            active = output.feature_acts > 0
-            batch_l0 = active.sum(dim=-1, dtype=torch.float32).mean()
-            fired = active.any(dim=0)
-            self.tokens_since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
+            code = output.code
+            batch_l0 = code.l0_per_token().mean()
+            counts = code.count_per_feature()
+            self.tokens_since_fired.add_(x.shape[0]).masked_fill_(counts > 0, 0)
+            decay = self.firing_rate_decay
+            self.firing_rate_sum.mul_(decay).add_(counts.float() / x.shape[0], alpha=1 - decay)
+            self.firing_rate_weight.mul_(decay).add_(1 - decay)
             self.controller.update(batch_l0, step)
             error = (output.reconstruction - x).pow(2).sum()
             variance = (x - x.mean(dim=0)).pow(2).sum()
             self._running += torch.stack([batch_l0, error / variance, output.loss.detach(), (~torch.isfinite(x)).any().float()])
             self._running_steps += 1
 
+    @property
+    def firing_rate(self) -> Tensor:
+        """Running fraction of tokens on which each latent fires, float32 [d_sae] (0 before the first step)."""
+        return self.firing_rate_sum / self.firing_rate_weight.clamp_min(1e-12)
+
     def finalize(self) -> None:
-        """After the last step: evaluation weights (schedule-free: the averaged iterate) in eval mode."""
+        """After the last step: evaluation weights (schedule-free: the averaged iterate) in eval mode.
+
+        The averaged iterate is then projected onto the objective's constraints (unit-norm decoder
+        rows, θ ≥ 0), as every step's iterate is.
+        """
         if self.schedule_free:
             self.optimizer.use_average()
-            self.sae.after_step()
+            self.objective.after_step(self.sae)
         self.sae.eval()
 
     # -- reporting ------------------------------------------------------------------------------
@@ -130,6 +159,8 @@ class SaeTrainer:
                 tensors[f"adam.{index}.{key}"] = value
         tensors.update({f"controller.{k}": v for k, v in self.controller.state_tensors().items()})
         tensors["tokens_since_fired"] = self.tokens_since_fired
+        tensors["firing_rate_sum"] = self.firing_rate_sum
+        tensors["firing_rate_weight"] = self.firing_rate_weight
         return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
     def state_info(self) -> dict[str, Any]:
@@ -137,6 +168,7 @@ class SaeTrainer:
             "name": self.name,
             "architecture": self.sae.architecture,
             "config": self.sae.cfg.to_dict(),
+            "objective": self.objective.to_dict(),
             "input_scale": self.input_scale,
             "any_dead": self.any_dead,
             "param_groups": self.optimizer.state_dict()["param_groups"],
@@ -145,6 +177,8 @@ class SaeTrainer:
     def load_state(self, info: dict[str, Any], tensors: dict[str, Tensor]) -> None:
         if info["architecture"] != self.sae.architecture or info["config"] != self.sae.cfg.to_dict():
             raise ValueError(f"{self.name}: the checkpoint was written for a different SAE ({info['architecture']}, {info['config']})")
+        if info.get("objective") != self.objective.to_dict():
+            raise ValueError(f"{self.name}: the checkpoint was trained with another objective ({info.get('objective')}); resume with the same settings")
         self.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
         optimizer_state: dict[int, dict[str, Tensor]] = {}
         for key, value in tensors.items():
@@ -154,5 +188,7 @@ class SaeTrainer:
         self.optimizer.load_state_dict({"state": optimizer_state, "param_groups": info["param_groups"]})
         self.controller.load_state_tensors({k[11:]: v for k, v in tensors.items() if k.startswith("controller.")})
         self.tokens_since_fired.copy_(tensors["tokens_since_fired"])
+        self.firing_rate_sum.copy_(tensors["firing_rate_sum"])
+        self.firing_rate_weight.copy_(tensors["firing_rate_weight"])
         self.input_scale = info["input_scale"]
         self.any_dead = info["any_dead"]

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from saescope.data import as_source
+from saescope.jobs import ReadSpec, SaeJob, default_objective
 from saescope.saes import SparseAutoencoder
 from saescope.training.config import TrainConfig
 from saescope.training.progress import ProgressReporter
@@ -32,42 +33,61 @@ logger = logging.getLogger("saescope")
 Callback = Callable[[int, dict[str, dict[str, float]]], None]
 
 
-def _named(saes: Sequence[SparseAutoencoder] | Mapping[str, SparseAutoencoder]) -> dict[str, SparseAutoencoder]:
-    for sae in saes.values() if isinstance(saes, Mapping) else saes:
-        if not isinstance(sae, SparseAutoencoder):
-            raise TypeError(f"expected a saescope SparseAutoencoder, got {type(sae).__name__}; build one with saescope.create_sae")
-    if isinstance(saes, Mapping):
-        named = dict(saes)
-    else:
-        named, counts = {}, {}
-        for sae in saes:
-            counts[sae.architecture] = counts.get(sae.architecture, 0) + 1
-        seen: dict[str, int] = {}
-        for sae in saes:
-            arch = sae.architecture
-            if counts[arch] == 1:
-                named[arch] = sae
-            else:
-                named[f"{arch}-{seen.get(arch, 0)}"] = sae
-                seen[arch] = seen.get(arch, 0) + 1
-    if not named:
+def as_jobs(items: Sequence[SaeJob | SparseAutoencoder] | Mapping[str, SaeJob | SparseAutoencoder]) -> list[SaeJob]:
+    """Jobs from jobs or bare SAEs (a bare SAE is trained by its architecture's default objective).
+
+    Names come from the mapping's keys, else the jobs' own names; bare SAEs in a list are named by
+    architecture (``topk``, or ``topk-0``, ``topk-1`` when several share one).
+    """
+    pairs = list(items.items()) if isinstance(items, Mapping) else [(None, item) for item in items]
+    for _key, item in pairs:
+        if not isinstance(item, (SaeJob, SparseAutoencoder)):
+            raise TypeError(f"expected a saescope SaeJob or SparseAutoencoder, got {type(item).__name__}; build one with saescope.create_job")
+    architectures = [item.sae.architecture if isinstance(item, SaeJob) else item.architecture for _key, item in pairs]
+    seen: dict[str, int] = {}
+    jobs = []
+    for (key, item), arch in zip(pairs, architectures):
+        if key is None and isinstance(item, SaeJob):
+            key = item.name
+        if key is None:
+            key = arch if architectures.count(arch) == 1 else f"{arch}-{seen.get(arch, 0)}"
+            seen[arch] = seen.get(arch, 0) + 1
+        if isinstance(item, SaeJob):
+            jobs.append(item if item.name == key else SaeJob(key, item.sae, item.objective, item.reads))
+        else:
+            hookpoint = item.cfg.hookpoint
+            jobs.append(SaeJob(key, item, default_objective(item), ReadSpec((hookpoint,) if hookpoint else ())))
+    if not jobs:
         raise ValueError("Trainer needs at least one SAE")
-    return named
+    names = [job.name for job in jobs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"two SAE jobs share the name(s) {duplicates}; give each job its own name")
+    return jobs
 
 
 class Trainer:
-    """Train several SAEs on the same activation batches.
+    """Train several SAE jobs on the same activation batches.
 
     Example:
-        >>> saes = [create_sae("jumprelu", 64, 512, target_l0=8), create_sae("topk", 64, 512, k=8)]
-        >>> trained = Trainer(saes, TrainConfig(total_tokens=2_000_000)).fit(activations)   # doctest: +SKIP
+        >>> import torch
+        >>> from saescope import create_job
+        >>> jobs = [create_job("jumprelu", 16, 64, target_l0=4), create_job("topk", 16, 64, target_l0=4)]
+        >>> trained = Trainer(jobs, TrainConfig(total_tokens=8192, batch_size=1024, progress=False)).fit(torch.randn(4096, 16))
+        >>> sorted(trained), trained["topk"].training_summary["n_steps"]
+        (['jumprelu', 'topk'], 8)
     """
 
-    def __init__(self, saes: Sequence[SparseAutoencoder] | Mapping[str, SparseAutoencoder], config: TrainConfig | None = None) -> None:
+    def __init__(
+        self,
+        jobs: Sequence[SaeJob | SparseAutoencoder] | Mapping[str, SaeJob | SparseAutoencoder],
+        config: TrainConfig | None = None,
+    ) -> None:
         self.config = config or TrainConfig()
         self.device = torch.device(self.config.resolved_device())
-        self.saes = _named(saes)
-        self.trainers = [SaeTrainer(sae, self.config, self.device, name) for name, sae in self.saes.items()]
+        self.jobs = as_jobs(jobs)
+        self.saes = {job.name: job.sae for job in self.jobs}
+        self.trainers = [SaeTrainer(job, self.config, self.device) for job in self.jobs]
         self.callbacks: list[Callback] = []
         self._fitted = False
 
@@ -139,6 +159,11 @@ class Trainer:
         pairs = []
         for trainer in self.trainers:
             if isinstance(batch, Mapping):
+                if trainer.hookpoint is None:
+                    raise ValueError(
+                        f"SAE {trainer.name!r} reads plain arrays, but the data is a dict by hookpoint ({sorted(batch)}); "
+                        "give the job reads=ReadSpec(('<hookpoint>',)) or create it with hookpoint=..."
+                    )
                 if trainer.hookpoint not in batch:
                     raise ValueError(
                         f"SAE {trainer.name!r} reads hookpoint {trainer.hookpoint!r} but the data provides {sorted(batch)}; "
@@ -180,7 +205,7 @@ class Trainer:
             trainer.finalize()
             sae.fold_input_scale(trainer.input_scale)
             sae.normalization = {
-                "method": sae.input_norm,
+                "method": trainer.objective.input_norm,
                 "input_scale": trainer.input_scale,
                 "folded": True,
                 "note": "training used c*x with this c; weights are folded so the SAE takes raw activations",
@@ -190,8 +215,9 @@ class Trainer:
                 "n_steps": steps_done,
                 "batch_size": config.batch_size,
                 "lr": trainer.base_lr,
+                "objective": trainer.objective.to_dict(),
                 "final_sparsity_coefficient": trainer.controller.value(),
-                "target_l0": sae.cfg.target_l0,
+                "target_l0": trainer.objective.target_l0,
                 "dead_window_tokens": trainer.dead_window,
                 "seed": config.seed,
                 "seconds": round(seconds, 3),
@@ -203,8 +229,8 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------------
     def _save_checkpoint(self, step: int) -> None:
         tensors, infos = {}, []
-        for i, trainer in enumerate(self.trainers):
-            tensors.update({f"{i}.{k}": v for k, v in trainer.state_tensors().items()})
+        for trainer in self.trainers:
+            tensors.update({f"{trainer.name}::{k}": v for k, v in trainer.state_tensors().items()})
             infos.append(trainer.state_info())
         info = {"step": step, "train_config": self.config.to_dict(), "saes": infos}
         if hasattr(self._source, "resume_state"):
@@ -220,8 +246,8 @@ class Trainer:
                 raise ValueError(f"{folder}: checkpoint has {key}={saved[key]!r} but this run has {getattr(self.config, key)!r}; use the same settings to resume")
         if [s["name"] for s in info["saes"]] != [t.name for t in self.trainers]:
             raise ValueError(f"{folder}: checkpoint holds SAEs {[s['name'] for s in info['saes']]}, this run has {[t.name for t in self.trainers]}")
-        for i, (trainer, sae_info) in enumerate(zip(self.trainers, info["saes"])):
-            prefix = f"{i}."
+        for trainer, sae_info in zip(self.trainers, info["saes"]):
+            prefix = f"{trainer.name}::"
             trainer.load_state(sae_info, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         if "source" in info and hasattr(self._source, "restore"):
             self._source.restore(info["source"])
@@ -231,14 +257,16 @@ class Trainer:
 
 def train_saes(
     data: Any,
-    saes: Sequence[SparseAutoencoder] | Mapping[str, SparseAutoencoder],
+    jobs: Sequence[SaeJob | SparseAutoencoder] | Mapping[str, SaeJob | SparseAutoencoder],
     config: TrainConfig | None = None,
     out_dir: str | None = None,
     resume: bool = False,
 ) -> dict[str, SparseAutoencoder]:
-    """Train ``saes`` on ``data`` and, if ``out_dir`` is given, save each to ``out_dir/<name>``."""
-    trained = Trainer(saes, config).fit(data, resume=resume)
+    """Train ``jobs`` (or bare SAEs) on ``data`` and, if ``out_dir`` is given, save each to ``out_dir/<name>``."""
+    from saescope.checkpoint import save_sae
+
+    trained = Trainer(jobs, config).fit(data, resume=resume)
     if out_dir is not None:
         for name, sae in trained.items():
-            sae.save(str(Path(out_dir) / name))
+            save_sae(sae, Path(out_dir) / name)
     return trained

@@ -1,0 +1,173 @@
+"""The two JumpReLU recipes: the paper's step loss ("jumprelu") and Anthropic's 2025 tanh loss ("jumprelu_tanh").
+
+    step (Rajamanoharan et al. 2024):  L = mean_tokens[ ‖x-x̂‖² + λ·Σ_i H(pre_i-θ_i) ]
+    tanh (Anthropic 2025):             L = mean_tokens[ ‖x-x̂‖² + λ·Σ_i tanh(c·f_i·‖d_i‖) + λ_P·Σ_{i dead} ReLU(θ_i-pre_i)·‖d_i‖ ]
+
+Units. The step recipe assumes inputs scaled to E‖x‖² = 1, where ε = θ_init = 0.001 (pitfall 1.6.1 of
+the methods notes: these constants are tied to the normalisation). The tanh recipe assumes
+E‖x‖² = d_in with ε = 2 and θ_init = 0.1, starts decoder rows at norm 0.1 and leaves their norms free
+(they appear in its loss).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from saescope.objectives.base import (
+    LossOutput,
+    Objective,
+    StepContext,
+    loss_output,
+    squared_error,
+)
+from saescope.saes import FeatureCode, JumpReLUSae, SparseAutoencoder
+from saescope.saes.ste import jumprelu, jumprelu_with_l0, step_count
+
+
+@dataclass
+class _JumpReLURecipe(Objective):
+    bandwidth: float | None = None
+    """STE kernel width ε, in normalised input units. None: the recipe's (0.001 step, 2.0 tanh)."""
+    threshold_init: float | None = None
+    """Initial θ for every latent. None: the recipe's (0.001 step, 0.1 tanh)."""
+    pre_act_coefficient: float | None = None
+    """λ_P of the pre-activation loss Σ_dead ReLU(θ-pre)·‖d‖ that revives dead latents. None: 0 (step), 3e-6 (tanh)."""
+    input_ste: bool | None = None
+    """Let the jump's pseudo-derivative reach the pre-activation too. None: False (step, as the paper), True (tanh)."""
+    encoder_bias_init: Literal["zero", "rate"] = "rate"
+    """"zero": b_enc = 0 (the paper). "rate": b_enc set from a data sample so each latent starts firing on
+    `init_firing_rate` of tokens, which keeps latents alive while λ warms up (benchmarks/RESULTS.md)."""
+    init_firing_rate: float | None = None
+    """Firing rate for encoder_bias_init="rate". None: min(0.5, target_l0/d_sae), or 1% without a target."""
+
+    architectures = ("jumprelu",)
+    adam_betas = (0.0, 0.999)
+    recipe_bandwidth: ClassVar[float] = 0.001
+    recipe_threshold_init: ClassVar[float] = 0.001
+    recipe_pre_act_coefficient: ClassVar[float] = 0.0
+    recipe_input_ste: ClassVar[bool] = False
+    decoder_init_norm: ClassVar[float] = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        label = type(self).__name__
+        if self.encoder_bias_init not in ("zero", "rate"):
+            raise ValueError(f"{label}.encoder_bias_init must be 'zero' or 'rate', got {self.encoder_bias_init!r}")
+        if self.init_firing_rate is not None and not 0 < self.init_firing_rate < 1:
+            raise ValueError(f"{label}.init_firing_rate must be in (0, 1), got {self.init_firing_rate}")
+        for name in ("bandwidth", "threshold_init"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{label}.{name} must be > 0, got {value}")
+        if self.pre_act_coefficient is not None and self.pre_act_coefficient < 0:
+            raise ValueError(f"{label}.pre_act_coefficient must be >= 0, got {self.pre_act_coefficient}")
+
+    def _pick(self, value, default):  # noqa: ANN001, ANN202 - a field or the recipe's constant
+        return default if value is None else value
+
+    def prepare(self, sae: SparseAutoencoder) -> None:
+        assert isinstance(sae, JumpReLUSae)
+        sae.reset_parameters(self.decoder_init_norm)
+        sae.set_threshold(self._pick(self.threshold_init, self.recipe_threshold_init))
+
+    @torch.no_grad()
+    def init_from_data(self, sae: SparseAutoencoder, sample: Tensor) -> None:
+        """With encoder_bias_init="rate": b_enc_i = θ_i − q_i, where q_i is the (1 − rate) quantile of x·W_enc_i.
+
+        With b_enc = 0 and θ tiny, about half the latents fire on every token at the start; the λ warm-up
+        then silences many for good. Starting each latent at a modest, equal firing rate avoids that.
+        """
+        if self.encoder_bias_init != "rate":
+            return
+        rate = self.init_firing_rate
+        if rate is None:
+            rate = 0.01 if self.target_l0 is None else min(0.5, self.target_l0 / sae.d_sae)
+        sample = sample[:4096].to(sae.W_enc.dtype)
+        n = sample.shape[0]
+        k = min(n, max(1, math.ceil((1.0 - rate) * n)))
+        chunk = max(1, (1 << 24) // n)  # bounded memory at any width
+        for start in range(0, sae.d_sae, chunk):
+            columns = slice(start, start + chunk)
+            quantile = (sample @ sae.W_enc[:, columns]).kthvalue(k, dim=0).values
+            sae.b_enc[columns] = sae.threshold[columns].detach() - quantile
+
+    def _activations(self, sae: JumpReLUSae, pre: Tensor, with_l0: bool) -> tuple[Tensor, Tensor | None]:
+        eps = self._pick(self.bandwidth, self.recipe_bandwidth)
+        input_ste = self._pick(self.input_ste, self.recipe_input_ste)
+        if with_l0 and not input_ste:
+            return jumprelu_with_l0(pre, sae.threshold, eps)
+        feature_acts = jumprelu(pre, sae.threshold, eps, input_ste)
+        return feature_acts, step_count(pre, sae.threshold, eps) if with_l0 else None
+
+    def _pre_act_term(self, sae: JumpReLUSae, pre: Tensor, decoder_norms: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+        coefficient = self._pick(self.pre_act_coefficient, self.recipe_pre_act_coefficient)
+        if ctx.dead_mask is None or coefficient <= 0:
+            return {}
+        below = torch.relu(sae.threshold - pre) * (decoder_norms * ctx.dead_mask)
+        return {"pre_act": coefficient * below.sum(dim=-1).mean()}
+
+    @torch.no_grad()
+    def after_step(self, sae: SparseAutoencoder) -> None:
+        super().after_step(sae)
+        if sae.cfg.threshold_param == "direct":
+            sae.threshold_raw.clamp_(min=0.0)
+
+
+@dataclass
+class JumpReLUObjective(_JumpReLURecipe):
+    """The paper's recipe: λ·L0 through straight-through estimators, inputs at E‖x‖² = 1, unit-norm decoder rows."""
+
+    name = "jumprelu"
+    default_sparsity_coefficient = 1e-3
+
+    def sparsity_coefficient_for_l0(self, sae: SparseAutoencoder, target_l0: float) -> float:
+        # λ = 0.02 gives L0 ≈ 3 on our synthetic benchmark, i.e. λ ≈ 0.06/L0. We start at 0.05/L0, a
+        # little low, so the controller approaches the target from the dense side: overshooting to a
+        # too-sparse code kills latents that do not come back.
+        return 0.05 / target_l0
+
+    def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
+        pre = sae.pre_activations(x)
+        feature_acts, l0_per_token = self._activations(sae, pre, with_l0=True)
+        reconstruction = sae.decode(feature_acts)
+        terms = {"mse": squared_error(reconstruction, x), "sparsity": ctx.sparsity_coefficient * l0_per_token.mean()}
+        terms.update(self._pre_act_term(sae, pre, sae.W_dec.norm(dim=1), ctx))
+        return loss_output(FeatureCode.from_dense(feature_acts), reconstruction, terms)
+
+
+@dataclass
+class JumpReLUTanhObjective(_JumpReLURecipe):
+    """Anthropic 2025: a tanh of decoder-weighted activations instead of L0, inputs at E‖x‖² = d_in, free decoder norms."""
+
+    tanh_scale: float = 4.0
+    """c in tanh(c·f·‖d‖)."""
+
+    name = "jumprelu_tanh"
+    default_sparsity_coefficient = 5.0
+    input_norm = "sqrt_d"
+    unit_norm_decoder = False
+    sparsity_warmup_default = 1.0
+    recipe_bandwidth = 2.0
+    recipe_threshold_init = 0.1
+    recipe_pre_act_coefficient = 3e-6
+    recipe_input_ste = True
+    decoder_init_norm = 0.1
+
+    def sparsity_coefficient_for_l0(self, sae: SparseAutoencoder, target_l0: float) -> float:
+        # The step recipe's 0.05/L0, rescaled to E‖x‖² = d_in units.
+        return 0.05 / target_l0 * sae.d_in
+
+    def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
+        pre = sae.pre_activations(x)
+        feature_acts, _ = self._activations(sae, pre, with_l0=False)
+        reconstruction = sae.decode(feature_acts)
+        decoder_norms = sae.W_dec.norm(dim=1)
+        scaled = torch.tanh(self.tanh_scale * feature_acts * decoder_norms)
+        terms = {"mse": squared_error(reconstruction, x), "sparsity": ctx.sparsity_coefficient * scaled.sum(dim=-1).mean()}
+        terms.update(self._pre_act_term(sae, pre, decoder_norms, ctx))
+        return loss_output(FeatureCode.from_dense(feature_acts), reconstruction, terms)

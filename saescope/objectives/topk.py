@@ -1,0 +1,107 @@
+"""TopK training (Gao et al. 2024, arXiv 2406.04093): MSE plus the AuxK loss for dead latents.
+
+    L = ‖x-x̂‖² + α·‖e - ê‖² / Var(e),   e = x - x̂ (detached),   ê = TopK_{k_aux}(pre over dead latents) @ W_dec
+
+The AuxK term is divided by the batch variance of e, as dictionary_learning does, so dead latents
+get a signal of order one however small the residual is. It is off when no latent is dead. The code
+stays (indices, values) throughout: nothing builds the [n_tokens, d_sae] matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saescope.objectives.base import (
+    LossOutput,
+    Objective,
+    StepContext,
+    loss_output,
+    squared_error,
+)
+from saescope.saes import SparseAutoencoder
+from saescope.saes.sparse_ops import decode_dense, decode_sparse
+
+
+def k_for_target(target_l0: float, d_sae: int) -> int:
+    """The TopK family's k for a target L0 (at least 1, at most d_sae)."""
+    return max(1, min(d_sae, int(round(target_l0))))
+
+
+def aux_k_loss(sae: SparseAutoencoder, pre: Tensor, residual: Tensor, dead_mask: Tensor, aux_k: int, coefficient: float) -> Tensor:
+    """AuxK: reconstruct the residual from the top-aux_k pre-activations of dead latents."""
+    aux_k = min(aux_k, sae.d_sae)
+    dead_pre = pre.masked_fill(~dead_mask, float("-inf"))
+    values, indices = dead_pre.topk(aux_k, dim=-1, sorted=False)
+    values = torch.relu(values)  # -inf (not dead) becomes 0
+    decode = decode_sparse if aux_k * 8 <= sae.d_sae else decode_dense
+    aux_reconstruction = decode(indices, values, sae.W_dec, torch.zeros_like(sae.b_dec))
+    error = (aux_reconstruction - residual).pow(2).sum(dim=-1).mean()
+    variance = (residual - residual.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)
+    return coefficient * error / variance * dead_mask.any()
+
+
+@dataclass
+class TopKObjective(Objective):
+    aux_k: int | None = None
+    """Dead latents used by AuxK. None: d_in // 2 (capped at d_sae)."""
+    aux_coefficient: float = 1 / 32
+    """α, the weight of the AuxK loss."""
+    k_anneal_fraction: float = 0.0
+    """Fraction of the run over which the training k falls linearly from k_anneal_start to k (0: off)."""
+    k_anneal_start: int | None = None
+    """The training k at the start of annealing. None: 4k, capped at d_sae."""
+
+    name = "topk"
+    architectures = ("topk",)
+    sparsity_mode = "k"
+    # 2e-3 at 2^14 latents (3.8e-3 at 4608): on SmolLM2-135M layer 10 with 900K tokens, held-out FVU
+    # 0.132 against 0.241 at the usual 2e-4 (benchmarks/RESULTS.md, "Optimiser and learning rate").
+    base_lr = 2e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.k_anneal_fraction <= 1:
+            raise ValueError(f"{type(self).__name__}.k_anneal_fraction={self.k_anneal_fraction} must be in [0, 1]")
+        if self.aux_k is not None and self.aux_k < 1:
+            raise ValueError(f"{type(self).__name__}.aux_k must be >= 1, got {self.aux_k}")
+
+    def sae_options(self, options: dict[str, Any], d_sae: int) -> dict[str, Any]:
+        if self.target_l0 is not None and "k" not in options:
+            return {**options, "k": k_for_target(self.target_l0, d_sae)}
+        return options
+
+    def check(self, sae: SparseAutoencoder) -> None:
+        super().check(sae)
+        k = sae.cfg.k
+        if self.k_anneal_start is not None and not k <= self.k_anneal_start <= sae.d_sae:
+            raise ValueError(f"{type(self).__name__}.k_anneal_start={self.k_anneal_start} must be in [k={k}, d_sae={sae.d_sae}]")
+
+    def training_k(self, sae: SparseAutoencoder, progress: float) -> int:
+        """k annealing: early on more latents fire per token, so more of them receive gradient."""
+        k = sae.cfg.k
+        if self.k_anneal_fraction <= 0 or progress >= self.k_anneal_fraction:
+            return k
+        start = self.k_anneal_start if self.k_anneal_start is not None else min(4 * k, sae.d_sae)
+        remaining = 1.0 - progress / self.k_anneal_fraction
+        return int(round(k + (start - k) * remaining))
+
+    def init_from_data(self, sae: SparseAutoencoder, sample: Tensor) -> None:
+        with torch.no_grad():
+            sae.b_dec.copy_(sample.mean(dim=0))
+
+    def aux_terms(self, sae: SparseAutoencoder, pre: Tensor, x: Tensor, reconstruction: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+        if ctx.dead_mask is None:
+            return {}
+        aux_k = self.aux_k if self.aux_k is not None else max(1, sae.d_in // 2)
+        return {"aux": aux_k_loss(sae, pre, x - reconstruction.detach(), ctx.dead_mask, aux_k, self.aux_coefficient)}
+
+    def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
+        pre = sae.pre_activations(x)
+        code = sae.select(pre, self.training_k(sae, ctx.progress))
+        reconstruction = sae.decode_code(code)
+        terms = {"mse": squared_error(reconstruction, x), **self.aux_terms(sae, pre, x, reconstruction, ctx)}
+        return loss_output(code, reconstruction, terms)
