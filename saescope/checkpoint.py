@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from saescope.errors import InvalidInput, MissingFile
 from saescope.saes import SparseAutoencoder, get_architecture
 
 CONFIG_NAME = "cfg.json"
@@ -55,31 +56,31 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SparseA
     """
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such SAE folder (expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
+        raise MissingFile(f"{folder}: no such SAE folder (expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
     cfg_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     for required in (cfg_path, weights_path):
         if not required.is_file():
-            raise FileNotFoundError(f"{required}: missing; an SAE folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+            raise MissingFile(f"{required}: missing; an SAE folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
         cfg = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{cfg_path}: not valid JSON ({error}); the file is corrupt, re-save the SAE") from None
+        raise InvalidInput(f"{cfg_path}: not valid JSON ({error}); the file is corrupt, re-save the SAE") from None
     if not isinstance(cfg, dict) or "architecture" not in cfg:
-        raise ValueError(f"{cfg_path}: no 'architecture' key; is this a saescope SAE folder?")
+        raise InvalidInput(f"{cfg_path}: no 'architecture' key; is this a saescope SAE folder?")
     try:
         sae_class = get_architecture(cfg["architecture"])
     except ValueError as error:
-        raise ValueError(f"{cfg_path}: {error}") from None
+        raise InvalidInput(f"{cfg_path}: {error}") from None
     fields = {k: v for k, v in cfg.items() if k not in _PROVENANCE_KEYS and k not in _legacy_recipe_keys(sae_class)}
     try:
         sae = sae_class(sae_class.config_class.from_dict(fields))
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{cfg_path}: invalid config: {error}") from None
+        raise InvalidInput(f"{cfg_path}: invalid config: {error}") from None
 
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"{weights_path}: cannot read weights ({error}); the file is truncated or corrupt, re-save it") from None
+        raise InvalidInput(f"{weights_path}: cannot read weights ({error}); the file is truncated or corrupt, re-save it") from None
     load_checked_tensors(sae, tensors, weights_path, CONFIG_NAME)
     if "apply_b_dec_to_input" in cfg and bool(cfg["apply_b_dec_to_input"]) != sae.apply_b_dec_to_input:
         sae.apply_b_dec_to_input = bool(cfg["apply_b_dec_to_input"])  # e.g. an SAE imported from SAELens
@@ -103,15 +104,15 @@ def load_checked_tensors(sae: SparseAutoencoder, tensors: dict[str, torch.Tensor
     expected = {name: tuple(t.shape) for name, t in sae.export_tensors().items()}
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{source}: tensors do not match a {sae.architecture} SAE (missing {missing}, unexpected {unexpected})")
+        raise InvalidInput(f"{source}: tensors do not match a {sae.architecture} SAE (missing {missing}, unexpected {unexpected})")
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
-            raise ValueError(
+            raise InvalidInput(
                 f"{source}: {name} has shape {list(tensors[name].shape)}, but {implied_by} "
                 f"(d_in={sae.d_in}, d_sae={sae.d_sae}) implies {list(shape)}"
             )
         if not torch.isfinite(tensors[name]).all():
-            raise ValueError(f"{source}: {name} contains NaN or inf; the SAE diverged or the file is corrupt")
+            raise InvalidInput(f"{source}: {name} contains NaN or inf; the SAE diverged or the file is corrupt")
     sae.load_export_tensors({name: t.float() for name, t in tensors.items()})
 
 

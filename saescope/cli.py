@@ -1,4 +1,5 @@
-"""The ``saescope`` command line. Every subcommand is a thin wrapper over the Python API."""
+"""The ``saescope`` command line. Every subcommand is a thin wrapper over the Python API; user mistakes
+(``SaescopeError``) are caught once, in ``main``."""
 
 from __future__ import annotations
 
@@ -11,18 +12,20 @@ from typing import Any
 
 import numpy as np
 
+from saescope.errors import InvalidInput, MissingFile, SaescopeError
+
 
 def _load_activations(path: str) -> Any:
     """A .npy file (memory-mapped, any float dtype, shape [..., d_in])."""
     file = Path(path)
     if not file.is_file():
-        raise SystemExit(f"error: --data {path}: no such file")
+        raise MissingFile(f"--data {path}: no such file")
     if file.suffix != ".npy":
-        raise SystemExit(f"error: --data {path}: expected a .npy array of shape [n_tokens, d_in]")
+        raise InvalidInput(f"--data {path}: expected a .npy array of shape [n_tokens, d_in]")
     try:
         return np.load(file, mmap_mode="r")
     except ValueError as error:
-        raise SystemExit(f"error: --data {path}: cannot read ({error})") from None
+        raise InvalidInput(f"--data {path}: cannot read ({error})") from None
 
 
 def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
@@ -41,10 +44,7 @@ def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
         options["steps"] = args.steps
     if args.quick:
         options.update(steps=args.steps or 300, eval_tokens=16_384, d_sae=256, n_features=128, d_in=32)
-    try:
-        config = RecoveryBenchConfig(**options)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+    config = RecoveryBenchConfig(**options)
     rows = run_recovery_benchmark(config)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -60,10 +60,10 @@ def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.data is not None:
         if args.config or args.model or args.cache:
-            raise SystemExit("error: --data trains on an array; it cannot be combined with --config, --model or --cache")
+            raise InvalidInput("--data trains on an array; it cannot be combined with --config, --model or --cache")
         return _cmd_train_array(args)
     if not (args.config or args.model or args.cache):
-        raise SystemExit("error: give --config SUITE.yaml, --model MODEL, --cache DIR or --data ARRAY.npy")
+        raise InvalidInput("give --config SUITE.yaml, --model MODEL, --cache DIR or --data ARRAY.npy")
     return _cmd_train_suite(args)
 
 
@@ -88,18 +88,15 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     from saescope.lm.models import load_model
     from saescope.lm.stream import ModelActivationSource
 
-    try:
-        check_dataset(args.dataset)
-        if (Path(args.out) / "manifest.json").exists() and not args.resume:
-            raise ValueError(f"{args.out}: a cache already exists here; pass --resume to continue it or choose another folder")
-        loaded = load_model(args.model, device=args.device, dtype=args.dtype)
-        contexts = TextContexts(args.dataset, loaded.tokenizer, args.context_size, part=args.part, text_field=args.text_field, split=args.split)
-        source = ModelActivationSource(loaded, contexts, args.hookpoints, batch_contexts=args.batch_contexts)
-        manifest = write_cache(source, args.out, args.tokens, dtype=args.storage_dtype, shard_tokens=args.shard_tokens,
-                               resume=args.resume, metadata={"part": args.part}, progress=sys.stderr.isatty(),
-                               shuffle=not args.corpus_order, seed=args.seed)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
-        raise SystemExit(f"error: {error}") from None
+    check_dataset(args.dataset)
+    if (Path(args.out) / "manifest.json").exists() and not args.resume:
+        raise InvalidInput(f"{args.out}: a cache already exists here; pass --resume to continue it or choose another folder")
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    contexts = TextContexts(args.dataset, loaded.tokenizer, args.context_size, part=args.part, text_field=args.text_field, split=args.split)
+    source = ModelActivationSource(loaded, contexts, args.hookpoints, batch_contexts=args.batch_contexts)
+    manifest = write_cache(source, args.out, args.tokens, dtype=args.storage_dtype, shard_tokens=args.shard_tokens,
+                           resume=args.resume, metadata={"part": args.part}, progress=sys.stderr.isatty(),
+                           shuffle=not args.corpus_order, seed=args.seed)
     hookpoints = ", ".join(manifest["hookpoints"])
     print(f"{args.out}: {manifest['n_tokens']:,} tokens of {hookpoints} in {len(manifest['shard_digests'])} shards ({manifest['dtype']})")
     return 0
@@ -140,21 +137,18 @@ def suite_config_from_args(args: argparse.Namespace) -> Any:
     if args.cache and not values.get("hookpoints"):
         values["hookpoints"] = ["*"]
     if not values.get("hookpoints"):
-        raise SystemExit("error: --hookpoints is required with --model (e.g. --hookpoints layers.10.resid_post), or give hookpoints in --config")
+        raise InvalidInput("--hookpoints is required with --model (e.g. --hookpoints layers.10.resid_post), or give hookpoints in --config")
     return SuiteConfig.from_dict(values, source=f"--config {args.config}" if args.config else "command line")
 
 
 def _cmd_train_suite(args: argparse.Namespace) -> int:
-    from saescope.suite import SuiteConfigError, train_suite
+    from saescope.suite import train_suite
 
     if args.k is not None or args.sparsity_coefficient is not None:
-        raise SystemExit("error: with --model, --cache or --config, sparsity is set by --target-l0 (k for topk/batchtopk); "
+        raise InvalidInput("with --model, --cache or --config, sparsity is set by --target-l0 (k for topk/batchtopk); "
                          "--k and --sparsity-coefficient apply to --data")
-    try:
-        config = suite_config_from_args(args)
-        index = train_suite(config, args.out, resume=args.resume, progress=True, report=lambda line: print(line, file=sys.stderr))
-    except (SuiteConfigError, ValueError, FileNotFoundError, ImportError, FloatingPointError, MemoryError, OSError) as error:
-        raise SystemExit(f"error: {error}") from None
+    config = suite_config_from_args(args)
+    index = train_suite(config, args.out, resume=args.resume, progress=True, report=lambda line: print(line, file=sys.stderr))
     for entry in index["saes"]:
         print(f"{Path(args.out) / entry['path']}: {_format_metrics(entry.get('metrics', {}))}")
     print(f"\n{len(index['saes'])} SAEs in {args.out} (index: {Path(args.out) / 'suite.json'}); "
@@ -162,10 +156,7 @@ def _cmd_train_suite(args: argparse.Namespace) -> int:
     if args.interpret:
         from saescope.interpret.run import interpret_suite
 
-        try:
-            result = interpret_suite(args.out, tokens=args.interpret, progress=sys.stderr.isatty(), device=config.device)
-        except (ValueError, FileNotFoundError) as error:
-            raise SystemExit(f"error: {error}") from None
+        result = interpret_suite(args.out, tokens=args.interpret, progress=sys.stderr.isatty(), device=config.device)
         print(f"interpreted every feature over {result['tokens']:,} tokens; browse: saescope view {args.out}")
     return 0
 
@@ -177,43 +168,40 @@ def _cmd_train_array(args: argparse.Namespace) -> int:
     from saescope.training.state import has_trainer_state
 
     if args.target_l0 is not None and len(args.target_l0) > 1:
-        raise SystemExit("error: --target-l0 takes one value with --data")
+        raise InvalidInput("--target-l0 takes one value with --data")
     args.target_l0 = args.target_l0[0] if args.target_l0 else None
     data = _load_activations(args.data)
     checkpoint_dir = Path(args.out) / "checkpoint"
     d_in = int(data.shape[-1])
     if len(args.width or []) + len(args.expansion or []) > 1:
-        raise SystemExit("error: --data trains one width; give one --width or --expansion (suites take several with --model/--config)")
+        raise InvalidInput("--data trains one width; give one --width or --expansion (suites take several with --model/--config)")
     if args.width and not args.width[0].isdigit():
-        raise SystemExit(f"error: --width {args.width[0]}: give a latent count such as 4608 (or use --expansion)")
+        raise InvalidInput(f"--width {args.width[0]}: give a latent count such as 4608 (or use --expansion)")
     width = int(args.width[0]) if args.width else int(round(d_in * (args.expansion[0] if args.expansion else 8)))
     saes = {}
     torch.manual_seed(args.seed or 0)  # SAE initialisation, so that --seed makes the run reproducible
-    try:
-        for arch in args.arch or ["jumprelu"]:
-            options: dict[str, Any] = {"lr": args.lr, "target_l0": args.target_l0}
-            if sets_k(arch):
-                if args.k is not None:
-                    options["k"] = args.k
-            else:
-                options["sparsity_coefficient"] = args.sparsity_coefficient
-            saes[arch] = create_job(arch, d_in, width, name=arch, **options)
-        config = TrainConfig(
-            total_tokens=args.tokens or 10_000_000,
-            batch_size=args.batch_size or 4096,
-            seed=args.seed or 0,
-            device=args.device,
-            checkpoint_every=args.checkpoint_every,
-            checkpoint_dir=str(checkpoint_dir) if args.checkpoint_every or args.resume else None,
-        )
-    except (ValueError, TypeError) as error:
-        raise SystemExit(f"error: {error}") from None
+    for arch in args.arch or ["jumprelu"]:
+        options: dict[str, Any] = {"lr": args.lr, "target_l0": args.target_l0}
+        if sets_k(arch):
+            if args.k is not None:
+                options["k"] = args.k
+        else:
+            options["sparsity_coefficient"] = args.sparsity_coefficient
+        saes[arch] = create_job(arch, d_in, width, name=arch, **options)
+    config = TrainConfig(
+        total_tokens=args.tokens or 10_000_000,
+        batch_size=args.batch_size or 4096,
+        seed=args.seed or 0,
+        device=args.device,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_dir=str(checkpoint_dir) if args.checkpoint_every or args.resume else None,
+    )
     if args.resume and not has_trainer_state(checkpoint_dir):
-        raise SystemExit(f"error: --resume: no checkpoint in {checkpoint_dir}; run without --resume (and with --checkpoint-every) first")
+        raise InvalidInput(f"--resume: no checkpoint in {checkpoint_dir}; run without --resume (and with --checkpoint-every) first")
     try:
         trained = train_saes(data, saes, config, out_dir=args.out, resume=args.resume)
-    except (ValueError, FloatingPointError) as error:
-        raise SystemExit(f"error: {args.data}: {error}") from None
+    except SaescopeError as error:
+        raise InvalidInput(f"{args.data}: {error}") from None
     for name, sae in trained.items():
         print(f"{name}: saved to {Path(args.out) / name}  (lr {sae.training_summary['lr']:.3g}, {sae.training_summary['tokens_per_second']:.0f} tok/s)")
     return 0
@@ -227,12 +215,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if not is_suite(args.path):
         hint = " (an SAE folder: add --data ACTIVATIONS.npy)" if (Path(args.path) / "cfg.json").is_file() else ""
-        raise SystemExit(f"error: {args.path}: not a suite folder (no suite.json){hint}")
-    try:
-        rows = evaluate_suite(args.path, eval_tokens=args.eval_tokens, recompute=args.recompute, plots=not args.no_plots,
-                              progress=sys.stderr.isatty(), device=args.device)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        raise SystemExit(f"error: {error}") from None
+        raise InvalidInput(f"{args.path}: not a suite folder (no suite.json){hint}")
+    rows = evaluate_suite(args.path, eval_tokens=args.eval_tokens, recompute=args.recompute, plots=not args.no_plots,
+                          progress=sys.stderr.isatty(), device=args.device)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "density_histogram"} for r in rows], indent=2))
         return 0
@@ -247,14 +232,8 @@ def _cmd_eval_array(args: argparse.Namespace) -> int:
     from saescope.checkpoint import load
     from saescope.metrics import evaluate_sae
 
-    try:
-        sae = load(args.path)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
-    try:
-        metrics = evaluate_sae(sae, _load_activations(args.data), batch_size=args.batch_size)
-    except (ValueError, TypeError) as error:
-        raise SystemExit(f"error: {error}") from None
+    sae = load(args.path)
+    metrics = evaluate_sae(sae, _load_activations(args.data), batch_size=args.batch_size)
     values = metrics.to_dict()
     if args.json:
         print(json.dumps(values, indent=2))
@@ -268,21 +247,15 @@ def _cmd_eval_array(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from saescope.suite import describe
 
-    try:
-        print(describe(args.path))
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
+    print(describe(args.path))
     return 0
 
 
 def _cmd_interpret(args: argparse.Namespace) -> int:
     from saescope.interpret.run import interpret_suite
 
-    try:
-        result = interpret_suite(args.path, tokens=args.tokens, top_k=args.top_k, window=args.window, device=args.device,
-                                 progress=sys.stderr.isatty())
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        raise SystemExit(f"error: {error}") from None
+    result = interpret_suite(args.path, tokens=args.tokens, top_k=args.top_k, window=args.window, device=args.device,
+                             progress=sys.stderr.isatty())
     for path, info in result["saes"].items():
         print(f"{Path(args.path) / path}: {info['alive']} of {info['features']} features fired on {info['tokens']:,} tokens")
     print(f"\ninterpreted {len(result['saes'])} SAEs over {result['tokens']:,} tokens in {result['seconds']:.0f} s; "
@@ -293,30 +266,24 @@ def _cmd_interpret(args: argparse.Namespace) -> int:
 def _cmd_view(args: argparse.Namespace) -> int:
     from saescope.view import export_site, serve
 
-    try:
-        if args.export:
-            target = export_site(args.path, args.export)
-            print(f"static browser written to {target}; open {Path(target).resolve() / 'index.html'} in a browser")
-            return 0
-        serve(args.path, host=args.host, port=args.port, prompts=not args.no_model, device=args.device)
-    except (ValueError, FileNotFoundError, FileExistsError, OSError) as error:
-        raise SystemExit(f"error: {error}") from None
+    if args.export:
+        target = export_site(args.path, args.export)
+        print(f"static browser written to {target}; open {Path(target).resolve() / 'index.html'} in a browser")
+        return 0
+    serve(args.path, host=args.host, port=args.port, prompts=not args.no_model, device=args.device)
     return 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from saescope.interop import export_saelens, load_sae
 
-    try:
-        sae = load_sae(args.source, hookpoint=args.hookpoint)
-        if args.to == "saelens":
-            export_saelens(sae, args.out)
-        else:
-            from saescope.checkpoint import save_sae
+    sae = load_sae(args.source, hookpoint=args.hookpoint)
+    if args.to == "saelens":
+        export_saelens(sae, args.out)
+    else:
+        from saescope.checkpoint import save_sae
 
-            save_sae(sae, args.out)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        raise SystemExit(f"error: {error}") from None
+        save_sae(sae, args.out)
     print(f"{args.source} ({sae.architecture}, d_in {sae.d_in}, {sae.d_sae} latents) written to {args.out} in {args.to} format")
     return 0
 
@@ -328,23 +295,20 @@ def _cmd_steer(args: argparse.Namespace) -> int:
 
     values = args.value if len(args.value) == len(args.feature) else args.value * len(args.feature) if len(args.value) == 1 else None
     if values is None:
-        raise SystemExit(f"error: give one --value, or one per --feature ({len(args.feature)})")
-    try:
-        sae = load_sae(args.sae, hookpoint=args.hookpoint)
-        interventions = []
-        for feature, value in zip(args.feature, values):
-            peak = feature_max_activation(args.sae, feature) if args.unit == "max" else None
-            if args.unit == "max" and peak is None:
-                raise ValueError(f"--unit max needs the feature's maximum activation: run `saescope interpret` on the suite of {args.sae} first")
-            interventions.append(Intervention(sae, feature, value, kind=args.kind, positions=args.positions, unit=args.unit, max_activation=peak))
-        model = args.model or sae.cfg.model_id
-        if not model:
-            raise ValueError(f"{args.sae} does not record its model; pass --model")
-        loaded = load_model(model, device=args.device)
-        plain, steered = steer_and_compare(loaded, args.prompt, interventions, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                           temperature=args.temperature)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        raise SystemExit(f"error: {error}") from None
+        raise InvalidInput(f"give one --value, or one per --feature ({len(args.feature)})")
+    sae = load_sae(args.sae, hookpoint=args.hookpoint)
+    interventions = []
+    for feature, value in zip(args.feature, values):
+        peak = feature_max_activation(args.sae, feature) if args.unit == "max" else None
+        if args.unit == "max" and peak is None:
+            raise InvalidInput(f"--unit max needs the feature's maximum activation: run `saescope interpret` on the suite of {args.sae} first")
+        interventions.append(Intervention(sae, feature, value, kind=args.kind, positions=args.positions, unit=args.unit, max_activation=peak))
+    model = args.model or sae.cfg.model_id
+    if not model:
+        raise InvalidInput(f"{args.sae} does not record its model; pass --model")
+    loaded = load_model(model, device=args.device)
+    plain, steered = steer_and_compare(loaded, args.prompt, interventions, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                       temperature=args.temperature)
     what = ", ".join(f"#{f} {args.kind}" + ("" if args.kind == "ablate" else f" {v:g}{'x max' if args.unit == 'max' else ''}") for f, v in zip(args.feature, values))
     print(_side_by_side(args.prompt, [("unsteered", plain), (f"steered ({what})", steered)], args.seed))
     return 0
@@ -373,10 +337,7 @@ def _side_by_side(prompt: str, columns: list[tuple[str, Any]], seed: int) -> str
 def _cmd_demo(args: argparse.Namespace) -> int:
     from saescope.suite.demo import run_demo
 
-    try:
-        return run_demo(args.out, tokens=args.tokens)
-    except (ValueError, FileNotFoundError, ImportError, MemoryError, OSError) as error:
-        raise SystemExit(f"error: {error}") from None
+    return run_demo(args.out, tokens=args.tokens)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -502,6 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user mistake (``SaescopeError``) becomes one ``error:`` line; anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except SaescopeError as error:
+        raise SystemExit(f"error: {error}") from None

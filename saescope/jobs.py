@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from saescope.errors import InvalidInput
 from saescope.objectives import Objective, get_objective
 from saescope.saes import SparseAutoencoder, create_sae, get_architecture
 
@@ -35,12 +36,12 @@ class ReadSpec:
         else:
             object.__setattr__(self, "hookpoints", tuple(self.hookpoints))
         if len(self.hookpoints) > 1:
-            raise ValueError(
+            raise InvalidInput(
                 f"ReadSpec{self.hookpoints}: one SAE over several hookpoints (a multi-layer SAE) is not trainable yet; "
                 "train one SAE per hookpoint (list them as separate jobs, or pass them as a suite's hookpoints)"
             )
         if self.target is not None:
-            raise ValueError(f"ReadSpec(target={self.target!r}): transcoders (predicting another site) are not trainable yet")
+            raise InvalidInput(f"ReadSpec(target={self.target!r}): transcoders (predicting another site) are not trainable yet")
 
     @property
     def hookpoint(self) -> str | None:
@@ -61,7 +62,7 @@ class SaeJob:
         if not isinstance(self.sae, SparseAutoencoder):
             raise TypeError(f"job {self.name!r}: expected a saescope SparseAutoencoder, got {type(self.sae).__name__}")
         if self.sae.architecture not in self.objective.architectures:
-            raise ValueError(
+            raise InvalidInput(
                 f"job {self.name!r}: objective {self.objective.name!r} trains {list(self.objective.architectures)}, "
                 f"not a {self.sae.architecture} SAE"
             )
@@ -97,7 +98,7 @@ def create_job(
     sae_fields, recipe_fields = sae_class.config_class.field_names(), objective_class.field_names()
     unknown = sorted(set(options) - sae_fields - recipe_fields)
     if unknown:
-        raise ValueError(
+        raise InvalidInput(
             f"{architecture} trained by {objective_class.name!r}: unknown options {unknown}; "
             f"SAE fields: {sorted(sae_fields - {'d_in', 'd_sae'})}; training fields: {sorted(recipe_fields)}"
         )

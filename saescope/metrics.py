@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from saescope.data import as_source
+from saescope.errors import InvalidInput
 from saescope.saes import FeatureCode, SparseAutoencoder
 
 DENSE_THRESHOLD = 0.1
@@ -180,7 +181,7 @@ def evaluate_sae(
         code = sae.encode_code(x)
         stats.update(x, sae.decode_code(code), code)
     if stats.n_tokens == 0:
-        raise ValueError("evaluate_sae: no activations to evaluate")
+        raise InvalidInput("evaluate_sae: no activations to evaluate")
     summary = stats.summary()
     metrics = SaeMetrics(**summary)
     if description_length and source.reiterable:
@@ -192,10 +193,10 @@ def evaluate_sae(
 
 def _checked(x: Tensor, sae: SparseAutoencoder, device: torch.device) -> Tensor:
     if x.shape[1] != sae.d_in:
-        raise ValueError(f"activations have width {x.shape[1]}, but the SAE expects d_in={sae.d_in}; was it trained on another hookpoint?")
+        raise InvalidInput(f"activations have width {x.shape[1]}, but the SAE expects d_in={sae.d_in}; was it trained on another hookpoint?")
     x = x.to(device, non_blocking=True)
     if not torch.isfinite(x).all():
-        raise ValueError("activations contain NaN or inf; clean the data before evaluating")
+        raise InvalidInput("activations contain NaN or inf; clean the data before evaluating")
     return x
 
 

@@ -164,7 +164,19 @@ def test_training_from_the_cache_uses_the_same_api(loaded, tmp_path):
     results = train_on_model(loaded, ["layers.*.resid_post"], [SaeSpec("topk", width=64, target_l0=4)], config, data, cache=str(tmp_path / "cache"))
     assert list(results) == ["layers.0.resid_post/topk-w64-l0_4"]
     assert data.dataset == corpus and data.context_size == 32  # evaluation follows the cache's corpus
-    assert results["layers.0.resid_post/topk-w64-l0_4"][1]["delta_lm_loss"] == pytest.approx(results["layers.0.resid_post/topk-w64-l0_4"][1]["spliced_loss"] - results["layers.0.resid_post/topk-w64-l0_4"][1]["clean_loss"])
+    metrics = results["layers.0.resid_post/topk-w64-l0_4"][1]
+    # The clean loss, against the model's own loss on the same held-out contexts (every token here is
+    # ordinary text after BOS, so the scored positions are all next-token predictions but BOS's target).
+    from saescope.lm.pipeline import held_out_contexts
+
+    contexts = held_out_contexts(loaded, data, data.eval_tokens)
+    labels = contexts.clone()
+    labels[torch.isin(labels, torch.tensor([loaded.tokenizer.bos_token_id, loaded.tokenizer.eos_token_id, loaded.tokenizer.pad_token_id]))] = -100
+    with torch.no_grad():
+        logits = loaded.model(input_ids=contexts, use_cache=False).logits
+    reference = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert metrics["clean_loss"] == pytest.approx(float(reference), rel=1e-4)
+    assert metrics["spliced_loss"] > metrics["clean_loss"] and 0 < metrics["kl"]
     with pytest.raises(ValueError, match="no hookpoint 'layers.5.resid_post' in this cache"):
         train_on_model(loaded, ["layers.5.resid_post"], [SaeSpec("topk", width=64, target_l0=4)], config, data, cache=str(tmp_path / "cache"))
 

@@ -60,3 +60,22 @@ def test_python_dash_m_and_light_import():
     probe = "import sys, saescope; heavy = [m for m in ('transformers', 'datasets', 'matplotlib', 'http.server') if m in sys.modules]; print(heavy)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_user_mistakes_are_one_line_but_bugs_keep_their_traceback(tmp_path, monkeypatch):
+    import saescope.suite.info as info
+    from saescope.errors import InvalidInput, SaescopeError
+
+    assert issubclass(InvalidInput, ValueError) and issubclass(InvalidInput, SaescopeError)
+    with pytest.raises(SystemExit, match="^error: .*nope"):
+        main(["info", str(tmp_path / "nope")])
+
+    def broken(path):
+        raise ValueError("an internal bug, not the user's mistake")
+
+    monkeypatch.setattr(info, "describe", broken)
+    import saescope.suite as suite
+
+    monkeypatch.setattr(suite, "describe", broken)
+    with pytest.raises(ValueError, match="an internal bug"):  # not turned into an `error:` line
+        main(["info", str(tmp_path)])

@@ -50,7 +50,27 @@ def test_interpret_writes_compact_records(interpreted):
         assert sum(record["histogram"]) == round(record["density"] * summary["n_tokens"])
         assert len(record["logits"]["top"]) == 10 and len(record["similar"]) == 5
         assert record["adjacent"] and record["adjacent"][0]["sae"] == "layers.0.resid_post/topk-w64-l0_4"
-    assert sum(r["density"] > 0 for r in records) == sum(d > 0 for d in summary["density"])
+    # The densities in the summary, against a brute-force pass over the same contexts with the saved SAE.
+    from saescope.checkpoint import load
+    from saescope.data.tokens import TextContexts, special_token_ids, trainable_mask
+    from saescope.lm.capture import capture_dict
+    from saescope.lm.hookpoints import resolve_hookpoints
+
+    loaded = tiny_loaded("llama", n_layers=2)  # the same seed-0 weights as the saved model
+    sae = load(folder.parent)
+    point = resolve_hookpoints(loaded.model, "layers.1.resid_post")[0]
+    text = TextContexts(str(suite.parent / "c.txt"), loaded.tokenizer, 32, part="train")
+    excluded = special_token_ids(loaded.tokenizer)
+    counts, n_tokens = torch.zeros(64), 0
+    for number, input_ids in enumerate(text.iter_batches(8, seed=0, shuffle=True)):
+        if number >= 4096 // (8 * 32):
+            break
+        mask = trainable_mask(input_ids, excluded).reshape(-1)
+        hidden = capture_dict(loaded.model, [point], input_ids)[point.name].reshape(-1, 32)
+        counts += (sae.encode(hidden.float())[mask] > 0).sum(dim=0)
+        n_tokens += int(mask.sum())
+    assert summary["n_tokens"] == n_tokens
+    assert summary["density"] == pytest.approx((counts / n_tokens).tolist(), abs=6e-5)  # stored to 4 decimals
 
 
 def test_logit_effects_and_similarity_against_direct_computation():

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from saescope.bench.synthetic import VARIANTS, SyntheticActivations, SyntheticConfig
+from saescope.errors import InvalidInput
 from saescope.jobs import SaeJob, create_job
 from saescope.metrics import evaluate_sae, mmcs
 from saescope.training import TrainConfig, Trainer
@@ -54,10 +55,10 @@ class RecoveryBenchConfig:
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
-            raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+            raise InvalidInput(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
         unknown = [a for a in self.architectures if a not in BENCH_ARCHITECTURES]
         if unknown:
-            raise ValueError(f"unknown architecture(s) {unknown}; choose from {list(BENCH_ARCHITECTURES)}")
+            raise InvalidInput(f"unknown architecture(s) {unknown}; choose from {list(BENCH_ARCHITECTURES)}")
 
 
 def build_bench_jobs(config: RecoveryBenchConfig) -> dict[str, SaeJob]:

@@ -23,6 +23,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from saescope.errors import InvalidInput
+
 VARIANTS = ("uniform", "zipf", "hierarchical")
 
 
@@ -46,13 +48,13 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+            raise InvalidInput(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.d_in <= 0 or self.n_features <= 0:
-            raise ValueError("d_in and n_features must be positive")
+            raise InvalidInput("d_in and n_features must be positive")
         if not 0 < self.mean_l0 < self.n_features:
-            raise ValueError(f"mean_l0 must be in (0, n_features={self.n_features}), got {self.mean_l0}")
+            raise InvalidInput(f"mean_l0 must be in (0, n_features={self.n_features}), got {self.mean_l0}")
         if self.variant == "hierarchical" and self.n_features % (self.children_per_parent + 1):
-            raise ValueError(f"hierarchical: n_features={self.n_features} must be a multiple of children_per_parent + 1")
+            raise InvalidInput(f"hierarchical: n_features={self.n_features} must be a multiple of children_per_parent + 1")
 
 
 class SyntheticActivations:
@@ -68,7 +70,7 @@ class SyntheticActivations:
             # per family: parent fires with p, then one child with child_probability
             p = config.mean_l0 / (n_parents * (1 + config.child_probability))
             if p > 1:
-                raise ValueError(f"mean_l0={config.mean_l0} is too high for {n_parents} families")
+                raise InvalidInput(f"mean_l0={config.mean_l0} is too high for {n_parents} families")
             self.parent_probability = p
             self.probabilities = None
         else:
@@ -78,7 +80,7 @@ class SyntheticActivations:
                 weights = torch.ones(config.n_features, dtype=torch.float64)
             probabilities = weights * (config.mean_l0 / weights.sum())
             if probabilities.max() > 1:
-                raise ValueError(f"mean_l0={config.mean_l0} makes the most frequent feature fire with probability > 1")
+                raise InvalidInput(f"mean_l0={config.mean_l0} makes the most frequent feature fire with probability > 1")
             self.probabilities = probabilities.float()
 
     def coefficients(self, n_tokens: int, generator: torch.Generator) -> Tensor:

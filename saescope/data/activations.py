@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saescope.errors import InvalidInput
+
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
@@ -48,7 +50,7 @@ def to_float_tensor(batch: Any, where: str) -> Tensor:
     if not tensor.is_floating_point():
         raise TypeError(f"{where}: activations must be floating point, got {tensor.dtype}")
     if tensor.ndim < 2:
-        raise ValueError(f"{where}: activations must have shape [n_tokens, d_in] (or [..., d_in]), got {tuple(tensor.shape)}")
+        raise InvalidInput(f"{where}: activations must have shape [n_tokens, d_in] (or [..., d_in]), got {tuple(tensor.shape)}")
     return tensor.reshape(-1, tensor.shape[-1]).float()
 
 
@@ -63,12 +65,12 @@ class ArraySource:
         if isinstance(array, Tensor) and not array.is_floating_point():
             raise TypeError(f"{name}: activations must be floating point, got {array.dtype}")
         if array.ndim < 2:
-            raise ValueError(f"{name}: activations must have shape [n_tokens, d_in] (or [..., d_in]), got {tuple(array.shape)}")
+            raise InvalidInput(f"{name}: activations must have shape [n_tokens, d_in] (or [..., d_in]), got {tuple(array.shape)}")
         self.array = array.reshape(-1, array.shape[-1])
         self.name = name
         self.n_tokens, self.d_in = int(self.array.shape[0]), int(self.array.shape[1])
         if self.n_tokens == 0:
-            raise ValueError(f"{name}: no activations (0 rows)")
+            raise InvalidInput(f"{name}: no activations (0 rows)")
 
     def _rows(self, index: Tensor | slice) -> Tensor:
         if isinstance(self.array, Tensor):
@@ -84,7 +86,7 @@ class ArraySource:
         per_epoch = self.n_tokens // batch_size
         if per_epoch == 0:
             if loop:
-                raise ValueError(f"{self.name}: {self.n_tokens} rows is fewer than one batch of {batch_size}; lower batch_size")
+                raise InvalidInput(f"{self.name}: {self.n_tokens} rows is fewer than one batch of {batch_size}; lower batch_size")
             yield self._rows(slice(0, self.n_tokens))
             return
         epoch, offset = divmod(start_batch, per_epoch)
@@ -135,7 +137,7 @@ class IterableSource:
             if self.d_in is None:
                 self.d_in = batch.shape[1]
             elif batch.shape[1] != self.d_in:
-                raise ValueError(f"{self.name} item {i}: width {batch.shape[1]} differs from earlier items ({self.d_in})")
+                raise InvalidInput(f"{self.name} item {i}: width {batch.shape[1]} differs from earlier items ({self.d_in})")
             yield batch
 
     def _chunks(self) -> Iterator[Tensor]:
@@ -167,7 +169,7 @@ class IterableSource:
                 self._head_tokens += chunk.shape[0]
             parts = self._head
         if not parts:
-            raise ValueError(f"{self.name}: no activations (the iterable is empty)")
+            raise InvalidInput(f"{self.name}: no activations (the iterable is empty)")
         return torch.cat(parts)[:n_tokens]
 
     def iter_batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, start_batch: int = 0, loop: bool = False) -> Iterator[Tensor]:
@@ -188,7 +190,7 @@ class IterableSource:
                         yield batch
                     produced += 1
             if not saw_any:
-                raise ValueError(f"{self.name}: no activations (the iterable is empty)")
+                raise InvalidInput(f"{self.name}: no activations (the iterable is empty)")
             if not loop:
                 if buffered and produced >= start_batch:
                     yield torch.cat(buffer)  # the ragged tail, for evaluation

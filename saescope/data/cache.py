@@ -31,6 +31,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saescope.errors import AlreadyExists, InvalidInput, MissingFile
+
 MANIFEST = "manifest.json"
 FORMAT = "saescope-activation-cache"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -40,7 +42,7 @@ _ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 def storage_dtype_name(dtype: str) -> str:
     name = _ALIASES.get(dtype, dtype)
     if name not in STORAGE_DTYPES:
-        raise ValueError(f"cache dtype must be one of fp32, fp16, bf16 (got {dtype!r})")
+        raise InvalidInput(f"cache dtype must be one of fp32, fp16, bf16 (got {dtype!r})")
     return name
 
 
@@ -79,13 +81,13 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     file = Path(path) / MANIFEST
     if not file.is_file():
-        raise FileNotFoundError(f"{path}: not an activation cache (no {MANIFEST}); write one with `saescope cache`")
+        raise MissingFile(f"{path}: not an activation cache (no {MANIFEST}); write one with `saescope cache`")
     try:
         manifest = json.loads(file.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{file}: not valid JSON ({error.msg})") from error
+        raise InvalidInput(f"{file}: not valid JSON ({error.msg})") from error
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{file}: not a saescope activation cache manifest (format={manifest.get('format')!r})")
+        raise InvalidInput(f"{file}: not a saescope activation cache manifest (format={manifest.get('format')!r})")
     return manifest
 
 
@@ -99,14 +101,14 @@ class CacheWriter:
         self.dtype = storage_dtype_name(dtype)
         if (self.path / MANIFEST).is_file():
             if not resume:
-                raise FileExistsError(f"{self.path}: a cache already exists here; pass --resume to continue it or choose another folder")
+                raise AlreadyExists(f"{self.path}: a cache already exists here; pass --resume to continue it or choose another folder")
             self.manifest = read_manifest(self.path)
             for key in ("model", "dataset", "context_size", "dtype", "context_order"):
                 wanted = metadata.get(key, self.dtype if key == "dtype" else None)
                 if key in self.manifest and wanted is not None and self.manifest[key] != wanted:
-                    raise ValueError(f"{self.path}: cache has {key}={self.manifest[key]!r} but this run has {wanted!r}; resume with the same settings")
+                    raise InvalidInput(f"{self.path}: cache has {key}={self.manifest[key]!r} but this run has {wanted!r}; resume with the same settings")
             if sorted(self.manifest["hookpoints"]) != sorted(widths):
-                raise ValueError(f"{self.path}: cache holds hookpoints {sorted(self.manifest['hookpoints'])}, this run asks for {sorted(widths)}")
+                raise InvalidInput(f"{self.path}: cache holds hookpoints {sorted(self.manifest['hookpoints'])}, this run asks for {sorted(widths)}")
             for stray in self.path.rglob("*.tmp"):
                 stray.unlink()  # half-written shards from a killed run
             for name, entry in self.manifest["hookpoints"].items():
@@ -145,7 +147,7 @@ class CacheWriter:
         """Write one shard per hookpoint (same tokens), then publish them in the manifest."""
         counts = {r.shape[0] for r in rows.values()}
         if len(counts) != 1:
-            raise ValueError(f"shard rows differ between hookpoints: {counts}")
+            raise InvalidInput(f"shard rows differ between hookpoints: {counts}")
         n_rows = counts.pop()
         index = len(self.manifest["shard_digests"])
         for name, tensor in rows.items():
@@ -215,7 +217,7 @@ def write_cache(
     finally:
         bar.close()
     if writer.n_tokens == 0:
-        raise ValueError(f"dataset {contexts.dataset!r} produced no tokens to cache")
+        raise InvalidInput(f"dataset {contexts.dataset!r} produced no tokens to cache")
     writer.finish()
     return writer.manifest
 
@@ -240,20 +242,20 @@ class CachedActivations:
             chosen = [hookpoints] if isinstance(hookpoints, str) else list(hookpoints)
             unknown = [h for h in chosen if h not in available]
             if unknown:
-                raise ValueError(f"{self.path}: no hookpoint(s) {unknown} in this cache; it holds {available}")
+                raise InvalidInput(f"{self.path}: no hookpoint(s) {unknown} in this cache; it holds {available}")
         self.hookpoints = chosen
         self.single = len(chosen) == 1 if as_dict is None else not as_dict
         if self.single and len(chosen) > 1:
-            raise ValueError("as_dict=False needs exactly one hookpoint")
+            raise InvalidInput("as_dict=False needs exactly one hookpoint")
         self.dtype = self.manifest["dtype"]
         self.shards_in_memory = max(1, shards_in_memory)
         self.n_shards = len(self.manifest["shard_digests"])
         if self.n_shards == 0:
-            raise ValueError(f"{self.path}: the cache holds no shards yet")
+            raise InvalidInput(f"{self.path}: the cache holds no shards yet")
         for name in chosen:
             for shard in self.manifest["hookpoints"][name]["shards"]:
                 if not (self.path / shard["file"]).is_file():
-                    raise FileNotFoundError(f"{self.path / shard['file']}: listed in the manifest but missing; the cache is damaged")
+                    raise MissingFile(f"{self.path / shard['file']}: listed in the manifest but missing; the cache is damaged")
         self.n_tokens = int(self.manifest["n_tokens"])
         widths = {name: int(self.manifest["hookpoints"][name]["d"]) for name in chosen}
         self.d_in = widths[chosen[0]] if self.single else widths
@@ -295,7 +297,7 @@ class CachedActivations:
 
     def iter_batches(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, start_batch: int = 0, loop: bool = False) -> Iterator[Tensor | dict[str, Tensor]]:
         if self.n_tokens < batch_size:
-            raise ValueError(f"{self.path}: the cache holds {self.n_tokens} tokens, fewer than one batch of {batch_size}")
+            raise InvalidInput(f"{self.path}: the cache holds {self.n_tokens} tokens, fewer than one batch of {batch_size}")
         index = 0
         epoch = 0
         while True:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saescope.errors import InvalidInput
+
 
 class MultiShuffleBuffer:
     def __init__(self, widths: dict[str, int], capacity: int, seed: int = 0, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
         if capacity <= 0:
-            raise ValueError(f"shuffle buffer capacity must be positive, got {capacity}")
+            raise InvalidInput(f"shuffle buffer capacity must be positive, got {capacity}")
         self.capacity = capacity
         self.buffers = {name: torch.empty(capacity, d, dtype=dtype, device=device) for name, d in widths.items()}
         self.pending: dict[str, Tensor] = {}
@@ -29,7 +31,7 @@ class MultiShuffleBuffer:
     def add(self, name: str, rows: Tensor) -> None:
         """Stage ``rows`` for hookpoint ``name``; ``commit`` makes every hookpoint's rows visible together."""
         if rows.shape[0] > self.free():
-            raise ValueError(f"shuffle buffer overflow: {rows.shape[0]} rows for {self.free()} free slots")
+            raise InvalidInput(f"shuffle buffer overflow: {rows.shape[0]} rows for {self.free()} free slots")
         buffer = self.buffers[name]
         buffer[self.size : self.size + rows.shape[0]].copy_(rows)
         self.pending[name] = rows
@@ -44,7 +46,7 @@ class MultiShuffleBuffer:
     def take_oldest(self, n_rows: int) -> dict[str, Tensor]:
         """Remove the ``n_rows`` rows added first, in order (no shuffling)."""
         if n_rows > self.size:
-            raise ValueError(f"asked for {n_rows} rows but the buffer holds {self.size}")
+            raise InvalidInput(f"asked for {n_rows} rows but the buffer holds {self.size}")
         out = {}
         for name, buffer in self.buffers.items():
             out[name] = buffer[:n_rows].clone()
@@ -55,7 +57,7 @@ class MultiShuffleBuffer:
     def take(self, n_rows: int) -> dict[str, Tensor]:
         """Remove ``n_rows`` random rows (the same indices for every hookpoint)."""
         if n_rows > self.size:
-            raise ValueError(f"asked for {n_rows} rows but the buffer holds {self.size}")
+            raise InvalidInput(f"asked for {n_rows} rows but the buffer holds {self.size}")
         chosen = torch.randperm(self.size, generator=self.generator)[:n_rows]
         # Fill the holes with the rows at the end that were not chosen.
         keep = torch.ones(self.size, dtype=torch.bool)

@@ -19,6 +19,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from saescope.errors import InvalidInput, MissingDependency, MissingFile
+
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
@@ -43,10 +45,10 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+                raise InvalidInput(f"{path}:{number}: not valid JSON ({error.msg})") from error
             if not isinstance(record, dict) or text_field not in record:
                 keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise ValueError(f"{path}:{number}: no field {text_field!r} (found {keys}); pass --text-field")
+                raise InvalidInput(f"{path}:{number}: no field {text_field!r} (found {keys}); pass --text-field")
             if record[text_field]:
                 yield str(record[text_field])
 
@@ -56,7 +58,7 @@ def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
 
     parquet = pq.ParquetFile(path)
     if text_field not in parquet.schema_arrow.names:
-        raise ValueError(f"{path}: no column {text_field!r} (columns: {parquet.schema_arrow.names}); pass --text-field")
+        raise InvalidInput(f"{path}: no column {text_field!r} (columns: {parquet.schema_arrow.names}); pass --text-field")
     for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
         for text in batch.column(0).to_pylist():
             if text:
@@ -66,7 +68,7 @@ def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
 def _dataset_documents(dataset: object, text_field: str, where: str) -> Iterator[str]:
     columns = getattr(dataset, "column_names", None)
     if isinstance(columns, list) and text_field not in columns:
-        raise ValueError(f"{where}: no column {text_field!r} (columns: {columns}); pass --text-field")
+        raise InvalidInput(f"{where}: no column {text_field!r} (columns: {columns}); pass --text-field")
     for record in dataset:  # type: ignore[attr-defined]
         text = record.get(text_field) if isinstance(record, dict) else None
         if text:
@@ -80,7 +82,7 @@ def _file_documents(path: Path, text_field: str) -> Iterator[str]:
         return _jsonl_documents(path, text_field)
     if path.suffix == ".parquet":
         return _parquet_documents(path, text_field)
-    raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .txt, .jsonl or .parquet")
+    raise InvalidInput(f"{path}: unsupported file type {path.suffix!r}; use .txt, .jsonl or .parquet")
 
 
 def _folder_documents(path: Path, text_field: str, split: str) -> Iterator[str]:
@@ -90,13 +92,13 @@ def _folder_documents(path: Path, text_field: str, split: str) -> Iterator[str]:
         dataset = load_from_disk(str(path))
         if isinstance(dataset, DatasetDict):
             if split not in dataset:
-                raise ValueError(f"{path}: no split {split!r} (splits: {list(dataset)}); pass --split")
+                raise InvalidInput(f"{path}: no split {split!r} (splits: {list(dataset)}); pass --split")
             dataset = dataset[split]
         yield from _dataset_documents(dataset, text_field, str(path))
         return
     files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
     if not files:
-        raise ValueError(f"{path}: no dataset here (no save_to_disk files and no .txt/.jsonl/.parquet files)")
+        raise InvalidInput(f"{path}: no dataset here (no save_to_disk files and no .txt/.jsonl/.parquet files)")
     for file in files:
         yield from _file_documents(file, text_field)
 
@@ -105,7 +107,7 @@ def _hub_documents(name: str, text_field: str, split: str) -> Iterator[str]:
     try:
         from datasets import load_dataset
     except ImportError as error:
-        raise ImportError(f"reading the hub dataset {name!r} needs the datasets package: pip install datasets") from error
+        raise MissingDependency(f"reading the hub dataset {name!r} needs the datasets package: pip install datasets") from error
     dataset = load_dataset(name, split=split, streaming=True)
     yield from _dataset_documents(dataset, text_field, name)
 
@@ -125,7 +127,7 @@ def iter_documents(spec: str, text_field: str = "text", split: str = "train") ->
         return _folder_documents(path, text_field, split)
     looks_local = spec.startswith((".", "/", "~")) or path.suffix in TEXT_SUFFIXES or spec.count("/") > 1
     if looks_local:
-        raise FileNotFoundError(f"dataset {spec!r}: no such file or folder")
+        raise MissingFile(f"dataset {spec!r}: no such file or folder")
     return _hub_documents(spec, text_field, split)
 
 
@@ -135,7 +137,7 @@ def check_dataset(spec: str) -> None:
         return
     path = Path(spec).expanduser()
     if not path.exists() and (spec.startswith((".", "/", "~")) or path.suffix in TEXT_SUFFIXES or spec.count("/") > 1):
-        raise FileNotFoundError(f"dataset {spec!r}: no such file or folder")
+        raise MissingFile(f"dataset {spec!r}: no such file or folder")
 
 
 def is_held_out(document: str, fraction: float) -> bool:
@@ -146,7 +148,7 @@ def is_held_out(document: str, fraction: float) -> bool:
 def split_documents(documents: Iterator[str], part: str, fraction: float = 0.05) -> Iterator[str]:
     """Keep the ``"train"`` or ``"eval"`` part of a document stream, or everything (``"all"``)."""
     if part not in ("train", "eval", "all"):
-        raise ValueError(f"part must be 'train', 'eval' or 'all', got {part!r}")
+        raise InvalidInput(f"part must be 'train', 'eval' or 'all', got {part!r}")
     for document in documents:
         if part == "all" or is_held_out(document, fraction) == (part == "eval"):
             yield document

@@ -12,12 +12,14 @@ held in memory, and within windows of contexts for streams that never fit in mem
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from saescope.data.text import iter_documents, split_documents
+from saescope.errors import InvalidInput
 
 
 def special_token_ids(tokenizer: Any) -> list[int]:
@@ -56,7 +58,7 @@ class TextContexts:
         max_contexts: int | None = None,
     ) -> None:
         if context_size < 2:
-            raise ValueError(f"context_size must be at least 2, got {context_size}")
+            raise InvalidInput(f"context_size must be at least 2, got {context_size}")
         self.dataset, self.tokenizer, self.context_size = dataset, tokenizer, context_size
         self.part, self.eval_fraction, self.text_field, self.split = part, eval_fraction, text_field, split
         self.shuffle_window, self.max_contexts = shuffle_window, max_contexts
@@ -108,12 +110,9 @@ class TextContexts:
         if self._memo is None:
             contexts = list(self._read())
             if not contexts:
-                raise ValueError(f"dataset {self.dataset!r} ({self.part} part) holds fewer than {self.context_size} tokens; nothing to read")
+                raise InvalidInput(f"dataset {self.dataset!r} ({self.part} part) holds fewer than {self.context_size} tokens; nothing to read")
             self._memo = torch.stack(contexts)
         return self._memo
-
-    def n_contexts(self) -> int | None:
-        return None if self.streaming else int(self.all_contexts().shape[0])
 
     def iter_contexts(self, seed: int = 0, epoch: int = 0, shuffle: bool = True, start: int = 0) -> Iterator[Tensor]:
         """Contexts of one epoch, shuffled from ``(seed, epoch)``, skipping the first ``start``."""
@@ -158,7 +157,7 @@ class TextContexts:
             if buffer:
                 yield torch.stack(buffer)
             if consumed == 0:
-                raise ValueError(f"dataset {self.dataset!r} ({self.part} part) produced no contexts of {self.context_size} tokens")
+                raise InvalidInput(f"dataset {self.dataset!r} ({self.part} part) produced no contexts of {self.context_size} tokens")
             if not loop:
                 return
             epoch += 1
@@ -172,6 +171,4 @@ def _shuffled(window: list[Tensor], generator: torch.Generator, shuffle: bool) -
 
 
 def _is_hub(dataset: str) -> bool:
-    from pathlib import Path
-
     return dataset.startswith("hf:") or not Path(dataset).expanduser().exists()

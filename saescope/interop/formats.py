@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from saescope.checkpoint import load_checked_tensors
+from saescope.errors import InvalidInput, MissingFile
 from saescope.saes import SparseAutoencoder, create_sae, get_architecture
 
 GEMMA_SCOPE_SITES = {"res": "resid_post", "mlp": "mlp_out", "att": "attn_z"}
@@ -42,17 +43,17 @@ def detect_format(path: str | Path) -> str:
         try:
             cfg = json.loads((target / "cfg.json").read_text())
         except json.JSONDecodeError as error:
-            raise ValueError(f"{target / 'cfg.json'}: not valid JSON ({error})") from None
+            raise InvalidInput(f"{target / 'cfg.json'}: not valid JSON ({error})") from None
         if not isinstance(cfg, dict):
-            raise ValueError(f"{target / 'cfg.json'}: expected a JSON object")
+            raise InvalidInput(f"{target / 'cfg.json'}: expected a JSON object")
         if "saescope_version" in cfg:
             return "saescope"
         if "architecture" in cfg or "hook_name" in cfg or "hook_point" in cfg or "metadata" in cfg:
             return "saelens"
-        raise ValueError(f"{target / 'cfg.json'}: neither a saescope nor a SAELens config (no architecture)")
+        raise InvalidInput(f"{target / 'cfg.json'}: neither a saescope nor a SAELens config (no architecture)")
     if not target.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    raise ValueError(f"{path}: not an SAE (expected a folder with cfg.json + sae_weights.safetensors, or a Gemma Scope params.npz)")
+        raise MissingFile(f"{path}: no such file or folder")
+    raise InvalidInput(f"{path}: not an SAE (expected a folder with cfg.json + sae_weights.safetensors, or a Gemma Scope params.npz)")
 
 
 # -- Gemma Scope -----------------------------------------------------------------------------------------
@@ -64,16 +65,16 @@ def load_gemma_scope(path: str | Path, hookpoint: str | None = None, model_id: s
         with np.load(file) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError) as error:
-        raise ValueError(f"{file}: cannot read a Gemma Scope params.npz ({error})") from None
+        raise InvalidInput(f"{file}: cannot read a Gemma Scope params.npz ({error})") from None
     required = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
     missing = [name for name in required if name not in arrays]
     if missing:
-        raise ValueError(f"{file}: missing {missing}; a Gemma Scope params.npz holds {list(required)}")
+        raise InvalidInput(f"{file}: missing {missing}; a Gemma Scope params.npz holds {list(required)}")
     d_in, d_sae = arrays["W_enc"].shape
     expected = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
     for name, shape in expected.items():
         if arrays[name].shape != shape:
-            raise ValueError(f"{file}: {name} has shape {list(arrays[name].shape)}, but W_enc {list(arrays['W_enc'].shape)} implies {list(shape)}")
+            raise InvalidInput(f"{file}: {name} has shape {list(arrays[name].shape)}, but W_enc {list(arrays['W_enc'].shape)} implies {list(shape)}")
     hookpoint = hookpoint or gemma_scope_hookpoint(str(path))
     sae = create_sae("jumprelu", int(d_in), int(d_sae), hookpoint=hookpoint, model_id=model_id)
     load_checked_tensors(sae, {name: torch.from_numpy(np.asarray(arrays[name], dtype=np.float32)) for name in required}, file, "W_enc")
@@ -100,19 +101,19 @@ def load_saelens(path: str | Path) -> SparseAutoencoder:
     folder = Path(path)
     cfg_file, weights_file = folder / "cfg.json", folder / "sae_weights.safetensors"
     if not weights_file.is_file():
-        raise FileNotFoundError(f"{weights_file}: missing; a SAELens folder holds cfg.json and sae_weights.safetensors")
+        raise MissingFile(f"{weights_file}: missing; a SAELens folder holds cfg.json and sae_weights.safetensors")
     cfg = _saelens_cfg(cfg_file)
     arch = cfg["architecture"]
     if arch not in SAELENS_TO_SAESCOPE:
-        raise ValueError(f"{cfg_file}: SAELens architecture {arch!r} is not supported; supported: {sorted(SAELENS_TO_SAESCOPE)}")
+        raise InvalidInput(f"{cfg_file}: SAELens architecture {arch!r} is not supported; supported: {sorted(SAELENS_TO_SAESCOPE)}")
     norm = cfg.get("normalize_activations", "none")
     if norm not in (None, "none", False):
-        raise ValueError(f"{cfg_file}: normalize_activations={norm!r} needs a dataset-dependent scale that is not in the folder; "
+        raise InvalidInput(f"{cfg_file}: normalize_activations={norm!r} needs a dataset-dependent scale that is not in the folder; "
                          "fold it into the weights with SAELens (fold_activation_norm_scaling_factor) and save again")
     try:
         tensors = load_file(str(weights_file))
     except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"{weights_file}: cannot read weights ({error})") from None
+        raise InvalidInput(f"{weights_file}: cannot read weights ({error})") from None
     d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
     metadata = cfg.get("metadata") or {}
     hookpoint = metadata.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
@@ -122,10 +123,10 @@ def load_saelens(path: str | Path) -> SparseAutoencoder:
     if "k" in get_architecture(ours).config_class.field_names():
         k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
         if k is None:
-            raise ValueError(f"{cfg_file}: a {arch} config needs k")
+            raise InvalidInput(f"{cfg_file}: a {arch} config needs k")
         options["k"] = int(k)
         if cfg.get("rescale_acts_by_decoder_norm"):
-            raise ValueError(f"{cfg_file}: rescale_acts_by_decoder_norm=true is a training-time setting; save the SAE for inference with SAELens first")
+            raise InvalidInput(f"{cfg_file}: rescale_acts_by_decoder_norm=true is a training-time setting; save the SAE for inference with SAELens first")
     if ours == "batchtopk" and "topk_threshold" in tensors and "threshold" not in tensors:
         tensors["threshold"] = tensors.pop("topk_threshold").float().reshape(-1).expand(d_sae).clone()
     sae = create_sae(ours, d_in, d_sae, **options)
@@ -139,13 +140,13 @@ def load_saelens(path: str | Path) -> SparseAutoencoder:
 
 def _saelens_cfg(cfg_file: Path) -> dict[str, Any]:
     if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file}: missing")
+        raise MissingFile(f"{cfg_file}: missing")
     try:
         cfg = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{cfg_file}: not valid JSON ({error})") from None
+        raise InvalidInput(f"{cfg_file}: not valid JSON ({error})") from None
     if not isinstance(cfg, dict) or "d_in" not in cfg or "d_sae" not in cfg:
-        raise ValueError(f"{cfg_file}: a SAELens config needs d_in and d_sae")
+        raise InvalidInput(f"{cfg_file}: a SAELens config needs d_in and d_sae")
     if "architecture" not in cfg:  # pre-6.0 configs name the activation instead
         activation = cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu"
         cfg["architecture"] = "topk" if activation == "topk" else "standard"
@@ -161,9 +162,9 @@ def export_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
     from saescope._version import __version__
 
     if sae.architecture not in SAESCOPE_TO_SAELENS:
-        raise ValueError(f"{sae.architecture} SAEs have no SAELens equivalent; exportable: {sorted(SAESCOPE_TO_SAELENS)}")
+        raise InvalidInput(f"{sae.architecture} SAEs have no SAELens equivalent; exportable: {sorted(SAESCOPE_TO_SAELENS)}")
     if sae.normalization and not sae.normalization.get("folded", True):
-        raise ValueError("this SAE still expects normalised inputs; fold the input scale first (trained SAEs are folded when saved)")
+        raise InvalidInput("this SAE still expects normalised inputs; fold the input scale first (trained SAEs are folded when saved)")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().float().contiguous().cpu() for name, t in sae.export_tensors().items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from saescope.errors import MissingDependency, MissingFile
 from saescope.interop.formats import detect_format, load_gemma_scope, load_saelens
 from saescope.saes import SparseAutoencoder
 
@@ -24,7 +25,7 @@ def load_sae(path: str | Path, device: str = "cpu", hookpoint: str | None = None
         local, kind = _download(str(path))
         source = str(path)
     else:
-        raise FileNotFoundError(f"{path}: no such SAE folder or file (a hub id looks like owner/repo/path/in/repo)")
+        raise MissingFile(f"{path}: no such SAE folder or file (a hub id looks like owner/repo/path/in/repo)")
     if kind == "saescope":
         from saescope.checkpoint import load
 
@@ -52,7 +53,7 @@ def _download(hub_id: str) -> tuple[Path, str]:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
     except ImportError as error:  # pragma: no cover - transformers depends on huggingface_hub
-        raise ImportError("loading from the hub needs huggingface_hub (pip install huggingface_hub)") from error
+        raise MissingDependency("loading from the hub needs huggingface_hub (pip install huggingface_hub)") from error
     parts = hub_id.split("/")
     repo, sub = "/".join(parts[:2]), "/".join(parts[2:])
     prefix = f"{sub}/" if sub else ""
@@ -66,6 +67,6 @@ def _download(hub_id: str) -> tuple[Path, str]:
             folder = Path(cfg).parent
             return folder, detect_format(folder)
     except RepositoryNotFoundError:
-        raise FileNotFoundError(f"{hub_id}: no such repository on the Hugging Face hub ({repo})") from None
+        raise MissingFile(f"{hub_id}: no such repository on the Hugging Face hub ({repo})") from None
     except EntryNotFoundError:
-        raise FileNotFoundError(f"{hub_id}: {repo} has no params.npz or cfg.json + sae_weights.safetensors under {sub or 'its root'!r}") from None
+        raise MissingFile(f"{hub_id}: {repo} has no params.npz or cfg.json + sae_weights.safetensors under {sub or 'its root'!r}") from None

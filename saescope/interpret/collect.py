@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from saescope.errors import InvalidInput
 from saescope.saes.code import FeatureCode
 
 NO_TOKEN = -1
@@ -58,7 +59,7 @@ class FeatureCollector:
     def __init__(self, n_features: int, top_k: int = 20, n_samples: int = 24, window: int = 12, n_bins: int = 40,
                  log10_range: tuple[float, float] = (-4.0, 3.0), device: torch.device | str = "cpu", seed: int = 0) -> None:
         if top_k <= 0 or n_samples < 0 or window < 0:
-            raise ValueError("top_k must be > 0, n_samples and window >= 0")
+            raise InvalidInput("top_k must be > 0, n_samples and window >= 0")
         self.k, self.s, self.w = top_k, n_samples, window
         span = 2 * window + 1
         f, dev = n_features, torch.device(device)

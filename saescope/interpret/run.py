@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from saescope.errors import InvalidInput
 from saescope.interpret.collect import FeatureCollector
 from saescope.interpret.directions import logit_effects, similar_features
 from saescope.interpret.store import write_interpretation
@@ -47,9 +48,9 @@ def interpret_suite(
     folder = Path(path)
     index = read_index(folder)
     if index.get("status") != "complete":
-        raise ValueError(f"{folder}: the suite is not complete; finish training before interpreting it")
+        raise InvalidInput(f"{folder}: the suite is not complete; finish training before interpreting it")
     if tokens <= 0:
-        raise ValueError(f"tokens must be positive, got {tokens}")
+        raise InvalidInput(f"tokens must be positive, got {tokens}")
     config = index.get("config", {})
     if loaded is None:
         loaded = load_model(config.get("model") or index["model"], device=device or config.get("device"), dtype=config.get("dtype"))

@@ -119,10 +119,6 @@ def write_interpretation(
     return {"folder": str(out), "features": n_features, "alive": alive, "tokens": stats.n_tokens}
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
 def _r(value: float) -> float:
     if value == 0 or not math.isfinite(value):
         return 0.0

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from saescope.errors import InvalidInput
 from saescope.lm.hookpoints import Hookpoint
 
 Consumer = Callable[[Hookpoint, Tensor], None]
@@ -83,7 +84,7 @@ def capture(
     With ``stop_early`` the forward ends right after the deepest hookpoint.
     """
     if not hookpoints:
-        raise ValueError("capture needs at least one hookpoint")
+        raise InvalidInput("capture needs at least one hookpoint")
     last = max(hookpoints, key=lambda p: p.order)
 
     def reader(point: Hookpoint) -> Callable[[Tensor], None]:

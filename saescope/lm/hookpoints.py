@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from saescope.errors import InvalidInput
+
 SITES = ("attn_z", "attn_out", "mlp_out", "resid_post")
 """In execution order within a block: the deepest requested site is where the forward can stop."""
 
@@ -69,7 +71,7 @@ def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     # Fall back to the longest ModuleList of identical blocks (unusual wrappers).
     lists = [(n, m) for n, m in modules.items() if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(b) for b in m}) == 1]
     if not lists:
-        raise ValueError(f"{type(model).__name__}: found no ModuleList of decoder layers; saescope supports decoder-only transformers")
+        raise InvalidInput(f"{type(model).__name__}: found no ModuleList of decoder layers; saescope supports decoder-only transformers")
     return max(lists, key=lambda item: len(item[1]))
 
 
@@ -133,14 +135,14 @@ def resolve_hookpoints(model: nn.Module, names: str | list[str]) -> list[Hookpoi
     if isinstance(names, str):
         names = [n for n in names.split(",") if n.strip()]
     if not names:
-        raise ValueError("no hookpoints requested")
+        raise InvalidInput("no hookpoints requested")
     points = available_hookpoints(model)
     chosen: dict[str, Hookpoint] = {}
     for raw in names:
         name = canonical_name(raw)
         matches = [p for key, p in points.items() if fnmatch.fnmatchcase(key, name)]
         if not matches:
-            raise ValueError(f"unknown hookpoint {raw!r} for {type(model).__name__}; valid hookpoints: {_describe(points)}")
+            raise InvalidInput(f"unknown hookpoint {raw!r} for {type(model).__name__}; valid hookpoints: {_describe(points)}")
         for point in matches:
             chosen[point.name] = point
     return sorted(chosen.values(), key=lambda p: p.order)

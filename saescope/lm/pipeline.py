@@ -21,6 +21,7 @@ from torch import Tensor
 from saescope.checkpoint import save_sae
 from saescope.data.text import check_dataset
 from saescope.data.tokens import TextContexts, special_token_ids, trainable_mask
+from saescope.errors import InvalidInput
 from saescope.jobs import SaeJob, create_job, sets_k
 from saescope.lm.capture import capture, masked_collector
 from saescope.lm.hookpoints import Hookpoint, resolve_hookpoints
@@ -49,11 +50,11 @@ class SaeSpec:
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.architecture!r}; choose from {sorted(ARCHITECTURES)}")
+            raise InvalidInput(f"unknown architecture {self.architecture!r}; choose from {sorted(ARCHITECTURES)}")
         if self.width is not None and self.width <= 0:
-            raise ValueError(f"width must be a positive integer, got {self.width}")
+            raise InvalidInput(f"width must be a positive integer, got {self.width}")
         if sets_k(self.architecture, self.options.get("objective")) and self.target_l0 is None and "k" not in self.options:
-            raise ValueError(f"{self.architecture} needs a target L0 (its k)")
+            raise InvalidInput(f"{self.architecture} needs a target L0 (its k)")
 
     def resolved_width(self, d_in: int) -> int:
         return self.width or max(1, int(round(self.expansion * d_in)))
@@ -162,7 +163,7 @@ def train_on_model(
     """
     data = data or LmDataConfig()
     if not specs:
-        raise ValueError("no SAEs to train: give at least one architecture")
+        raise InvalidInput("no SAEs to train: give at least one architecture")
     if cache is not None:
         source, widths, model_id = _cache_source(cache, hookpoints, data)
         needs_model = data.eval_tokens > 0
@@ -170,7 +171,7 @@ def train_on_model(
     else:
         needs_model = True
     if model is None:
-        raise ValueError("give a model (or a cache, whose manifest names its model)")
+        raise InvalidInput("give a model (or a cache, whose manifest names its model)")
     check_dataset(data.dataset)
     loaded = None
     if needs_model:
@@ -193,7 +194,7 @@ def train_on_model(
         for spec in specs:
             key = f"{hookpoint}/{spec.folder_name(d_in)}"
             if key in jobs:
-                raise ValueError(f"two SAEs would share the folder {key}; give them different widths or target L0s")
+                raise InvalidInput(f"two SAEs would share the folder {key}; give them different widths or target L0s")
             jobs[key] = spec.build(d_in, hookpoint, model_id, key)
     if out_dir is not None and train.checkpoint_every and not train.checkpoint_dir:
         train.checkpoint_dir = str(Path(out_dir) / "checkpoint")
@@ -222,7 +223,7 @@ def _cache_source(path: str, hookpoints: str | list[str], data: LmDataConfig) ->
     for raw in requested:
         matches = [h for h in available if fnmatch.fnmatchcase(h, canonical_name(raw))]
         if not matches:
-            raise ValueError(f"{path}: no hookpoint {raw!r} in this cache; it holds {available}")
+            raise InvalidInput(f"{path}: no hookpoint {raw!r} in this cache; it holds {available}")
         chosen += [m for m in matches if m not in chosen]
     data.dataset = manifest.get("dataset", data.dataset)
     data.context_size = int(manifest.get("context_size", data.context_size))

@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saescope.data.tokens import trainable_mask
+from saescope.errors import InvalidInput
 from saescope.lm.capture import replace_activation
 from saescope.lm.hookpoints import Hookpoint
 from saescope.saes import SparseAutoencoder
@@ -81,7 +82,7 @@ def splice_evaluate(
 ) -> dict[str, SpliceMetrics]:
     """ΔLM loss, loss recovered and KL for each named ``(hookpoint, sae)`` over ``contexts`` [n, T]."""
     if contexts.ndim != 2 or contexts.shape[1] < 2:
-        raise ValueError(f"contexts must have shape [n, T >= 2], got {tuple(contexts.shape)}")
+        raise InvalidInput(f"contexts must have shape [n, T >= 2], got {tuple(contexts.shape)}")
     device = next(model.parameters()).device
     totals = {name: torch.zeros(3, dtype=torch.float64) for name in saes}  # spliced CE, KL, zero CE
     clean_total = torch.zeros((), dtype=torch.float64)
@@ -107,7 +108,7 @@ def splice_evaluate(
             kl = (clean_log_probs.exp() * (clean_log_probs - log_probs)).sum(dim=-1)
             totals[name] += torch.stack([ce.double().sum().cpu(), kl.double().sum().cpu(), zero_ce[point.name]])
     if n_scored == 0:
-        raise ValueError("no scored positions: every context holds only BOS/EOS/pad tokens")
+        raise InvalidInput("no scored positions: every context holds only BOS/EOS/pad tokens")
     clean = float(clean_total / n_scored)
     results = {}
     for name, total in totals.items():

@@ -6,6 +6,7 @@ calling ``register_objective``; ``saescope.create_job(..., objective="name")`` t
 
 from __future__ import annotations
 
+from saescope.errors import InvalidInput
 from saescope.objectives.base import (
     OPTIMIZER_NAMES,
     LossOutput,
@@ -26,9 +27,9 @@ OBJECTIVES: dict[str, type[Objective]] = {}
 def register_objective(objective_class: type[Objective]) -> type[Objective]:
     """Make ``objective_class`` available by its ``name`` (usable as a class decorator)."""
     if not objective_class.name:
-        raise ValueError(f"{objective_class.__name__} has no `name`")
+        raise InvalidInput(f"{objective_class.__name__} has no `name`")
     if not objective_class.architectures:
-        raise ValueError(f"{objective_class.__name__} lists no `architectures` it can train")
+        raise InvalidInput(f"{objective_class.__name__} lists no `architectures` it can train")
     OBJECTIVES[objective_class.name] = objective_class
     return objective_class
 
@@ -41,7 +42,7 @@ def get_objective(name: str) -> type[Objective]:
     try:
         return OBJECTIVES[name]
     except KeyError:
-        raise ValueError(f"unknown objective {name!r}; known: {', '.join(sorted(OBJECTIVES))}") from None
+        raise InvalidInput(f"unknown objective {name!r}; known: {', '.join(sorted(OBJECTIVES))}") from None
 
 
 def recipe_field_names() -> set[str]:

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from saescope.errors import InvalidInput
 from saescope.saes import SparseAutoencoder
 from saescope.saes.base import unit_norm_rows
 from saescope.saes.code import FeatureCode
@@ -109,15 +110,15 @@ class Objective:
         for name in ("lr", "lr_base"):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                raise ValueError(f"{label}.{name} must be > 0, got {value}")
+                raise InvalidInput(f"{label}.{name} must be > 0, got {value}")
         if self.target_l0 is not None and not self.target_l0 > 0:
-            raise ValueError(f"{label}.target_l0 must be > 0, got {self.target_l0}")
+            raise InvalidInput(f"{label}.target_l0 must be > 0, got {self.target_l0}")
         if self.sparsity_coefficient is not None and self.sparsity_coefficient < 0:
-            raise ValueError(f"{label}.sparsity_coefficient must be >= 0, got {self.sparsity_coefficient}")
+            raise InvalidInput(f"{label}.sparsity_coefficient must be >= 0, got {self.sparsity_coefficient}")
         if self.optimizer is not None and self.optimizer not in OPTIMIZER_NAMES:
-            raise ValueError(f"{label}.optimizer must be one of {OPTIMIZER_NAMES}, got {self.optimizer!r}")
+            raise InvalidInput(f"{label}.optimizer must be one of {OPTIMIZER_NAMES}, got {self.optimizer!r}")
         if self.adam_beta1 is not None and not 0 <= self.adam_beta1 < 1:
-            raise ValueError(f"{label}.adam_beta1 must be in [0, 1), got {self.adam_beta1}")
+            raise InvalidInput(f"{label}.adam_beta1 must be in [0, 1), got {self.adam_beta1}")
 
     # -- settings ---------------------------------------------------------------------------------
     @classmethod
@@ -134,7 +135,7 @@ class Objective:
     def check(self, sae: SparseAutoencoder) -> None:
         """Refuse settings that cannot work with this SAE (called once when the job is built)."""
         if self.target_l0 is not None and self.target_l0 > sae.d_sae:
-            raise ValueError(f"target_l0={self.target_l0:g} exceeds the SAE's {sae.d_sae} latents")
+            raise InvalidInput(f"target_l0={self.target_l0:g} exceeds the SAE's {sae.d_sae} latents")
 
     def optimizer_name(self) -> str:
         return self.optimizer or "adam"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from saescope.errors import InvalidInput
 from saescope.objectives.base import LossOutput, StepContext, loss_output, squared_error
 from saescope.objectives.topk import TopKObjective
 from saescope.saes import FeatureCode, SparseAutoencoder
@@ -27,7 +28,7 @@ class BatchTopKObjective(TopKObjective):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 <= self.threshold_momentum < 1:
-            raise ValueError(f"BatchTopKObjective.threshold_momentum must be in [0, 1), got {self.threshold_momentum}")
+            raise InvalidInput(f"BatchTopKObjective.threshold_momentum must be in [0, 1), got {self.threshold_momentum}")
 
     def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
         pre = sae.pre_activations(x)

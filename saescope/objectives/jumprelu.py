@@ -18,6 +18,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
+from saescope.errors import InvalidInput
 from saescope.objectives.base import (
     LossOutput,
     Objective,
@@ -57,15 +58,15 @@ class _JumpReLURecipe(Objective):
         super().__post_init__()
         label = type(self).__name__
         if self.encoder_bias_init not in ("zero", "rate"):
-            raise ValueError(f"{label}.encoder_bias_init must be 'zero' or 'rate', got {self.encoder_bias_init!r}")
+            raise InvalidInput(f"{label}.encoder_bias_init must be 'zero' or 'rate', got {self.encoder_bias_init!r}")
         if self.init_firing_rate is not None and not 0 < self.init_firing_rate < 1:
-            raise ValueError(f"{label}.init_firing_rate must be in (0, 1), got {self.init_firing_rate}")
+            raise InvalidInput(f"{label}.init_firing_rate must be in (0, 1), got {self.init_firing_rate}")
         for name in ("bandwidth", "threshold_init"):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                raise ValueError(f"{label}.{name} must be > 0, got {value}")
+                raise InvalidInput(f"{label}.{name} must be > 0, got {value}")
         if self.pre_act_coefficient is not None and self.pre_act_coefficient < 0:
-            raise ValueError(f"{label}.pre_act_coefficient must be >= 0, got {self.pre_act_coefficient}")
+            raise InvalidInput(f"{label}.pre_act_coefficient must be >= 0, got {self.pre_act_coefficient}")
 
     def _pick(self, value, default):  # noqa: ANN001, ANN202 - a field or the recipe's constant
         return default if value is None else value

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from saescope.errors import InvalidInput
 from saescope.objectives.base import (
     LossOutput,
     Objective,
@@ -39,7 +40,7 @@ class ReLUObjective(Objective):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.decoder_init_norm > 0:
-            raise ValueError(f"ReLUObjective.decoder_init_norm must be > 0, got {self.decoder_init_norm}")
+            raise InvalidInput(f"ReLUObjective.decoder_init_norm must be > 0, got {self.decoder_init_norm}")
 
     def sparsity_coefficient_for_l0(self, sae: SparseAutoencoder, target_l0: float) -> float:
         return 20.0 / target_l0  # measured: λ ≈ 5 gives L0 ≈ 4 on E‖x‖² = d_in inputs

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saescope.errors import InvalidInput
 from saescope.objectives.base import (
     LossOutput,
     Objective,
@@ -65,9 +66,9 @@ class TopKObjective(Objective):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 <= self.k_anneal_fraction <= 1:
-            raise ValueError(f"{type(self).__name__}.k_anneal_fraction={self.k_anneal_fraction} must be in [0, 1]")
+            raise InvalidInput(f"{type(self).__name__}.k_anneal_fraction={self.k_anneal_fraction} must be in [0, 1]")
         if self.aux_k is not None and self.aux_k < 1:
-            raise ValueError(f"{type(self).__name__}.aux_k must be >= 1, got {self.aux_k}")
+            raise InvalidInput(f"{type(self).__name__}.aux_k must be >= 1, got {self.aux_k}")
 
     def sae_options(self, options: dict[str, Any], d_sae: int) -> dict[str, Any]:
         if self.target_l0 is not None and "k" not in options:
@@ -78,7 +79,7 @@ class TopKObjective(Objective):
         super().check(sae)
         k = sae.cfg.k
         if self.k_anneal_start is not None and not k <= self.k_anneal_start <= sae.d_sae:
-            raise ValueError(f"{type(self).__name__}.k_anneal_start={self.k_anneal_start} must be in [k={k}, d_sae={sae.d_sae}]")
+            raise InvalidInput(f"{type(self).__name__}.k_anneal_start={self.k_anneal_start} must be in [k={k}, d_sae={sae.d_sae}]")
 
     def training_k(self, sae: SparseAutoencoder, progress: float) -> int:
         """k annealing: early on more latents fire per token, so more of them receive gradient."""

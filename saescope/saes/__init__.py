@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from saescope.errors import InvalidInput
 from saescope.saes.base import SaeConfig, SparseAutoencoder, unit_norm_rows
 from saescope.saes.batchtopk import BatchTopKConfig, BatchTopKSae
 from saescope.saes.code import FeatureCode
@@ -24,7 +25,7 @@ def register_architecture(sae_class: type[SparseAutoencoder]) -> type[SparseAuto
     """Make ``sae_class`` available by its ``architecture`` name (usable as a class decorator)."""
     name = sae_class.architecture
     if not name:
-        raise ValueError(f"{sae_class.__name__} has no `architecture` name")
+        raise InvalidInput(f"{sae_class.__name__} has no `architecture` name")
     ARCHITECTURES[name] = sae_class
     return sae_class
 
@@ -37,7 +38,7 @@ def get_architecture(name: str) -> type[SparseAutoencoder]:
     try:
         return ARCHITECTURES[name]
     except KeyError:
-        raise ValueError(f"unknown SAE architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
+        raise InvalidInput(f"unknown SAE architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
 
 
 def create_sae(architecture: str, d_in: int, d_sae: int, **options: Any) -> SparseAutoencoder:
@@ -52,7 +53,7 @@ def create_sae(architecture: str, d_in: int, d_sae: int, **options: Any) -> Spar
     known = sae_class.config_class.field_names()
     misplaced = sorted(set(options) - known)
     if misplaced:
-        raise ValueError(
+        raise InvalidInput(
             f"create_sae({architecture!r}): {misplaced} are not {architecture} SAE fields (those are {sorted(known)}); "
             "training settings such as target_l0, lr or the sparsity coefficient go to saescope.create_job"
         )

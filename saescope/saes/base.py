@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from saescope.errors import InvalidInput
 from saescope.saes.code import FeatureCode
 from saescope.saes.sparse_ops import decode_dense, decode_sparse
 
@@ -44,7 +45,7 @@ class SaeConfig:
         for name in ("d_in", "d_sae"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise InvalidInput(f"{name} must be a positive integer, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,7 +59,7 @@ class SaeConfig:
         known = cls.field_names()
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}")
+            raise InvalidInput(f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}")
         return cls(**values)
 
 
@@ -173,7 +174,7 @@ class SparseAutoencoder(nn.Module):
         ``scale``, i.e. in raw input units.
         """
         if not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"input scale must be a positive finite number, got {scale}")
+            raise InvalidInput(f"input scale must be a positive finite number, got {scale}")
         tensors = self.export_tensors()
         for name in self.scaled_tensor_names:
             tensors[name] = tensors[name] / scale

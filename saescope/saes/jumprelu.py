@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from saescope.errors import InvalidInput
 from saescope.saes.base import SaeConfig, SparseAutoencoder
 
 INITIAL_THRESHOLD = 1e-3
@@ -28,7 +29,7 @@ class JumpReLUConfig(SaeConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.threshold_param not in ("log", "direct"):
-            raise ValueError(f"threshold_param must be 'log' or 'direct', got {self.threshold_param!r}")
+            raise InvalidInput(f"threshold_param must be 'log' or 'direct', got {self.threshold_param!r}")
 
 
 class JumpReLUSae(SparseAutoencoder):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from saescope.errors import InvalidInput
 from saescope.saes.base import SaeConfig, SparseAutoencoder
 from saescope.saes.code import FeatureCode
 from saescope.saes.sparse_ops import decode_dense, decode_sparse
@@ -22,7 +23,7 @@ def checked_k(k: int | None, d_sae: int) -> int:
     """k as given (None: 32, capped at d_sae), refused unless an integer in [1, d_sae]."""
     k = min(32, d_sae) if k is None else k
     if not isinstance(k, int) or isinstance(k, bool) or not 0 < k <= d_sae:
-        raise ValueError(f"k={k!r} must be an integer in [1, d_sae={d_sae}]")
+        raise InvalidInput(f"k={k!r} must be an integer in [1, d_sae={d_sae}]")
     return k
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from saescope.errors import InvalidInput
 from saescope.saes import SparseAutoencoder
 
 KINDS = ("add", "clamp", "ablate")
@@ -49,18 +50,18 @@ class Intervention:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+            raise InvalidInput(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+            raise InvalidInput(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         if self.unit not in ("raw", "max"):
-            raise ValueError(f"unit must be 'raw' or 'max', got {self.unit!r}")
+            raise InvalidInput(f"unit must be 'raw' or 'max', got {self.unit!r}")
         if not isinstance(self.feature, int) or not 0 <= self.feature < self.sae.d_sae:
-            raise ValueError(f"feature {self.feature!r} does not exist: this SAE has features 0..{self.sae.d_sae - 1}")
+            raise InvalidInput(f"feature {self.feature!r} does not exist: this SAE has features 0..{self.sae.d_sae - 1}")
         self.hookpoint = self.hookpoint or self.sae.cfg.hookpoint
         if not self.hookpoint:
-            raise ValueError("the SAE does not record its hookpoint; pass hookpoint= (e.g. 'layers.10.resid_post')")
+            raise InvalidInput("the SAE does not record its hookpoint; pass hookpoint= (e.g. 'layers.10.resid_post')")
         if self.unit == "max" and self.max_activation is None:
-            raise ValueError("unit='max' needs max_activation (from the feature page, or saescope.steer.feature_max_activation reads it from an interpreted suite)")
+            raise InvalidInput("unit='max' needs max_activation (from the feature page, or saescope.steer.feature_max_activation reads it from an interpreted suite)")
 
     @property
     def raw_value(self) -> float:
@@ -68,7 +69,7 @@ class Intervention:
 
     def apply(self, hidden: Tensor) -> Tensor:
         if hidden.shape[-1] != self.sae.d_in:
-            raise ValueError(f"the activations at {self.hookpoint} have width {hidden.shape[-1]}, but the SAE expects d_in={self.sae.d_in}; "
+            raise InvalidInput(f"the activations at {self.hookpoint} have width {hidden.shape[-1]}, but the SAE expects d_in={self.sae.d_in}; "
                              "steer at the hookpoint the SAE was trained on")
         direction = self.sae.W_dec[self.feature].to(hidden.dtype)
         if self.kind == "add":
@@ -87,7 +88,7 @@ class Steering:
         from saescope.lm.hookpoints import resolve_hookpoints
 
         if not interventions:
-            raise ValueError("give at least one intervention")
+            raise InvalidInput("give at least one intervention")
         self.model = model
         self.interventions = list(interventions)
         names = sorted({i.hookpoint for i in self.interventions})

@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from saescope.errors import InvalidInput
 from saescope.saes import ARCHITECTURES
 
 _EXPANSION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*x\s*$", re.IGNORECASE)
 
 
-class SuiteConfigError(ValueError):
+class SuiteConfigError(InvalidInput):
     """A suite config that cannot run; the message names the field (and file) at fault."""
 
 

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from saescope.errors import InvalidInput
 from saescope.suite.index import read_index, write_index
 
 COLUMNS = [
@@ -41,11 +42,11 @@ def evaluate_suite(
     folder = Path(path)
     index = read_index(folder)
     if index.get("status") != "complete":
-        raise ValueError(f"{folder}: the suite is not complete (status {index.get('status')!r}); finish it with `saescope train --resume`")
+        raise InvalidInput(f"{folder}: the suite is not complete (status {index.get('status')!r}); finish it with `saescope train --resume`")
     config = index.get("config", {})
     wanted_tokens = eval_tokens if eval_tokens is not None else int(config.get("eval_tokens") or 16_384)
     if wanted_tokens <= 0:
-        raise ValueError(f"eval_tokens must be positive to evaluate a suite, got {wanted_tokens}")
+        raise InvalidInput(f"eval_tokens must be positive to evaluate a suite, got {wanted_tokens}")
 
     stored = {entry["path"]: _read_metrics(folder / entry["path"]) for entry in index["saes"]}
     stale = [p for p, m in stored.items() if recompute or not _complete(m, wanted_tokens)]

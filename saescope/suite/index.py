@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from saescope.errors import InvalidInput, MissingFile
+
 INDEX_NAME = "suite.json"
 FORMAT = "saescope-suite"
 
@@ -41,17 +43,17 @@ def is_suite(folder: str | Path) -> bool:
 def read_index(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / INDEX_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{folder}: not a suite folder (no {INDEX_NAME}); train one with `saescope train --config ...`")
+        raise MissingFile(f"{folder}: not a suite folder (no {INDEX_NAME}); train one with `saescope train --config ...`")
     try:
         index = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+        raise InvalidInput(f"{path}: not valid JSON ({error})") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT or not isinstance(index.get("saes"), list):
-        raise ValueError(f"{path}: not a saescope suite index (expected format {FORMAT!r} and a list of saes)")
+        raise InvalidInput(f"{path}: not a saescope suite index (expected format {FORMAT!r} and a list of saes)")
     for entry in index["saes"]:
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            raise ValueError(f"{path}: an entry of 'saes' has no path")
+            raise InvalidInput(f"{path}: an entry of 'saes' has no path")
         resolved = (Path(folder) / entry["path"]).resolve()
         if Path(folder).resolve() not in resolved.parents:
-            raise ValueError(f"{path}: SAE path {entry['path']!r} points outside the suite folder")
+            raise InvalidInput(f"{path}: SAE path {entry['path']!r} points outside the suite folder")
     return index

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from saescope.errors import InvalidInput, MissingFile
 from saescope.suite.index import is_suite, read_index
 
 
@@ -16,8 +17,8 @@ def describe(path: str | Path) -> str:
     if (folder / "cfg.json").is_file():
         return _describe_sae(folder)
     if not folder.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    raise ValueError(f"{path}: neither a suite (suite.json) nor an SAE folder (cfg.json)")
+        raise MissingFile(f"{path}: no such file or folder")
+    raise InvalidInput(f"{path}: neither a suite (suite.json) nor an SAE folder (cfg.json)")
 
 
 def _describe_suite(folder: Path) -> str:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from saescope.errors import InsufficientDisk, InsufficientResources
+
 GIB = 2**30
 STEP_TRANSIENTS = 8
 """[batch, d_sae] fp32 tensors alive during one SAE step."""
@@ -129,13 +131,13 @@ def estimate(
 def check(estimate_: Estimate, out_dir: str | Path) -> None:
     """Refuse a suite that cannot fit; the message says what to change."""
     if estimate_.available_memory_bytes is not None and estimate_.memory_bytes > 0.9 * estimate_.available_memory_bytes:
-        raise MemoryError(
+        raise InsufficientResources(
             f"this suite needs about {estimate_.memory_bytes / GIB:.1f} GiB on {estimate_.device} but only "
             f"{estimate_.available_memory_bytes / GIB:.1f} GiB is available; train fewer SAEs per run (fewer hookpoints, "
             "architectures, widths or target L0s), use smaller widths or a smaller batch_size, or shuffle_buffer_tokens"
         )
     if estimate_.free_disk_bytes is not None and estimate_.disk_bytes > estimate_.free_disk_bytes:
-        raise OSError(
+        raise InsufficientDisk(
             f"too little disk at {out_dir}: the suite writes about {estimate_.disk_bytes / GIB:.2f} GiB but "
             f"{estimate_.free_disk_bytes / GIB:.2f} GiB is free; free space, choose another --out, or set checkpoint_every: 0"
         )

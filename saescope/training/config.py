@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from saescope.errors import InvalidInput
+
 
 @dataclass
 class TrainConfig:
@@ -56,20 +58,20 @@ class TrainConfig:
                     "normalization_tokens": self.normalization_tokens}
         for name, value in positive.items():
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+                raise InvalidInput(f"TrainConfig.{name} must be a positive integer, got {value!r}")
         for name in ("lr_warmup_fraction", "lr_decay_fraction"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+                raise InvalidInput(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.lr_warmup_fraction + self.lr_decay_fraction > 1:
-            raise ValueError("TrainConfig: lr_warmup_fraction + lr_decay_fraction must not exceed 1")
+            raise InvalidInput("TrainConfig: lr_warmup_fraction + lr_decay_fraction must not exceed 1")
         if self.sparsity_warmup_fraction is not None and not 0 <= self.sparsity_warmup_fraction <= 1:
-            raise ValueError(f"TrainConfig.sparsity_warmup_fraction must be in [0, 1], got {self.sparsity_warmup_fraction}")
+            raise InvalidInput(f"TrainConfig.sparsity_warmup_fraction must be in [0, 1], got {self.sparsity_warmup_fraction}")
         if self.checkpoint_every is not None and (self.checkpoint_every <= 0 or not self.checkpoint_dir):
-            raise ValueError("TrainConfig.checkpoint_every needs a positive value and a checkpoint_dir")
+            raise InvalidInput("TrainConfig.checkpoint_every needs a positive value and a checkpoint_dir")
         if self.logger not in ("auto", "none", "tensorboard", "wandb"):
-            raise ValueError(f"TrainConfig.logger must be auto, none, tensorboard or wandb; got {self.logger!r}")
+            raise InvalidInput(f"TrainConfig.logger must be auto, none, tensorboard or wandb; got {self.logger!r}")
         if self.total_tokens < self.batch_size:
-            raise ValueError(f"TrainConfig.total_tokens={self.total_tokens} is less than one batch ({self.batch_size})")
+            raise InvalidInput(f"TrainConfig.total_tokens={self.total_tokens} is less than one batch ({self.batch_size})")
 
     @property
     def total_steps(self) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from saescope.errors import InvalidInput
 from saescope.objectives.base import OPTIMIZER_NAMES
 
 
@@ -21,9 +22,9 @@ class Signum(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, momentum: float = 0.9) -> None:
         if lr <= 0:
-            raise ValueError(f"Signum lr must be > 0, got {lr}")
+            raise InvalidInput(f"Signum lr must be > 0, got {lr}")
         if not 0 <= momentum < 1:
-            raise ValueError(f"Signum momentum must be in [0, 1), got {momentum}")
+            raise InvalidInput(f"Signum momentum must be in [0, 1), got {momentum}")
         super().__init__(params, {"lr": lr, "momentum": momentum})
 
     @torch.no_grad()
@@ -55,9 +56,9 @@ class ScheduleFreeAdam(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  sign: bool = False) -> None:
         if lr <= 0:
-            raise ValueError(f"ScheduleFreeAdam lr must be > 0, got {lr}")
+            raise InvalidInput(f"ScheduleFreeAdam lr must be > 0, got {lr}")
         if not 0 < betas[0] < 1 or not 0 <= betas[1] < 1:
-            raise ValueError(f"ScheduleFreeAdam betas must be in (0, 1) and [0, 1), got {betas}")
+            raise InvalidInput(f"ScheduleFreeAdam betas must be in (0, 1) and [0, 1), got {betas}")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
         self.sign = sign
 
@@ -125,4 +126,4 @@ def build_optimizer(name: str, params: Iterable[Tensor], lr: float, adam_betas: 
         return ScheduleFreeAdam(params, lr=lr, betas=(0.9, adam_betas[1]))
     if name == "schedule_free_signum":
         return ScheduleFreeAdam(params, lr=lr, betas=(0.9, adam_betas[1]), sign=True)
-    raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZER_NAMES}")
+    raise InvalidInput(f"unknown optimizer {name!r}; choose from {OPTIMIZER_NAMES}")

@@ -6,6 +6,8 @@ import importlib.util
 import logging
 from typing import Any
 
+from saescope.errors import MissingDependency
+
 logger = logging.getLogger("saescope")
 
 
@@ -22,13 +24,13 @@ class ProgressReporter:
             sink = "tensorboard" if log_dir and importlib.util.find_spec("tensorboard") else "none"
         if sink == "tensorboard":
             if not importlib.util.find_spec("tensorboard"):
-                raise ImportError("logger='tensorboard' needs the tensorboard package: pip install tensorboard")
+                raise MissingDependency("logger='tensorboard' needs the tensorboard package: pip install tensorboard")
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=log_dir)
         elif sink == "wandb":
             if not importlib.util.find_spec("wandb"):
-                raise ImportError("logger='wandb' needs the wandb package: pip install wandb")
+                raise MissingDependency("logger='wandb' needs the wandb package: pip install wandb")
             import wandb
 
             self.wandb_run = wandb.init(project="saescope", config=run_config, dir=log_dir)

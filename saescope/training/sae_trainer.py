@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saescope.errors import Diverged, InvalidInput
 from saescope.jobs import SaeJob
 from saescope.objectives import StepContext
 from saescope.saes.base import unit_norm_rows
@@ -144,9 +145,9 @@ class SaeTrainer:
         values = torch.cat([self._running / max(self._running_steps, 1), dead.float().mean().reshape(1)]).tolist()
         l0, fvu, loss, nonfinite, dead_fraction = values
         if nonfinite > 0:
-            raise ValueError(f"{self.name}: the activations contain NaN or inf; clean the data (the batches since the last log step)")
+            raise InvalidInput(f"{self.name}: the activations contain NaN or inf; clean the data (the batches since the last log step)")
         if not math.isfinite(loss):
-            raise FloatingPointError(f"{self.name}: the training loss became {loss}; lower the learning rate (lr={self.base_lr:g})")
+            raise Diverged(f"{self.name}: the training loss became {loss}; lower the learning rate (lr={self.base_lr:g})")
         self.any_dead = dead_fraction > 0
         self._reset_running()
         return {"l0": l0, "fvu": fvu, "loss": loss, "dead_fraction": dead_fraction, "sparsity_coefficient": self.controller.value()}
@@ -176,9 +177,9 @@ class SaeTrainer:
 
     def load_state(self, info: dict[str, Any], tensors: dict[str, Tensor]) -> None:
         if info["architecture"] != self.sae.architecture or info["config"] != self.sae.cfg.to_dict():
-            raise ValueError(f"{self.name}: the checkpoint was written for a different SAE ({info['architecture']}, {info['config']})")
+            raise InvalidInput(f"{self.name}: the checkpoint was written for a different SAE ({info['architecture']}, {info['config']})")
         if info.get("objective") != self.objective.to_dict():
-            raise ValueError(f"{self.name}: the checkpoint was trained with another objective ({info.get('objective')}); resume with the same settings")
+            raise InvalidInput(f"{self.name}: the checkpoint was trained with another objective ({info.get('objective')}); resume with the same settings")
         self.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
         optimizer_state: dict[int, dict[str, Tensor]] = {}
         for key, value in tensors.items():

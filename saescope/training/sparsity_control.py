@@ -33,13 +33,12 @@ class SparsityController:
         total_steps: int,
         warmup_fraction: float,
         device: torch.device | str,
-        gain: float | None = None,
         proportional_gain: float = 0.0,
     ) -> None:
         self.target_l0 = target_l0
         self.total_steps = total_steps
         self.warmup_fraction = warmup_fraction
-        self.gain = gain if gain is not None else min(0.03, 30.0 / max(total_steps, 1))
+        self.gain = min(0.03, 30.0 / max(total_steps, 1))  # integral gain: the whole correction fits in ~30 steps' worth
         self.proportional_gain = proportional_gain
         self._zero = initial <= 0 and target_l0 is None
         self.log_lambda = torch.tensor(math.log(max(initial, 1e-12)), dtype=torch.float32, device=device)

@@ -17,6 +17,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from saescope.errors import InvalidInput
+
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "trainer_state.safetensors"
 
@@ -42,9 +44,9 @@ def load_trainer_state(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[
     try:
         info = json.loads(json_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{json_path}: cannot read the trainer state ({error}); delete the folder to start afresh") from None
+        raise InvalidInput(f"{json_path}: cannot read the trainer state ({error}); delete the folder to start afresh") from None
     try:
         tensors = load_file(str(tensor_path))
     except (SafetensorError, OSError) as error:
-        raise ValueError(f"{tensor_path}: cannot read the trainer state ({error}); delete the folder to start afresh") from None
+        raise InvalidInput(f"{tensor_path}: cannot read the trainer state ({error}); delete the folder to start afresh") from None
     return info, tensors

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from saescope.data import as_source
+from saescope.errors import InvalidInput
 from saescope.jobs import ReadSpec, SaeJob, default_objective
 from saescope.saes import SparseAutoencoder
 from saescope.training.config import TrainConfig
@@ -58,11 +59,11 @@ def as_jobs(items: Sequence[SaeJob | SparseAutoencoder] | Mapping[str, SaeJob | 
             hookpoint = item.cfg.hookpoint
             jobs.append(SaeJob(key, item, default_objective(item), ReadSpec((hookpoint,) if hookpoint else ())))
     if not jobs:
-        raise ValueError("Trainer needs at least one SAE")
+        raise InvalidInput("Trainer needs at least one SAE")
     names = [job.name for job in jobs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"two SAE jobs share the name(s) {duplicates}; give each job its own name")
+        raise InvalidInput(f"two SAE jobs share the name(s) {duplicates}; give each job its own name")
     return jobs
 
 
@@ -145,7 +146,7 @@ class Trainer:
             reporter.close()
         steps_done = min(total_steps, step)
         if steps_done == 0:
-            raise ValueError("no training steps ran: the activation source produced no batches")
+            raise InvalidInput("no training steps ran: the activation source produced no batches")
         self._fitted = True
         return self._finish(steps_done, start_step, time.perf_counter() - started)
 
@@ -160,12 +161,12 @@ class Trainer:
         for trainer in self.trainers:
             if isinstance(batch, Mapping):
                 if trainer.hookpoint is None:
-                    raise ValueError(
+                    raise InvalidInput(
                         f"SAE {trainer.name!r} reads plain arrays, but the data is a dict by hookpoint ({sorted(batch)}); "
                         "give the job reads=ReadSpec(('<hookpoint>',)) or create it with hookpoint=..."
                     )
                 if trainer.hookpoint not in batch:
-                    raise ValueError(
+                    raise InvalidInput(
                         f"SAE {trainer.name!r} reads hookpoint {trainer.hookpoint!r} but the data provides {sorted(batch)}; "
                         "set the SAE's hookpoint to one of them"
                     )
@@ -175,7 +176,7 @@ class Trainer:
             if tensor.shape[-1] != trainer.sae.d_in:
                 label = f" at {trainer.hookpoint!r}" if isinstance(batch, Mapping) else ""
                 where_text = f" (batch {where})" if isinstance(where, int) else f" ({where})"
-                raise ValueError(f"activations{label} have width {tensor.shape[-1]}{where_text}, but SAE {trainer.name!r} expects d_in={trainer.sae.d_in}")
+                raise InvalidInput(f"activations{label} have width {tensor.shape[-1]}{where_text}, but SAE {trainer.name!r} expects d_in={trainer.sae.d_in}")
             if id(tensor) not in moved:
                 moved[id(tensor)] = tensor.to(self.device, non_blocking=True)
             pairs.append((trainer, moved[id(tensor)]))
@@ -187,14 +188,14 @@ class Trainer:
         scales: dict[int, float] = {}
         for trainer, sample in self._route(head, "used for normalisation"):
             if sample.shape[0] == 0:
-                raise ValueError("no activations: the data source is empty")
+                raise InvalidInput("no activations: the data source is empty")
             if id(sample) not in scales:
                 if not torch.isfinite(sample).all():
-                    raise ValueError("the activations contain NaN or inf (found in the normalisation sample); clean the data")
+                    raise InvalidInput("the activations contain NaN or inf (found in the normalisation sample); clean the data")
                 scales[id(sample)] = sample.double().pow(2).sum(dim=1).mean().item()
             mean_squared_norm = scales[id(sample)]
             if mean_squared_norm <= 0:
-                raise ValueError("the activations are all zero; there is nothing to train on")
+                raise InvalidInput("the activations are all zero; there is nothing to train on")
             trainer.set_input_scale(mean_squared_norm, sample.float())
 
     def _finish(self, steps_done: int, start_step: int, seconds: float) -> dict[str, SparseAutoencoder]:
@@ -243,9 +244,9 @@ class Trainer:
         saved = info["train_config"]
         for key in ("total_tokens", "batch_size", "seed", "shuffle"):
             if saved[key] != getattr(self.config, key):
-                raise ValueError(f"{folder}: checkpoint has {key}={saved[key]!r} but this run has {getattr(self.config, key)!r}; use the same settings to resume")
+                raise InvalidInput(f"{folder}: checkpoint has {key}={saved[key]!r} but this run has {getattr(self.config, key)!r}; use the same settings to resume")
         if [s["name"] for s in info["saes"]] != [t.name for t in self.trainers]:
-            raise ValueError(f"{folder}: checkpoint holds SAEs {[s['name'] for s in info['saes']]}, this run has {[t.name for t in self.trainers]}")
+            raise InvalidInput(f"{folder}: checkpoint holds SAEs {[s['name'] for s in info['saes']]}, this run has {[t.name for t in self.trainers]}")
         for trainer, sae_info in zip(self.trainers, info["saes"]):
             prefix = f"{trainer.name}::"
             trainer.load_state(sae_info, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})

@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+from saescope.errors import AlreadyExists
 from saescope.view.data import SuiteData
 from saescope.view.server import static_text
 
@@ -19,7 +20,7 @@ def export_site(folder: str | Path, out: str | Path) -> Path:
     data = SuiteData(folder)
     target = Path(out)
     if target.exists() and any(target.iterdir()) and not (target / "index.html").is_file():
-        raise FileExistsError(f"--export {out}: the folder exists and is not a saescope export; choose an empty or new folder")
+        raise AlreadyExists(f"--export {out}: the folder exists and is not a saescope export; choose an empty or new folder")
     (target / "data").mkdir(parents=True, exist_ok=True)
     html = static_text("index.html").replace("<!--STATIC-->", "<script>window.SAESCOPE_STATIC = true;</script>")
     (target / "index.html").write_text(html, encoding="utf-8")

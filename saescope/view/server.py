@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from saescope.errors import InvalidInput
 from saescope.view.data import SuiteData
 
 logger = logging.getLogger("saescope")
@@ -72,9 +73,9 @@ class PromptInspector:
 
         self._check(n, text)
         if not isinstance(strength, (int, float)) or not -1000 <= strength <= 1000:
-            raise ValueError("strength must be a number in [-1000, 1000]")
+            raise InvalidInput("strength must be a number in [-1000, 1000]")
         if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_STEER_TOKENS:
-            raise ValueError(f"max_new_tokens must be in 1..{MAX_STEER_TOKENS}")
+            raise InvalidInput(f"max_new_tokens must be in 1..{MAX_STEER_TOKENS}")
         with self._lock:
             loaded, sae = self._model_and_sae(n)
             peak = feature_max_activation(self.data.folder / self.data.entries[n]["path"], feature) if isinstance(feature, int) else None
@@ -85,11 +86,11 @@ class PromptInspector:
 
     def _check(self, n: Any, text: Any) -> None:
         if not isinstance(n, int) or not 0 <= n < len(self.data.entries):
-            raise ValueError(f"sae must be an index in 0..{len(self.data.entries) - 1}")
+            raise InvalidInput(f"sae must be an index in 0..{len(self.data.entries) - 1}")
         if not isinstance(text, str) or not text.strip():
-            raise ValueError("text must be a non-empty string")
+            raise InvalidInput("text must be a non-empty string")
         if len(text) > MAX_PROMPT_CHARS:
-            raise ValueError(f"text is longer than {MAX_PROMPT_CHARS} characters")
+            raise InvalidInput(f"text is longer than {MAX_PROMPT_CHARS} characters")
 
     def inspect(self, n: int, text: str, top: int = 5) -> dict[str, Any]:
         import torch
@@ -181,7 +182,7 @@ def make_handler(data: SuiteData, inspector: PromptInspector | None):
             try:
                 request = json.loads(self.rfile.read(length) or b"{}")
                 if not isinstance(request, dict):
-                    raise ValueError("the request body must be a JSON object")
+                    raise InvalidInput("the request body must be a JSON object")
                 if path == "/api/prompt":
                     result = inspector.inspect(request.get("sae"), request.get("text"))
                 else:

@@ -1,0 +1,54 @@
+"""One way to write a file so that a crash never leaves it half-written: write, fsync, rename, fsync the folder.
+
+Every saescope writer (SAE folders, trainer state, suite index, activation-cache shards and manifest,
+interpretation records, exports) goes through ``atomic_write``. The temporary name is unique per call
+(process id and a random suffix), so two writers never share one; the rename is atomic on POSIX, so
+a reader sees the old file or the new one, never a mixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(target: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(temporary_path)``, flush it to disk, then rename it over ``target``."""
+    target = Path(target)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_folder(target.parent)
+    return target
+
+
+def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
+    return atomic_write(target, lambda path: path.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(target: str | os.PathLike, value: Any, **dumps_options: Any) -> Path:
+    return atomic_write_text(target, json.dumps(value, **dumps_options) + "\n")
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
