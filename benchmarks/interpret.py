@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from saescope.checkpoint import load, save_sae
 from saescope.data.tokens import TextContexts
 from saescope.interpret.run import interpret_suite
+from saescope.io.checkpoint import load, save_sae
+from saescope.io.suite_index import FORMAT, write_index
 from saescope.lm.capture import capture
 from saescope.lm.hookpoints import resolve_hookpoints
 from saescope.lm.models import load_model
 from saescope.saes import create_sae
-from saescope.suite.index import FORMAT, write_index
 
 
 def one_sae_suite(folder: Path, sae, hookpoint: str, model: str) -> None:

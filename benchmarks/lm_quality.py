@@ -19,9 +19,10 @@ import time
 import torch
 
 from saescope.data.cache import CachedActivations, read_manifest
+from saescope.data.lm_config import LmDataConfig
+from saescope.evaluation.on_model import evaluate_on_model
 from saescope.jobs import create_job
 from saescope.lm.models import load_model
-from saescope.lm.pipeline import LmDataConfig, evaluate_on_model
 from saescope.training import TrainConfig, Trainer
 
 DEFAULT_VARIANTS = ["topk:adam:default", "jumprelu:adam:default"]
@@ -77,9 +78,10 @@ def main() -> None:
         metrics = evaluate_on_model(loaded, trained, data, description_length=False)
     else:
         from saescope.data.tokens import special_token_ids
+        from saescope.evaluation.metrics import evaluate_sae
+        from saescope.evaluation.on_model import held_out_contexts
+        from saescope.lm.harvest import harvest
         from saescope.lm.hookpoints import resolve_hookpoints
-        from saescope.lm.pipeline import harvest, held_out_contexts
-        from saescope.metrics import evaluate_sae
 
         contexts = held_out_contexts(loaded, data, data.eval_tokens)
         excluded = special_token_ids(loaded.tokenizer)

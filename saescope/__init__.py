@@ -7,10 +7,10 @@ datasets, plotting, a web server) is imported inside the function that needs it.
 from __future__ import annotations
 
 from saescope._version import __version__
-from saescope.checkpoint import save_sae as save
-from saescope.interop.loading import load_sae as load
+from saescope.evaluation.metrics import SaeMetrics, evaluate_sae
+from saescope.io.checkpoint import save_sae as save
+from saescope.io.interop.loading import load_sae as load
 from saescope.jobs import ReadSpec, SaeJob, create_job
-from saescope.metrics import SaeMetrics, evaluate_sae
 from saescope.objectives import OBJECTIVES, Objective, StepContext, register_objective
 from saescope.saes import (
     ARCHITECTURES,
@@ -26,20 +26,20 @@ _LAZY = {
     "load_model": "saescope.lm.models",
     "LoadedModel": "saescope.lm.models",
     "resolve_hookpoints": "saescope.lm.hookpoints",
-    "train_on_model": "saescope.lm.pipeline",
-    "evaluate_on_model": "saescope.lm.pipeline",
-    "SaeSpec": "saescope.lm.pipeline",
-    "LmDataConfig": "saescope.lm.pipeline",
+    "train_on_model": "saescope.training.on_model",
+    "evaluate_on_model": "saescope.evaluation.on_model",
+    "SaeSpec": "saescope.training.on_model",
+    "LmDataConfig": "saescope.data.lm_config",
     "ModelActivationSource": "saescope.lm.stream",
     "TextContexts": "saescope.data.tokens",
-    "write_cache": "saescope.data.cache",
+    "write_cache": "saescope.lm.harvest",
     "CachedActivations": "saescope.data.cache",
-    "splice_evaluate": "saescope.lm.splice_eval",
+    "splice_evaluate": "saescope.evaluation.splice",
     "SuiteConfig": "saescope.suite",
     "train_suite": "saescope.suite",
     "evaluate_suite": "saescope.suite",
     "describe": "saescope.suite",
-    "export_saelens": "saescope.interop",
+    "export_saelens": "saescope.io.interop",
 }
 
 

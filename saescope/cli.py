@@ -29,7 +29,7 @@ def _load_activations(path: str) -> Any:
 
 
 def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
-    from saescope.bench.recovery import (
+    from saescope.synthetic.recovery import (
         RecoveryBenchConfig,
         format_rows,
         run_recovery_benchmark,
@@ -82,9 +82,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser, defaults: bool = True)
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from saescope.data.cache import write_cache
     from saescope.data.text import check_dataset
     from saescope.data.tokens import TextContexts
+    from saescope.lm.harvest import write_cache
     from saescope.lm.models import load_model
     from saescope.lm.stream import ModelActivationSource
 
@@ -163,9 +163,9 @@ def _cmd_train_suite(args: argparse.Namespace) -> int:
 def _cmd_train_array(args: argparse.Namespace) -> int:
     import torch
 
+    from saescope.io.trainer_state import has_trainer_state
     from saescope.jobs import create_job, sets_k
     from saescope.training import TrainConfig, train_saes
-    from saescope.training.state import has_trainer_state
 
     if args.target_l0 is not None and len(args.target_l0) > 1:
         raise InvalidInput("--target-l0 takes one value with --data")
@@ -210,8 +210,8 @@ def _cmd_train_array(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     if args.data is not None:
         return _cmd_eval_array(args)
+    from saescope.io.suite_index import is_suite
     from saescope.suite import evaluate_suite, format_table
-    from saescope.suite.index import is_suite
 
     if not is_suite(args.path):
         hint = " (an SAE folder: add --data ACTIVATIONS.npy)" if (Path(args.path) / "cfg.json").is_file() else ""
@@ -229,8 +229,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_array(args: argparse.Namespace) -> int:
-    from saescope.checkpoint import load
-    from saescope.metrics import evaluate_sae
+    from saescope.evaluation.metrics import evaluate_sae
+    from saescope.io.checkpoint import load
 
     sae = load(args.path)
     metrics = evaluate_sae(sae, _load_activations(args.data), batch_size=args.batch_size)
@@ -275,13 +275,13 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from saescope.interop import export_saelens, load_sae
+    from saescope.io.interop import export_saelens, load_sae
 
     sae = load_sae(args.source, hookpoint=args.hookpoint)
     if args.to == "saelens":
         export_saelens(sae, args.out)
     else:
-        from saescope.checkpoint import save_sae
+        from saescope.io.checkpoint import save_sae
 
         save_sae(sae, args.out)
     print(f"{args.source} ({sae.architecture}, d_in {sae.d_in}, {sae.d_sae} latents) written to {args.out} in {args.to} format")
@@ -289,7 +289,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_steer(args: argparse.Namespace) -> int:
-    from saescope.interop import load_sae
+    from saescope.io.interop import load_sae
     from saescope.lm.models import load_model
     from saescope.steer import Intervention, feature_max_activation, steer_and_compare
 
@@ -335,7 +335,7 @@ def _side_by_side(prompt: str, columns: list[tuple[str, Any]], seed: int) -> str
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from saescope.suite.demo import run_demo
+    from saescope.demo import run_demo
 
     return run_demo(args.out, tokens=args.tokens)
 

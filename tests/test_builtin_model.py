@@ -17,8 +17,9 @@ def _builtin_available() -> bool:
 
 @pytest.mark.skipif(not _builtin_available(), reason="the built-in model wheel is not installed (make test installs it)")
 def test_harvest_train_and_splice_on_the_builtin_model(tmp_path):
-    from saescope.lm.pipeline import LmDataConfig, SaeSpec, train_on_model
+    from saescope.data.lm_config import LmDataConfig
     from saescope.training import TrainConfig
+    from saescope.training.on_model import SaeSpec, train_on_model
 
     config = TrainConfig(total_tokens=6144, batch_size=512, progress=False, normalization_tokens=1024, device="cpu")
     data = LmDataConfig(dataset="pydocs", context_size=64, batch_contexts=16, eval_tokens=512, shuffle_buffer_tokens=2048)

@@ -14,8 +14,9 @@ import torch
 from lm_helpers import tiny_loaded, write_corpus
 
 import saescope.data.cache as cache_module
-from saescope.data.cache import CachedActivations, read_manifest, write_cache
+from saescope.data.cache import CachedActivations, read_manifest
 from saescope.data.tokens import TextContexts
+from saescope.lm.harvest import write_cache
 from saescope.lm.stream import ModelActivationSource
 
 HOOKPOINTS = ["layers.0.resid_post", "layers.1.mlp_out"]
@@ -154,8 +155,9 @@ def test_sigkill_during_writing_then_resume(loaded, tmp_path):
 
 
 def test_training_from_the_cache_uses_the_same_api(loaded, tmp_path):
-    from saescope.lm.pipeline import LmDataConfig, SaeSpec, train_on_model
+    from saescope.data.lm_config import LmDataConfig
     from saescope.training import TrainConfig
+    from saescope.training.on_model import SaeSpec, train_on_model
 
     corpus = write_corpus(tmp_path / "c.txt")
     write_cache(_source(loaded, corpus), tmp_path / "cache", 3000, shard_tokens=1000, progress=False)
@@ -163,13 +165,16 @@ def test_training_from_the_cache_uses_the_same_api(loaded, tmp_path):
     data = LmDataConfig(eval_tokens=256, eval_fraction=0.2)
     results = train_on_model(loaded, ["layers.*.resid_post"], [SaeSpec("topk", width=64, target_l0=4)], config, data, cache=str(tmp_path / "cache"))
     assert list(results) == ["layers.0.resid_post/topk-w64-l0_4"]
-    assert data.dataset == corpus and data.context_size == 32  # evaluation follows the cache's corpus
+    assert data.dataset == "pydocs" and data.context_size == 128  # the caller's config is not changed
     metrics = results["layers.0.resid_post/topk-w64-l0_4"][1]
     # The clean loss, against the model's own loss on the same held-out contexts (every token here is
     # ordinary text after BOS, so the scored positions are all next-token predictions but BOS's target).
-    from saescope.lm.pipeline import held_out_contexts
+    from saescope.evaluation.on_model import held_out_contexts
 
-    contexts = held_out_contexts(loaded, data, data.eval_tokens)
+    from dataclasses import replace
+
+    # evaluation follows the cache's corpus and context size: the reference reads exactly those
+    contexts = held_out_contexts(loaded, replace(data, dataset=corpus, context_size=32), data.eval_tokens)
     labels = contexts.clone()
     labels[torch.isin(labels, torch.tensor([loaded.tokenizer.bos_token_id, loaded.tokenizer.eos_token_id, loaded.tokenizer.pad_token_id]))] = -100
     with torch.no_grad():

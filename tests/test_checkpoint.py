@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import saescope
-from saescope.checkpoint import save_sae
+from saescope.io.checkpoint import save_sae
 from saescope.jobs import create_job
 from saescope.saes import ARCHITECTURES, create_sae
 

@@ -31,9 +31,9 @@ from saescope import (
     register_objective,
     train_saes,
 )
-from saescope.bench.synthetic import SyntheticActivations, SyntheticConfig
 from saescope.objectives import loss_output, squared_error
 from saescope.saes import SaeConfig
+from saescope.synthetic.synthetic import SyntheticActivations, SyntheticConfig
 
 NAME = "test_two_prefix_topk"
 

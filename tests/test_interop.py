@@ -10,8 +10,8 @@ from safetensors.numpy import save_file
 
 import saescope
 from saescope import create_sae
-from saescope.checkpoint import save_sae
-from saescope.interop import (
+from saescope.io.checkpoint import save_sae
+from saescope.io.interop import (
     detect_format,
     export_saelens,
     load_gemma_scope,

@@ -51,8 +51,8 @@ def test_interpret_writes_compact_records(interpreted):
         assert len(record["logits"]["top"]) == 10 and len(record["similar"]) == 5
         assert record["adjacent"] and record["adjacent"][0]["sae"] == "layers.0.resid_post/topk-w64-l0_4"
     # The densities in the summary, against a brute-force pass over the same contexts with the saved SAE.
-    from saescope.checkpoint import load
     from saescope.data.tokens import TextContexts, special_token_ids, trainable_mask
+    from saescope.io.checkpoint import load
     from saescope.lm.capture import capture_dict
     from saescope.lm.hookpoints import resolve_hookpoints
 

@@ -6,15 +6,16 @@ import pytest
 import torch
 from lm_helpers import tiny_loaded, write_corpus
 
+from saescope.data.lm_config import LmDataConfig
 from saescope.data.shuffle_buffer import MultiShuffleBuffer
 from saescope.data.tokens import TextContexts, trainable_mask
+from saescope.evaluation.splice import sae_splice, splice_evaluate
 from saescope.lm.capture import capture_dict, replace_activation
 from saescope.lm.hookpoints import resolve_hookpoints
-from saescope.lm.pipeline import LmDataConfig, SaeSpec, train_on_model
-from saescope.lm.splice_eval import sae_splice, splice_evaluate
 from saescope.lm.stream import ModelActivationSource
 from saescope.saes import create_sae
 from saescope.training import TrainConfig, Trainer
+from saescope.training.on_model import SaeSpec, train_on_model
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from saescope.metrics import (
+from saescope.evaluation.metrics import (
     ReconstructionStats,
     density_histogram,
     evaluate_sae,

@@ -5,7 +5,7 @@ import torch
 from lm_helpers import tiny_loaded
 
 from saescope import create_sae
-from saescope.checkpoint import save_sae
+from saescope.io.checkpoint import save_sae
 from saescope.lm.hookpoints import resolve_hookpoints
 from saescope.steer import Intervention, Steering, generate, measure, steer_and_compare
 

@@ -13,6 +13,7 @@ import pytest
 from lm_helpers import save_tiny_model, tiny_suite_config, write_corpus
 
 from saescope.cli import main
+from saescope.io.suite_index import read_index
 from saescope.suite import (
     SuiteConfig,
     SuiteConfigError,
@@ -21,7 +22,6 @@ from saescope.suite import (
     format_table,
     train_suite,
 )
-from saescope.suite.index import read_index
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -257,7 +257,7 @@ def test_cli_errors(model_dir, corpus, tmp_path):
 
 
 def test_demo_runs_trains_evaluates_and_reuses(model_dir, corpus, tmp_path, monkeypatch, capsys):
-    from saescope.suite import demo
+    from saescope import demo
 
     monkeypatch.setattr(demo, "DEMO_CONFIG", small_config(model_dir, corpus, widths=[64], target_l0s=[4]))
     messages = []

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from saescope.bench.synthetic import SyntheticActivations, SyntheticConfig
+from saescope.evaluation.metrics import evaluate_sae
 from saescope.jobs import create_job
-from saescope.metrics import evaluate_sae
 from saescope.saes import create_sae
+from saescope.synthetic.synthetic import SyntheticActivations, SyntheticConfig
 from saescope.training import SaeTrainer, TrainConfig, Trainer, train_saes
 
 
@@ -178,3 +178,21 @@ def test_firing_rate_reaches_the_objective_as_a_running_average():
     counts = (job.sae.encode(x) > 0).float().mean(dim=0)
     assert trainer.firing_rate.sum().item() == pytest.approx(4.0, rel=1e-4)  # k=4 per token, bias-corrected from step 1
     assert torch.allclose(seen[1], counts, atol=1e-5) and torch.allclose(trainer.firing_rate, counts, atol=1e-5)
+
+
+def test_a_checkpoint_is_one_atomic_step_and_a_changed_tensor_file_is_refused(tmp_path):
+    from saescope.io.trainer_state import STATE_JSON, load_trainer_state, save_trainer_state
+
+    folder = tmp_path / "ckpt"
+    save_trainer_state(folder, {"step": 10}, {"w": torch.zeros(3)})
+    save_trainer_state(folder, {"step": 20}, {"w": torch.ones(3)})
+    assert sorted(p.name for p in folder.iterdir()) == sorted([STATE_JSON, "trainer_state.000000020.safetensors"])
+    info, tensors = load_trainer_state(folder)
+    assert info["step"] == 20 and torch.equal(tensors["w"], torch.ones(3))
+    # A kill after the new tensors were renamed but before the JSON was: the old JSON still names a whole file.
+    stale_json = (folder / STATE_JSON).read_text()
+    save_trainer_state(folder, {"step": 30}, {"w": torch.full((3,), 3.0)})
+    (folder / "trainer_state.000000020.safetensors").write_bytes((folder / "trainer_state.000000030.safetensors").read_bytes())
+    (folder / STATE_JSON).write_text(stale_json)
+    with pytest.raises(ValueError, match="checksum does not match"):
+        load_trainer_state(folder)

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from saescope.errors import AlreadyExists, InvalidInput, MissingFile
+from saescope.io.atomic import atomic_write, atomic_write_json
 
 MANIFEST = "manifest.json"
 FORMAT = "saescope-activation-cache"
@@ -61,21 +61,15 @@ def _from_numpy(array: np.ndarray, dtype_name: str) -> Tensor:
 
 
 def _write_json_atomic(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as handle:
-        json.dump(value, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, value, indent=2)
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as handle:
-        np.save(handle, array)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    def write(temporary: Path) -> None:
+        with temporary.open("wb") as handle:
+            np.save(handle, array)
+
+    atomic_write(path, write)
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
@@ -163,63 +157,6 @@ class CacheWriter:
         digest = hashlib.sha256("".join(self.manifest["shard_digests"]).encode()).hexdigest()
         self.manifest.update(complete=True, corpus_fingerprint=digest)
         _write_json_atomic(self.path / MANIFEST, self.manifest)
-
-
-def write_cache(
-    source: Any,
-    path: str | os.PathLike,
-    n_tokens: int,
-    dtype: str = "float32",
-    shard_tokens: int = 65_536,
-    resume: bool = False,
-    metadata: dict[str, Any] | None = None,
-    progress: bool = True,
-    shuffle: bool = False,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Harvest ``n_tokens`` activations from a ``ModelActivationSource`` into a cache at ``path``.
-
-    Contexts are read in corpus order, or with ``shuffle`` in a seeded random order (so that a cache
-    smaller than the corpus is a random sample of it). Readers shuffle tokens again. Returns the
-    final manifest.
-    """
-    from saescope.lm.capture import capture, masked_collector
-
-    loaded, contexts = source.loaded, source.contexts
-    meta = {"model": loaded.model_id, "dataset": contexts.dataset, "context_size": contexts.context_size,
-            "context_order": f"shuffled(seed={seed})" if shuffle else "corpus", **(metadata or {})}
-    writer = CacheWriter(path, source.d_in, dtype, meta, resume=resume)
-    if writer.manifest.get("complete"):
-        return writer.manifest
-    pending: dict[str, list[Tensor]] = {name: [] for name in source.names}
-    pending_rows = 0
-    digest = hashlib.sha256()
-    contexts_read = writer.contexts_read
-    bar = tqdm(total=n_tokens, initial=writer.n_tokens, unit="tok", desc="caching", disable=not progress)
-    try:
-        for input_ids in contexts.iter_batches(source.batch_contexts, seed=seed, shuffle=shuffle, start=contexts_read):
-            if writer.n_tokens + pending_rows >= n_tokens:
-                break
-            input_ids = input_ids.to(source.device)
-            flat = source.position_mask(input_ids)
-            capture(loaded.model, source.points, masked_collector(pending, flat), input_ids)
-            digest.update(input_ids.cpu().numpy().tobytes())
-            contexts_read += input_ids.shape[0]
-            rows = int(flat.sum())
-            pending_rows += rows
-            bar.update(rows)
-            if pending_rows >= shard_tokens or writer.n_tokens + pending_rows >= n_tokens:
-                writer.write_shard({k: torch.cat(v) for k, v in pending.items()}, contexts_read, digest.hexdigest())
-                pending = {name: [] for name in source.names}
-                pending_rows, digest = 0, hashlib.sha256()
-        if pending_rows:
-            writer.write_shard({k: torch.cat(v) for k, v in pending.items()}, contexts_read, digest.hexdigest())
-    finally:
-        bar.close()
-    if writer.n_tokens == 0:
-        raise InvalidInput(f"dataset {contexts.dataset!r} produced no tokens to cache")
-    writer.finish()
-    return writer.manifest
 
 
 class CachedActivations:

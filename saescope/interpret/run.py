@@ -38,12 +38,12 @@ def interpret_suite(
     loaded: Any = None,
 ) -> dict[str, Any]:
     """Interpret every SAE of the suite at ``path`` over about ``tokens`` tokens; returns a summary."""
-    from saescope.checkpoint import load
     from saescope.data.tokens import TextContexts, special_token_ids, trainable_mask
+    from saescope.io.checkpoint import load
+    from saescope.io.suite_index import read_index
     from saescope.lm.capture import capture
     from saescope.lm.hookpoints import resolve_hookpoints
     from saescope.lm.models import load_model
-    from saescope.suite.index import read_index
 
     folder = Path(path)
     index = read_index(folder)

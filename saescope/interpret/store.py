@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from saescope.interpret.collect import NO_TOKEN, FeatureStats, quantile_examples
+from saescope.io.atomic import atomic_write_text
 
 SHARD_SIZE = 128
 FORMAT_VERSION = 1
@@ -130,6 +130,4 @@ def _round(values: list[float]) -> list[float]:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
-    os.replace(temporary, path)
+    atomic_write_text(path, json.dumps(value, separators=(",", ":"), ensure_ascii=False))

@@ -73,7 +73,8 @@ class _JumpReLURecipe(Objective):
 
     def prepare(self, sae: SparseAutoencoder) -> None:
         assert isinstance(sae, JumpReLUSae)
-        sae.reset_parameters(self.decoder_init_norm)
+        if self.decoder_init_norm != 1.0:
+            sae.set_decoder_row_norm(self.decoder_init_norm)
         sae.set_threshold(self._pick(self.threshold_init, self.recipe_threshold_init))
 
     @torch.no_grad()

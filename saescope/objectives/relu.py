@@ -46,7 +46,7 @@ class ReLUObjective(Objective):
         return 20.0 / target_l0  # measured: λ ≈ 5 gives L0 ≈ 4 on E‖x‖² = d_in inputs
 
     def prepare(self, sae: SparseAutoencoder) -> None:
-        sae.reset_parameters(self.decoder_init_norm)
+        sae.set_decoder_row_norm(self.decoder_init_norm)
 
     def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
         feature_acts = sae.encode(x)

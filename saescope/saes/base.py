@@ -114,6 +114,12 @@ class SparseAutoencoder(nn.Module):
             self.b_enc.zero_()
             self.b_dec.zero_()
 
+    @torch.no_grad()
+    def set_decoder_row_norm(self, norm: float) -> None:
+        """Rescale every decoder row to ``norm`` and tie the encoder to it (W_enc = W_dec^T), keeping directions."""
+        self.W_dec.mul_(norm / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        self.W_enc.copy_(self.W_dec.T)
+
     # -- inference --------------------------------------------------------------------------------
     @property
     def d_in(self) -> int:

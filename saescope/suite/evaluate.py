@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from saescope.errors import InvalidInput
-from saescope.suite.index import read_index, write_index
+from saescope.io.atomic import atomic_write_json
+from saescope.io.suite_index import read_index, write_index
 
 COLUMNS = [
     ("l0", "L0", "{:.1f}"),
@@ -61,7 +62,7 @@ def evaluate_suite(
                     | {key: metrics.get(key) for key in REQUIRED}
                     | {"eval_tokens": metrics.get("n_tokens"), "density_histogram": metrics.get("density_histogram")})
     write_index(folder, index)
-    (folder / "eval.json").write_text(json.dumps({"model": index.get("model"), "dataset": index.get("dataset"), "saes": rows}, indent=2) + "\n")
+    atomic_write_json(folder / "eval.json", {"model": index.get("model"), "dataset": index.get("dataset"), "saes": rows}, indent=2)
     _write_csv(folder / "eval.csv", rows)
     if plots:
         from saescope.suite.plots import write_plots
@@ -104,9 +105,10 @@ def _complete(metrics: dict[str, Any], wanted_tokens: int) -> bool:
 
 
 def _measure(folder: Path, index: dict[str, Any], paths: list[str], eval_tokens: int, progress: bool, device: str | None) -> dict[str, dict[str, Any]]:
-    from saescope.checkpoint import load
+    from saescope.data.lm_config import LmDataConfig
+    from saescope.evaluation.on_model import evaluate_on_model, ordered_metrics
+    from saescope.io.checkpoint import load
     from saescope.lm.models import load_model
-    from saescope.lm.pipeline import LmDataConfig, _metrics_for_file, evaluate_on_model
 
     config = index.get("config", {})
     model_id = config.get("model") or index.get("model")
@@ -122,7 +124,7 @@ def _measure(folder: Path, index: dict[str, Any], paths: list[str], eval_tokens:
         previous = _read_metrics(folder / p)
         if "training" in previous:
             values["training"] = previous["training"]
-        (folder / p / "metrics.json").write_text(json.dumps(_metrics_for_file(values), indent=2) + "\n")
+        atomic_write_json(folder / p / "metrics.json", ordered_metrics(values), indent=2)
     return measured
 
 

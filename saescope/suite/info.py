@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from saescope.errors import InvalidInput, MissingFile
-from saescope.suite.index import is_suite, read_index
+from saescope.io.suite_index import is_suite, read_index
 
 
 def describe(path: str | Path) -> str:

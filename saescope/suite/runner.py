@@ -15,19 +15,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from saescope.io.suite_index import (
+    FORMAT,
+    is_suite,
+    read_index,
+    sae_folder_name,
+    write_index,
+)
 from saescope.jobs import sets_k
 from saescope.suite.config import (
     SuiteConfig,
     SuiteConfigError,
     parse_width,
     resolve_width,
-)
-from saescope.suite.index import (
-    FORMAT,
-    is_suite,
-    read_index,
-    sae_folder_name,
-    write_index,
 )
 from saescope.suite.preflight import PlannedSae, check, estimate
 
@@ -60,8 +60,9 @@ def train_suite(
     With ``resume=True`` a run killed after a checkpoint continues from it (same config).
     """
     from saescope._version import __version__
-    from saescope.lm.pipeline import LmDataConfig, SaeSpec, train_on_model
+    from saescope.data.lm_config import LmDataConfig
     from saescope.training import TrainConfig
+    from saescope.training.on_model import SaeSpec, train_on_model
 
     config = as_config(config)
     out = Path(out)
@@ -135,7 +136,7 @@ def train_suite(
 
 # -- steps ---------------------------------------------------------------------------------------------
 def _check_output_folder(out: Path, config: SuiteConfig, resume: bool, checkpoint_dir: Path) -> None:
-    from saescope.training.state import has_trainer_state
+    from saescope.io.trainer_state import has_trainer_state
 
     if resume:
         if not has_trainer_state(checkpoint_dir):
@@ -159,9 +160,10 @@ def _load_and_resolve(config: SuiteConfig) -> tuple[Any, dict[str, int], str, fl
     from saescope.lm.stream import hookpoint_width
 
     if config.cache is not None:
-        from saescope.lm.pipeline import LmDataConfig, _cache_source
+        from saescope.lm.cache_source import cache_source
 
-        _source, widths, model_id = _cache_source(config.cache, config.hookpoints, LmDataConfig())
+        _source, widths, manifest = cache_source(config.cache, config.hookpoints)
+        model_id = manifest.get("model", "unknown")
         loaded = None
         if config.eval_tokens > 0:
             loaded = load_model(config.model or model_id, device=config.device, dtype=config.dtype)
@@ -219,7 +221,9 @@ def _entry(planned: PlannedSae) -> dict[str, Any]:
 def _write_config_copy(out: Path, config: SuiteConfig) -> None:
     import yaml
 
-    (out / CONFIG_COPY).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    from saescope.io.atomic import atomic_write_text
+
+    atomic_write_text(out / CONFIG_COPY, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def _parameter_count(loaded: Any) -> int:

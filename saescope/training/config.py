@@ -36,7 +36,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     """Steps between resumable checkpoints (needs checkpoint_dir)."""
     checkpoint_dir: str | None = None
-    """Folder for trainer_state.json / trainer_state.safetensors."""
+    """Folder for trainer_state.json and the trainer_state.<step>.safetensors it names."""
     seed: int = 0
     """Seeds data shuffling (SAEs are initialised when created: seed torch before create_sae)."""
     shuffle: bool = True

@@ -19,16 +19,16 @@ from torch import Tensor
 
 from saescope.data import as_source
 from saescope.errors import InvalidInput
+from saescope.io.trainer_state import (
+    has_trainer_state,
+    load_trainer_state,
+    save_trainer_state,
+)
 from saescope.jobs import ReadSpec, SaeJob, default_objective
 from saescope.saes import SparseAutoencoder
 from saescope.training.config import TrainConfig
 from saescope.training.progress import ProgressReporter
 from saescope.training.sae_trainer import SaeTrainer
-from saescope.training.state import (
-    has_trainer_state,
-    load_trainer_state,
-    save_trainer_state,
-)
 
 logger = logging.getLogger("saescope")
 Callback = Callable[[int, dict[str, dict[str, float]]], None]
@@ -264,7 +264,7 @@ def train_saes(
     resume: bool = False,
 ) -> dict[str, SparseAutoencoder]:
     """Train ``jobs`` (or bare SAEs) on ``data`` and, if ``out_dir`` is given, save each to ``out_dir/<name>``."""
-    from saescope.checkpoint import save_sae
+    from saescope.io.checkpoint import save_sae
 
     trained = Trainer(jobs, config).fit(data, resume=resume)
     if out_dir is not None:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from saescope.suite.index import read_index
+from saescope.io.suite_index import read_index
 
 _KEY = re.compile(r"^sae/(\d+)/(summary|vocab|features/(\d+))$")
 

@@ -54,7 +54,7 @@ class PromptInspector:
 
     def _model_and_sae(self, n: int) -> tuple[Any, Any]:
         """Load the model and SAE ``n`` once; call with the lock held."""
-        from saescope.checkpoint import load
+        from saescope.io.checkpoint import load
         from saescope.lm.models import load_model
 
         if self._loaded is None:

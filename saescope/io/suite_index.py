@@ -13,11 +13,11 @@ killed run still says what it was doing. Writes are atomic.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from saescope.errors import InvalidInput, MissingFile
+from saescope.io.atomic import atomic_write_json
 
 INDEX_NAME = "suite.json"
 FORMAT = "saescope-suite"
@@ -30,10 +30,7 @@ def sae_folder_name(architecture: str, width: int, target_l0: float) -> str:
 def write_index(folder: str | Path, index: dict[str, Any]) -> Path:
     path = Path(folder) / INDEX_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(temporary, path)
-    return path
+    return atomic_write_json(path, index, indent=2)
 
 
 def is_suite(folder: str | Path) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from saescope.errors import MissingDependency, MissingFile
-from saescope.interop.formats import detect_format, load_gemma_scope, load_saelens
+from saescope.io.interop.formats import detect_format, load_gemma_scope, load_saelens
 from saescope.saes import SparseAutoencoder
 
 
@@ -27,7 +27,7 @@ def load_sae(path: str | Path, device: str = "cpu", hookpoint: str | None = None
     else:
         raise MissingFile(f"{path}: no such SAE folder or file (a hub id looks like owner/repo/path/in/repo)")
     if kind == "saescope":
-        from saescope.checkpoint import load
+        from saescope.io.checkpoint import load
 
         sae = load(str(local), device=device)
     elif kind == "saelens":
@@ -35,7 +35,7 @@ def load_sae(path: str | Path, device: str = "cpu", hookpoint: str | None = None
     else:
         sae = load_gemma_scope(local, hookpoint=hookpoint)
         if hookpoint is None and sae.cfg.hookpoint is None:
-            from saescope.interop.formats import gemma_scope_hookpoint
+            from saescope.io.interop.formats import gemma_scope_hookpoint
 
             sae.cfg.hookpoint = gemma_scope_hookpoint(source)
     if hookpoint is not None:

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from saescope.checkpoint import load_checked_tensors
 from saescope.errors import InvalidInput, MissingFile
+from saescope.io.atomic import atomic_write, atomic_write_json
+from saescope.io.checkpoint import load_checked_tensors
 from saescope.saes import SparseAutoencoder, create_sae, get_architecture
 
 GEMMA_SCOPE_SITES = {"res": "resid_post", "mlp": "mlp_out", "att": "attn_z"}
@@ -179,6 +180,6 @@ def export_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
     if sae.architecture == "topk":
         cfg["k"] = int(sae.cfg.k)
         cfg["rescale_acts_by_decoder_norm"] = False
-    save_file(tensors, str(folder / "sae_weights.safetensors"))
-    (folder / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    atomic_write(folder / "sae_weights.safetensors", lambda path: save_file(tensors, str(path)))
+    atomic_write_json(folder / "cfg.json", cfg, indent=2)
     return folder

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from saescope.bench.synthetic import VARIANTS, SyntheticActivations, SyntheticConfig
 from saescope.errors import InvalidInput
+from saescope.evaluation.metrics import evaluate_sae, mmcs
 from saescope.jobs import SaeJob, create_job
-from saescope.metrics import evaluate_sae, mmcs
+from saescope.synthetic.synthetic import VARIANTS, SyntheticActivations, SyntheticConfig
 from saescope.training import TrainConfig, Trainer
 
 RECOVERY_COSINE = 0.9

@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from saescope.errors import InvalidInput, MissingFile
+from saescope.io.atomic import atomic_write, atomic_write_json
 from saescope.saes import SparseAutoencoder, get_architecture
 
 CONFIG_NAME = "cfg.json"
@@ -42,8 +43,8 @@ def save_sae(sae: SparseAutoencoder, path: str | os.PathLike, **extra: Any) -> P
         "saescope_version": __version__,
         **extra,
     }
-    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp)))
-    _atomic_write(folder / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2, default=_json_default) + "\n"))
+    atomic_write(folder / WEIGHTS_NAME, lambda path: save_file(tensors, str(path)))
+    atomic_write_json(folder / CONFIG_NAME, cfg, indent=2, default=_json_default)
     return folder
 
 
@@ -114,12 +115,6 @@ def load_checked_tensors(sae: SparseAutoencoder, tensors: dict[str, torch.Tensor
         if not torch.isfinite(tensors[name]).all():
             raise InvalidInput(f"{source}: {name} contains NaN or inf; the SAE diverged or the file is corrupt")
     sae.load_export_tensors({name: t.float() for name, t in tensors.items()})
-
-
-def _atomic_write(target: Path, write) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    write(tmp)
-    os.replace(tmp, target)
 
 
 def _json_default(value: Any) -> Any:

@@ -33,9 +33,9 @@ INTERPRET_TOKENS = 32_768
 
 def run_demo(out: str | Path = "demo-suite", tokens: int | None = None, report=None) -> int:
     from saescope.interpret.run import interpret_suite
+    from saescope.io.suite_index import is_suite, read_index
+    from saescope.io.trainer_state import has_trainer_state
     from saescope.suite import SuiteConfig, evaluate_suite, format_table, train_suite
-    from saescope.suite.index import is_suite, read_index
-    from saescope.training.state import has_trainer_state
     from saescope.view import export_site
 
     say = report or (lambda line: print(line, file=sys.stderr, flush=True))

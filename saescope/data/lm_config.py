@@ -1,0 +1,27 @@
+"""Where a language model's text comes from and how it is cut, for training and for held-out evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class LmDataConfig:
+    dataset: str = "pydocs"
+    """pydocs (built in), a .txt/.jsonl/.parquet file, a saved datasets folder or a hub dataset id."""
+    text_field: str = "text"
+    """Text column of .jsonl/.parquet/datasets sources."""
+    split: str = "train"
+    """Split of a datasets source."""
+    context_size: int = 128
+    """Tokens per context (with BOS)."""
+    batch_contexts: int = 16
+    """Contexts per LM forward."""
+    shuffle_buffer_tokens: int = 65_536
+    """Tokens held in the shuffle buffer between the model and the trainer."""
+    eval_fraction: float = 0.05
+    """Share of documents held out (by a hash of their text) for evaluation."""
+    eval_tokens: int = 16_384
+    """Held-out tokens for the in-model evaluation (0 skips it)."""
+    exclude_special: bool = True
+    """Leave BOS/EOS/pad positions out of training and scoring."""

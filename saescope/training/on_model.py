@@ -1,0 +1,137 @@
+"""Train SAEs on a language model's activations, end to end.
+
+``train_on_model`` streams the model's activations at every requested hookpoint into one ``Trainer``
+(one forward feeds every SAE), or reads them from an activation cache, then evaluates each SAE on
+held-out text and writes it to ``OUT/<hookpoint>/<arch>-w<width>-<sparsity>/`` with ``cfg.json``,
+``sae_weights.safetensors`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saescope.data.lm_config import LmDataConfig
+from saescope.data.text import check_dataset
+from saescope.data.tokens import TextContexts
+from saescope.errors import InvalidInput
+from saescope.evaluation.on_model import evaluate_on_model, ordered_metrics
+from saescope.io.atomic import atomic_write_json
+from saescope.io.checkpoint import save_sae
+from saescope.jobs import SaeJob, create_job, sets_k
+from saescope.lm.cache_source import cache_source
+from saescope.lm.models import LoadedModel, load_model
+from saescope.lm.stream import ModelActivationSource
+from saescope.saes import ARCHITECTURES, SparseAutoencoder
+from saescope.training.config import TrainConfig
+from saescope.training.trainer import Trainer
+
+
+@dataclass
+class SaeSpec:
+    """One SAE to train at every requested hookpoint."""
+
+    architecture: str = "jumprelu"
+    width: int | None = None
+    """Latents; None: expansion × d_in."""
+    expansion: float = 8
+    target_l0: float | None = None
+    """Target L0 (k for topk/batchtopk)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra SAE or training fields (e.g. objective="jumprelu_tanh", aux_k=64, threshold_param="log")."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise InvalidInput(f"unknown architecture {self.architecture!r}; choose from {sorted(ARCHITECTURES)}")
+        if self.width is not None and self.width <= 0:
+            raise InvalidInput(f"width must be a positive integer, got {self.width}")
+        if sets_k(self.architecture, self.options.get("objective")) and self.target_l0 is None and "k" not in self.options:
+            raise InvalidInput(f"{self.architecture} needs a target L0 (its k)")
+
+    def resolved_width(self, d_in: int) -> int:
+        return self.width or max(1, int(round(self.expansion * d_in)))
+
+    def folder_name(self, d_in: int) -> str:
+        width = self.resolved_width(d_in)
+        sparsity = f"l0_{self.target_l0:g}" if self.target_l0 is not None else "fixed"
+        return f"{self.architecture}-w{width}-{sparsity}"
+
+    def build(self, d_in: int, hookpoint: str, model_id: str, name: str) -> SaeJob:
+        width = self.resolved_width(d_in)
+        options = dict(self.options)
+        if self.target_l0 is not None:
+            options.setdefault("target_l0", self.target_l0)  # TopK/BatchTopK take k = round(target_l0)
+        return create_job(self.architecture, d_in, width, name=name, reads=hookpoint, model_id=model_id, **options)
+
+
+def train_on_model(
+    model: str | LoadedModel | None,
+    hookpoints: str | list[str],
+    specs: list[SaeSpec],
+    train: TrainConfig,
+    data: LmDataConfig | None = None,
+    out_dir: str | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
+    seed: int = 0,
+    cache: str | None = None,
+) -> dict[str, tuple[SparseAutoencoder, dict[str, Any]]]:
+    """Train every spec at every hookpoint from one pass over the model; evaluate; save.
+
+    With ``cache`` (a folder written by ``saescope cache``) the activations come from disk instead;
+    the model named in its manifest (or ``model``) is loaded only for the held-out evaluation, on the
+    cache's dataset and context size. Returns ``{"<hookpoint>/<folder>": (sae, metrics)}``.
+    """
+    data = data or LmDataConfig()
+    if not specs:
+        raise InvalidInput("no SAEs to train: give at least one architecture")
+    if cache is not None:
+        source, widths, manifest = cache_source(cache, hookpoints)
+        # Evaluate on the text the cache was harvested from (a copy: the caller's config is left alone).
+        data = replace(data, dataset=manifest.get("dataset", data.dataset), context_size=int(manifest.get("context_size", data.context_size)))
+        model_id = manifest.get("model", "unknown")
+        needs_model = data.eval_tokens > 0
+        model = model if model is not None else model_id
+    else:
+        needs_model = True
+    if model is None:
+        raise InvalidInput("give a model (or a cache, whose manifest names its model)")
+    check_dataset(data.dataset)
+    loaded = None
+    if needs_model:
+        loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device or train.device, dtype=dtype)
+        model_id = loaded.model_id
+    if cache is None:
+        assert loaded is not None
+        contexts = TextContexts(
+            data.dataset, loaded.tokenizer, data.context_size, part="train", eval_fraction=data.eval_fraction,
+            text_field=data.text_field, split=data.split,
+        )
+        source = ModelActivationSource(
+            loaded, contexts, hookpoints, batch_contexts=data.batch_contexts,
+            shuffle_buffer_tokens=data.shuffle_buffer_tokens, exclude_special=data.exclude_special,
+        )
+        widths = dict(source.d_in)
+    torch.manual_seed(seed)
+    jobs: dict[str, SaeJob] = {}
+    for hookpoint, d_in in widths.items():
+        for spec in specs:
+            key = f"{hookpoint}/{spec.folder_name(d_in)}"
+            if key in jobs:
+                raise InvalidInput(f"two SAEs would share the folder {key}; give them different widths or target L0s")
+            jobs[key] = spec.build(d_in, hookpoint, model_id, key)
+    if out_dir is not None and train.checkpoint_every and not train.checkpoint_dir:
+        train = replace(train, checkpoint_dir=str(Path(out_dir) / "checkpoint"))
+    trained = Trainer(list(jobs.values()), train).fit(source, resume=resume)
+    metrics = evaluate_on_model(loaded, trained, data, progress=train.progress) if loaded is not None and data.eval_tokens > 0 else {name: {} for name in trained}
+    for name, sae in trained.items():
+        metrics[name]["training"] = sae.training_summary
+        if out_dir is not None:
+            folder = Path(out_dir) / name
+            save_sae(sae, folder, context_size=data.context_size, dataset=data.dataset)
+            atomic_write_json(folder / "metrics.json", ordered_metrics(metrics[name]), indent=2)
+    return {name: (trained[name], metrics[name]) for name in trained}
