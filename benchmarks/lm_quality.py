@@ -73,9 +73,9 @@ def main() -> None:
     seconds = time.perf_counter() - started
 
     loaded = load_model(manifest["model"], device="cpu")
-    data = LmDataConfig(dataset=manifest["dataset"], context_size=manifest["context_size"], eval_tokens=args.eval_tokens)
+    data = LmDataConfig(dataset=manifest["dataset"], context_size=manifest["context_size"])
     if args.delta_lm:
-        metrics = evaluate_on_model(loaded, trained, data, description_length=False)
+        metrics = evaluate_on_model(loaded, trained, data, args.eval_tokens, description_length=False)
     else:
         from saescope.data.tokens import special_token_ids
         from saescope.evaluation.metrics import evaluate_sae
@@ -83,7 +83,7 @@ def main() -> None:
         from saescope.lm.harvest import harvest
         from saescope.lm.hookpoints import resolve_hookpoints
 
-        contexts = held_out_contexts(loaded, data, data.eval_tokens)
+        contexts = held_out_contexts(loaded, data, args.eval_tokens)
         excluded = special_token_ids(loaded.tokenizer)
         acts = harvest(loaded, resolve_hookpoints(loaded.model, hookpoint), contexts, excluded)[hookpoint]
         metrics = {name: evaluate_sae(sae, acts, description_length=False).to_dict() for name, sae in trained.items()}

@@ -36,6 +36,8 @@ _LAZY = {
     "CachedActivations": "saescope.data.cache",
     "splice_evaluate": "saescope.evaluation.splice",
     "SuiteConfig": "saescope.suite",
+    "RunPlan": "saescope.plan",
+    "train": "saescope.suite",
     "train_suite": "saescope.suite",
     "evaluate_suite": "saescope.suite",
     "describe": "saescope.suite",

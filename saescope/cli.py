@@ -10,22 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from saescope.errors import InvalidInput, MissingFile, SaescopeError
-
-
-def _load_activations(path: str) -> Any:
-    """A .npy file (memory-mapped, any float dtype, shape [..., d_in])."""
-    file = Path(path)
-    if not file.is_file():
-        raise MissingFile(f"--data {path}: no such file")
-    if file.suffix != ".npy":
-        raise InvalidInput(f"--data {path}: expected a .npy array of shape [n_tokens, d_in]")
-    try:
-        return np.load(file, mmap_mode="r")
-    except ValueError as error:
-        raise InvalidInput(f"--data {path}: cannot read ({error})") from None
+from saescope.errors import InvalidInput, SaescopeError
 
 
 def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
@@ -58,28 +43,66 @@ def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    if args.data is not None:
-        if args.config or args.model or args.cache:
-            raise InvalidInput("--data trains on an array; it cannot be combined with --config, --model or --cache")
-        return _cmd_train_array(args)
-    if not (args.config or args.model or args.cache):
-        raise InvalidInput("give --config SUITE.yaml, --model MODEL, --cache DIR or --data ARRAY.npy")
-    return _cmd_train_suite(args)
+    from saescope.cli_plan import plan_from_args
+    from saescope.suite import train
+
+    plan = plan_from_args(args, _train_extras(args))
+    result = train(plan, args.out, resume=args.resume, progress=True, report=lambda line: print(line, file=sys.stderr))
+    _print_trained(plan, args, result)
+    return 0
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
-    """Dataset and model flags. Without defaults (train), unset flags leave the suite config's values."""
+def _train_extras(args: argparse.Namespace) -> dict[str, Any]:
+    """Plan values from the convenience flags: --expansion (widths), --k and --sparsity-coefficient (options)."""
+    from saescope.jobs import sets_k
+    from saescope.plan import RunPlan, SweepPlan
 
-    def default(value: Any) -> Any:
-        return value if defaults else None
+    extras: dict[str, Any] = {}
+    if args.expansion:
+        extras["widths"] = list(args.widths or []) + [f"{e:g}x" for e in args.expansion]
+    if args.cache and not args.model:
+        extras["model"] = None  # the cache's manifest names the model
+    if args.k is not None or args.sparsity_coefficient is not None:
+        architectures = args.architectures or (RunPlan.from_file(args.config).sweep if args.config else SweepPlan()).architectures
+        options: dict[str, dict[str, Any]] = {}
+        for arch in architectures:
+            if sets_k(arch) and args.k is not None:
+                options[arch] = {"k": args.k}
+            elif not sets_k(arch) and args.sparsity_coefficient is not None:
+                options[arch] = {"sparsity_coefficient": args.sparsity_coefficient}
+        extras["options"] = options
+    return extras
 
-    parser.add_argument("--dataset", default=default("pydocs"), help="pydocs (built in), a .txt/.jsonl/.parquet file, a saved datasets folder or a hub dataset id")
-    parser.add_argument("--text-field", default=default("text"), help="text column of .jsonl/.parquet/datasets sources")
-    parser.add_argument("--split", default=default("train"), help="split of a datasets source")
-    parser.add_argument("--context-size", type=int, default=default(128), help="tokens per context (with BOS)")
-    parser.add_argument("--batch-contexts", type=int, default=default(16), help="contexts per LM forward")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default float32)")
-    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+
+def _print_trained(plan: Any, args: argparse.Namespace, result: dict[str, Any]) -> None:
+    if plan.data.array is not None:
+        for name, sae in result.items():
+            print(f"{name}: saved to {Path(args.out) / name}  (lr {sae.training_summary['lr']:.3g}, {sae.training_summary['tokens_per_second']:.0f} tok/s)")
+        return
+    for entry in result["saes"]:
+        print(f"{Path(args.out) / entry['path']}: {_format_metrics(entry.get('metrics', {}))}")
+    print(f"\n{len(result['saes'])} SAEs in {args.out} (index: {Path(args.out) / 'suite.json'}); "
+          f"next: saescope eval {args.out}   (table, eval.json, eval.csv and plots)")
+    if args.interpret:
+        from saescope.interpret.run import interpret_suite
+
+        summary = interpret_suite(args.out, tokens=args.interpret, progress=sys.stderr.isatty(), device=plan.model.device)
+        print(f"interpreted every feature over {summary['tokens']:,} tokens; browse: saescope view {args.out}")
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The cache command's model and text flags, with the run plan's defaults and help."""
+    from saescope.plan import SECTIONS, field_docstrings, leaf_fields
+
+    leaves = leaf_fields()
+    for name in ("model", "device", "dtype", "dataset", "text_field", "split", "context_size", "batch_contexts"):
+        section, item = leaves[name]
+        kinds = {"context_size": int, "batch_contexts": int}
+        choices = {"dtype": ["float32", "bfloat16", "float16"]}
+        doc = field_docstrings(SECTIONS[section]).get(name, "")
+        parser.add_argument("--" + name.replace("_", "-"), default=item.default, type=kinds.get(name, str), choices=choices.get(name),
+                            help=f"{doc} (default: {item.default})")
+
 
 def _cmd_cache(args: argparse.Namespace) -> int:
     from saescope.data.text import check_dataset
@@ -111,102 +134,6 @@ def _format_metrics(values: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-_SUITE_FLAGS = {
-    "model": "model", "cache": "cache", "dataset": "dataset", "text_field": "text_field", "split": "split",
-    "context_size": "context_size", "batch_contexts": "batch_contexts", "dtype": "dtype", "device": "device",
-    "hookpoints": "hookpoints", "arch": "architectures", "target_l0": "target_l0s", "tokens": "tokens",
-    "batch_size": "batch_size", "lr": "lr", "eval_tokens": "eval_tokens", "seed": "seed", "checkpoint_every": "checkpoint_every",
-}
-
-
-def suite_config_from_args(args: argparse.Namespace) -> Any:
-    """The suite config: the ``--config`` file (if any), then every flag given on the command line on top."""
-    from saescope.suite import SuiteConfig
-
-    values: dict[str, Any] = SuiteConfig.from_file(args.config).to_dict() if args.config else {}
-    for flag, field_name in _SUITE_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            values[field_name] = value
-    if args.width is not None or args.expansion is not None:
-        values["widths"] = [int(w) if w.isdigit() else w for w in (args.width or [])] + [f"{e:g}x" for e in (args.expansion or [])]
-    if args.keep_checkpoint:
-        values["keep_checkpoint"] = True
-    if args.cache and not args.model:
-        values["model"] = None  # the cache's manifest names the model
-    if args.cache and not values.get("hookpoints"):
-        values["hookpoints"] = ["*"]
-    if not values.get("hookpoints"):
-        raise InvalidInput("--hookpoints is required with --model (e.g. --hookpoints layers.10.resid_post), or give hookpoints in --config")
-    return SuiteConfig.from_dict(values, source=f"--config {args.config}" if args.config else "command line")
-
-
-def _cmd_train_suite(args: argparse.Namespace) -> int:
-    from saescope.suite import train_suite
-
-    if args.k is not None or args.sparsity_coefficient is not None:
-        raise InvalidInput("with --model, --cache or --config, sparsity is set by --target-l0 (k for topk/batchtopk); "
-                         "--k and --sparsity-coefficient apply to --data")
-    config = suite_config_from_args(args)
-    index = train_suite(config, args.out, resume=args.resume, progress=True, report=lambda line: print(line, file=sys.stderr))
-    for entry in index["saes"]:
-        print(f"{Path(args.out) / entry['path']}: {_format_metrics(entry.get('metrics', {}))}")
-    print(f"\n{len(index['saes'])} SAEs in {args.out} (index: {Path(args.out) / 'suite.json'}); "
-          f"next: saescope eval {args.out}   (table, eval.json, eval.csv and plots)")
-    if args.interpret:
-        from saescope.interpret.run import interpret_suite
-
-        result = interpret_suite(args.out, tokens=args.interpret, progress=sys.stderr.isatty(), device=config.device)
-        print(f"interpreted every feature over {result['tokens']:,} tokens; browse: saescope view {args.out}")
-    return 0
-
-def _cmd_train_array(args: argparse.Namespace) -> int:
-    import torch
-
-    from saescope.io.trainer_state import has_trainer_state
-    from saescope.jobs import create_job, sets_k
-    from saescope.training import TrainConfig, train_saes
-
-    if args.target_l0 is not None and len(args.target_l0) > 1:
-        raise InvalidInput("--target-l0 takes one value with --data")
-    args.target_l0 = args.target_l0[0] if args.target_l0 else None
-    data = _load_activations(args.data)
-    checkpoint_dir = Path(args.out) / "checkpoint"
-    d_in = int(data.shape[-1])
-    if len(args.width or []) + len(args.expansion or []) > 1:
-        raise InvalidInput("--data trains one width; give one --width or --expansion (suites take several with --model/--config)")
-    if args.width and not args.width[0].isdigit():
-        raise InvalidInput(f"--width {args.width[0]}: give a latent count such as 4608 (or use --expansion)")
-    width = int(args.width[0]) if args.width else int(round(d_in * (args.expansion[0] if args.expansion else 8)))
-    saes = {}
-    torch.manual_seed(args.seed or 0)  # SAE initialisation, so that --seed makes the run reproducible
-    for arch in args.arch or ["jumprelu"]:
-        options: dict[str, Any] = {"lr": args.lr, "target_l0": args.target_l0}
-        if sets_k(arch):
-            if args.k is not None:
-                options["k"] = args.k
-        else:
-            options["sparsity_coefficient"] = args.sparsity_coefficient
-        saes[arch] = create_job(arch, d_in, width, name=arch, **options)
-    config = TrainConfig(
-        total_tokens=args.tokens or 10_000_000,
-        batch_size=args.batch_size or 4096,
-        seed=args.seed or 0,
-        device=args.device,
-        checkpoint_every=args.checkpoint_every,
-        checkpoint_dir=str(checkpoint_dir) if args.checkpoint_every or args.resume else None,
-    )
-    if args.resume and not has_trainer_state(checkpoint_dir):
-        raise InvalidInput(f"--resume: no checkpoint in {checkpoint_dir}; run without --resume (and with --checkpoint-every) first")
-    try:
-        trained = train_saes(data, saes, config, out_dir=args.out, resume=args.resume)
-    except SaescopeError as error:
-        raise InvalidInput(f"{args.data}: {error}") from None
-    for name, sae in trained.items():
-        print(f"{name}: saved to {Path(args.out) / name}  (lr {sae.training_summary['lr']:.3g}, {sae.training_summary['tokens_per_second']:.0f} tok/s)")
-    return 0
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
     if args.data is not None:
         return _cmd_eval_array(args)
@@ -231,9 +158,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_eval_array(args: argparse.Namespace) -> int:
     from saescope.evaluation.metrics import evaluate_sae
     from saescope.io.checkpoint import load
+    from saescope.suite.arrays import load_array
 
     sae = load(args.path)
-    metrics = evaluate_sae(sae, _load_activations(args.data), batch_size=args.batch_size)
+    metrics = evaluate_sae(sae, load_array(args.data), batch_size=args.batch_size)
     values = metrics.to_dict()
     if args.json:
         print(json.dumps(values, indent=2))
@@ -340,9 +268,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, tokens=args.tokens)
 
 
+def defaults(function: Any) -> dict[str, Any]:
+    """A function's keyword defaults, so that a flag's default is the API's, written once."""
+    import inspect
+
+    return {name: p.default for name, p in inspect.signature(function).parameters.items() if p.default is not inspect.Parameter.empty}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from saescope._version import __version__
-    from saescope.saes import ARCHITECTURES
+    from saescope.cli_plan import add_plan_arguments
+    from saescope.data.cache import SHARD_TOKENS
+    from saescope.evaluation.metrics import evaluate_sae
+    from saescope.interpret.run import interpret_suite
 
     parser = argparse.ArgumentParser(prog="saescope", description="Train, measure and interpret sparse autoencoders.")
     parser.add_argument("--version", action="version", version=f"saescope {__version__}")
@@ -360,44 +298,31 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--progress", action="store_true", help="show progress bars even with --json")
     synthetic.set_defaults(func=_cmd_bench_synthetic)
 
-    train = commands.add_parser("train", help="train a suite of SAEs on a model's activations (or SAEs on a cache or an array)")
-    source = train.add_argument_group("what to train on (one of --config, --model, --cache, --data; flags override the config)")
-    source.add_argument("--config", help="suite config (YAML or JSON): model, dataset, hookpoints, architectures, widths, target_l0s, tokens, ...")
-    source.add_argument("--model", help="smollm2-135m (built in), a folder, a .gguf file or a hub id")
-    source.add_argument("--cache", help="an activation cache written by `saescope cache` (evaluated on the model its manifest names)")
-    source.add_argument("--data", help=".npy array of activations, shape [n_tokens, d_in] (any vectors, not only an LM's)")
-    train.add_argument("--hookpoints", nargs="+", help="e.g. layers.10.resid_post, 'layers.*.mlp_out', blocks.5.hook_resid_post")
-    train.add_argument("--eval-tokens", type=int, help="held-out tokens for L0/FVU/ΔLM loss after training (default 16384; 0 skips)")
-    _add_model_arguments(train, defaults=False)
-    train.add_argument("--arch", nargs="+", choices=sorted(ARCHITECTURES), help="one or more architectures, trained in one pass (default jumprelu)")
-    train.add_argument("--width", nargs="+", help="latents per SAE, several for a width sweep (e.g. 4608 or 8x)")
-    train.add_argument("--expansion", type=float, nargs="+", help="latents per input dimension (8 means 8 x d_in)")
-    train.add_argument("--target-l0", type=float, nargs="+", help="target L0s, one SAE each (k for topk/batchtopk)")
-    train.add_argument("--sparsity-coefficient", type=float, help="--data only: fixed λ instead of a target L0")
-    train.add_argument("--k", type=int, help="--data only: active latents per token (topk, batchtopk)")
-    train.add_argument("--lr", type=float, help="learning rate (default: per architecture, scaled by width)")
-    train.add_argument("--tokens", type=int, help="training tokens per SAE (default 10M)")
-    train.add_argument("--batch-size", type=int, help="tokens per step (default 4096)")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints (suites: about a tenth of the run; 0: never)")
-    train.add_argument("--keep-checkpoint", action="store_true", help="keep OUT/checkpoint after a successful run")
-    train.add_argument("--resume", action="store_true", help="continue a killed run from OUT/checkpoint")
-    train.add_argument("--interpret", type=int, metavar="TOKENS", help="after training, run saescope interpret over this many tokens")
+    train = commands.add_parser(
+        "train", help="train SAEs: a suite on a model's activations or a cache, or SAEs on an array of vectors",
+        description="Every plan field is a flag; flags override --config. Give a model (with --hookpoints), a --cache or --data.",
+    )
+    train.add_argument("--config", help="a run plan (YAML or JSON), nested by section or flat; see examples/suite.yaml")
     train.add_argument("--out", required=True, help="output folder: suite.json plus <hookpoint>/<arch>-w<width>-l0_<target>/ per SAE")
+    train.add_argument("--resume", action="store_true", help="continue a killed run from OUT/checkpoint")
+    train.add_argument("--interpret", type=int, metavar="TOKENS", help="after training a suite, run saescope interpret over this many tokens")
+    train.add_argument("--expansion", type=float, nargs="+", help="widths as latents per input dimension (8 means 8 x d_in)")
+    train.add_argument("--k", type=int, help="active latents per token for topk/batchtopk (instead of round(target L0))")
+    train.add_argument("--sparsity-coefficient", type=float, help="a fixed λ for jumprelu/relu/gated (with no target L0 controller)")
+    add_plan_arguments(train)
     train.set_defaults(func=_cmd_train)
 
     cache = commands.add_parser("cache", help="write a model's activations to disk (sharded, resumable)")
-    cache.add_argument("--model", default="smollm2-135m", help="smollm2-135m (built in), a folder, a .gguf file or a hub id")
     cache.add_argument("--hookpoints", nargs="+", required=True, help="e.g. layers.10.resid_post 'layers.*.mlp_out'")
     cache.add_argument("--tokens", type=int, required=True, help="tokens to store (BOS/EOS/pad excluded)")
     cache.add_argument("--out", required=True, help="cache folder")
     cache.add_argument("--storage-dtype", default="float32", choices=["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"])
-    cache.add_argument("--shard-tokens", type=int, default=65_536, help="tokens per shard")
+    cache.add_argument("--shard-tokens", type=int, default=SHARD_TOKENS, help=f"tokens per shard (default {SHARD_TOKENS})")
     cache.add_argument("--part", default="train", choices=["train", "eval", "all"], help="which documents: training part, held-out part or all")
     cache.add_argument("--resume", action="store_true", help="continue a killed run")
     cache.add_argument("--corpus-order", action="store_true", help="read contexts in corpus order instead of a seeded random order")
     cache.add_argument("--seed", type=int, default=0, help="seed of the context order")
-    _add_model_arguments(cache)
+    _add_data_arguments(cache)
     cache.set_defaults(func=_cmd_cache)
 
     evaluate = commands.add_parser("eval", help="measure every SAE of a suite (table, eval.json, eval.csv, plots), or one SAE on an array")
@@ -407,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--recompute", action="store_true", help="measure again even where training already did")
     evaluate.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     evaluate.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    evaluate.add_argument("--batch-size", type=int, default=4096)
+    evaluate.add_argument("--batch-size", type=int, default=defaults(evaluate_sae)["batch_size"], help="vectors per batch with --data (default %(default)s)")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=_cmd_eval)
 
@@ -417,9 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     interpret = commands.add_parser("interpret", help="top activations, histograms, logit effects and similar features for every SAE of a suite")
     interpret.add_argument("path", help="suite folder")
-    interpret.add_argument("--tokens", type=int, default=100_000, help="tokens of text to run (default 100000)")
-    interpret.add_argument("--top-k", type=int, default=20, help="top activating examples per feature")
-    interpret.add_argument("--window", type=int, default=12, help="tokens shown either side of each example's peak")
+    interpret.add_argument("--tokens", type=int, default=defaults(interpret_suite)["tokens"], help="tokens of text to run (default %(default)s)")
+    interpret.add_argument("--top-k", type=int, default=defaults(interpret_suite)["top_k"], help="top activating examples per feature (default %(default)s)")
+    interpret.add_argument("--window", type=int, default=defaults(interpret_suite)["window"],
+                           help="tokens shown either side of each example's peak (default %(default)s)")
     interpret.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     interpret.set_defaults(func=_cmd_interpret)
 

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 DEMO_CONFIG: dict[str, Any] = {
-    "model": "smollm2-135m",
-    "dataset": "pydocs",
     "hookpoints": ["layers.2.resid_post", "layers.6.resid_post", "layers.10.resid_post"],
     "architectures": ["jumprelu", "topk"],
     "widths": ["4x"],

@@ -22,9 +22,9 @@ def test_harvest_train_and_splice_on_the_builtin_model(tmp_path):
     from saescope.training.on_model import SaeSpec, train_on_model
 
     config = TrainConfig(total_tokens=6144, batch_size=512, progress=False, normalization_tokens=1024, device="cpu")
-    data = LmDataConfig(dataset="pydocs", context_size=64, batch_contexts=16, eval_tokens=512, shuffle_buffer_tokens=2048)
+    data = LmDataConfig(dataset="pydocs", context_size=64, batch_contexts=16, shuffle_buffer_tokens=2048)
     results = train_on_model("smollm2-135m", ["layers.3.resid_post"], [SaeSpec("topk", width=1152, target_l0=16)], config, data,
-                             out_dir=str(tmp_path), device="cpu")
+                             out_dir=str(tmp_path), eval_tokens=512)
     (_name, (sae, metrics)), = results.items()
     assert sae.d_in == 576 and sae.cfg.model_id == "smollm2-135m"
     assert metrics["l0"] == pytest.approx(16.0)

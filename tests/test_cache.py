@@ -162,19 +162,20 @@ def test_training_from_the_cache_uses_the_same_api(loaded, tmp_path):
     corpus = write_corpus(tmp_path / "c.txt")
     write_cache(_source(loaded, corpus), tmp_path / "cache", 3000, shard_tokens=1000, progress=False)
     config = TrainConfig(total_tokens=2048, batch_size=256, progress=False, normalization_tokens=512)
-    data = LmDataConfig(eval_tokens=256, eval_fraction=0.2)
-    results = train_on_model(loaded, ["layers.*.resid_post"], [SaeSpec("topk", width=64, target_l0=4)], config, data, cache=str(tmp_path / "cache"))
+    data = LmDataConfig(eval_fraction=0.2)
+    results = train_on_model(loaded, ["layers.*.resid_post"], [SaeSpec("topk", width=64, target_l0=4)], config, data, cache=str(tmp_path / "cache"),
+                             eval_tokens=256)
     assert list(results) == ["layers.0.resid_post/topk-w64-l0_4"]
     assert data.dataset == "pydocs" and data.context_size == 128  # the caller's config is not changed
     metrics = results["layers.0.resid_post/topk-w64-l0_4"][1]
     # The clean loss, against the model's own loss on the same held-out contexts (every token here is
     # ordinary text after BOS, so the scored positions are all next-token predictions but BOS's target).
-    from saescope.evaluation.on_model import held_out_contexts
-
     from dataclasses import replace
 
+    from saescope.evaluation.on_model import held_out_contexts
+
     # evaluation follows the cache's corpus and context size: the reference reads exactly those
-    contexts = held_out_contexts(loaded, replace(data, dataset=corpus, context_size=32), data.eval_tokens)
+    contexts = held_out_contexts(loaded, replace(data, dataset=corpus, context_size=32), 256)
     labels = contexts.clone()
     labels[torch.isin(labels, torch.tensor([loaded.tokenizer.bos_token_id, loaded.tokenizer.eos_token_id, loaded.tokenizer.pad_token_id]))] = -100
     with torch.no_grad():

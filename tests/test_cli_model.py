@@ -44,18 +44,42 @@ def test_cache_then_train_from_cache(model_dir, tmp_path, capsys):
         main(["cache", "--model", model_dir, "--dataset", corpus, "--hookpoints", "layers.0.mlp_out", "--tokens", "2000", "--out", str(tmp_path / "cache")])
 
 
-def test_model_errors_are_one_clear_message(model_dir, tmp_path):
+def test_model_errors_are_one_clear_message(model_dir, tmp_path, capsys):
     corpus = write_corpus(tmp_path / "c.txt")
     with pytest.raises(SystemExit, match=r"unknown hookpoint 'layers.9.resid_post'.*valid hookpoints: layers.0-1"):
         main(["train", "--model", model_dir, "--dataset", corpus, "--hookpoints", "layers.9.resid_post", "--target-l0", "4", "--tokens", "1024", "--batch-size", "256", "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="dataset 'missing.jsonl': no such file"):
         main(["train", "--model", model_dir, "--dataset", "missing.jsonl", "--hookpoints", "layers.0.resid_post", "--tokens", "1024", "--batch-size", "256", "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit, match="--hookpoints is required"):
+    with pytest.raises(SystemExit, match=r"hookpoints: give at least one \(--hookpoints layers.10.resid_post"):
         main(["train", "--model", model_dir, "--tokens", "1024", "--batch-size", "256", "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="not a model folder"):
         main(["train", "--model", str(tmp_path), "--hookpoints", "layers.0.resid_post", "--tokens", "1024", "--batch-size", "256", "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="gives 16 latents at layers.0.resid_post, fewer than target L0 32"):
         main(["train", "--model", model_dir, "--dataset", corpus, "--arch", "topk", "--width", "16", "--hookpoints", "layers.0.resid_post",
               "--tokens", "1024", "--batch-size", "256", "--out", str(tmp_path / "o2")])
-    with pytest.raises(SystemExit, match="--k and --sparsity-coefficient apply to --data"):
-        main(["train", "--model", model_dir, "--hookpoints", "layers.0.resid_post", "--k", "4", "--out", str(tmp_path / "o3")])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # typed flags: argparse refuses a bad value before anything loads
+        main(["train", "--model", model_dir, "--hookpoints", "layers.0.resid_post", "--tokens", "lots", "--out", str(tmp_path / "o3")])
+    assert exit_info.value.code == 2 and "argument --tokens: invalid int value: 'lots'" in capsys.readouterr().err
+
+
+def test_train_flags_build_the_same_plan_as_a_file(model_dir, tmp_path):
+    from saescope.cli import _train_extras, build_parser
+    from saescope.cli_plan import plan_from_args
+    from saescope.plan import RunPlan
+
+    argv = ["train", "--model", model_dir, "--hookpoints", "layers.0.resid_post", "--arch", "topk", "jumprelu", "--width", "64", "4x",
+            "--target-l0", "4", "8", "--tokens", "2048", "--batch-size", "256", "--k", "3", "--sparsity-coefficient", "0.1", "--lr", '{"topk": 0.004}',
+            "--no-exclude-special", "--out", str(tmp_path / "o")]
+    args = build_parser().parse_args(argv)
+    plan = plan_from_args(args, _train_extras(args))
+    expected = RunPlan.from_dict({
+        "model": {"model": model_dir}, "data": {"exclude_special": False}, "training": {"tokens": 2048, "batch_size": 256},
+        "sweep": {"hookpoints": ["layers.0.resid_post"], "architectures": ["topk", "jumprelu"], "widths": [64, "4x"], "target_l0s": [4.0, 8.0],
+                  "lr": {"topk": 0.004}, "options": {"topk": {"k": 3}, "jumprelu": {"sparsity_coefficient": 0.1}}},
+    })
+    assert plan.to_dict() == expected.to_dict()
+    config = tmp_path / "plan.yaml"
+    config.write_text("training:\n  tokens: 4096\nsweep:\n  hookpoints: [layers.1.resid_post]\n  widths: [32]\n")
+    over = plan_from_args(build_parser().parse_args(["train", "--config", str(config), "--tokens", "8192", "--out", "o"]))
+    assert over.training.tokens == 8192 and over.sweep.widths == [32] and over.sweep.hookpoints == ["layers.1.resid_post"]

@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "saescope.jobs": 3,
     "saescope.io": 4,
     "saescope.evaluation.metrics": 4,
+    "saescope.plan": 4,
     "saescope.training": 5,
     "saescope.evaluation": 5,
     "saescope.interpret": 5,
@@ -38,6 +39,7 @@ LAYERS: dict[str, int] = {
     "saescope.view": 7,
     "saescope.demo": 8,
     "saescope.cli": 8,
+    "saescope.cli_plan": 8,
     "saescope.__main__": 8,
     "saescope": 8,
 }

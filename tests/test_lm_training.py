@@ -112,8 +112,8 @@ def test_trainer_routes_each_sae_to_its_hookpoint(loaded, corpus):
 def test_train_on_model_writes_folders_with_metrics(loaded, corpus, tmp_path):
     specs = [SaeSpec("jumprelu", width=64, target_l0=4), SaeSpec("topk", width=64, target_l0=4)]
     config = TrainConfig(total_tokens=4096, batch_size=256, progress=False, normalization_tokens=1024)
-    data = LmDataConfig(dataset=corpus, context_size=32, batch_contexts=8, eval_tokens=512, shuffle_buffer_tokens=1024, eval_fraction=0.2)
-    results = train_on_model(loaded, ["layers.1.resid_post"], specs, config, data, out_dir=str(tmp_path / "run"))
+    data = LmDataConfig(dataset=corpus, context_size=32, batch_contexts=8, shuffle_buffer_tokens=1024, eval_fraction=0.2)
+    results = train_on_model(loaded, ["layers.1.resid_post"], specs, config, data, out_dir=str(tmp_path / "run"), eval_tokens=512)
     assert sorted(results) == ["layers.1.resid_post/jumprelu-w64-l0_4", "layers.1.resid_post/topk-w64-l0_4"]
     for name in results:
         folder = tmp_path / "run" / name

@@ -62,8 +62,13 @@ def test_yaml_config_parses_and_rejects_bad_fields(tmp_path, corpus):
         options: {{topk: {{k_anneal_fraction: 0.5}}}}
     """))
     config = SuiteConfig.from_file(path)
-    assert config.widths == [4608, "8x"] and config.target_l0s == [16, 32] and config.lr_for("topk") == 0.004 and config.lr_for("jumprelu") is None
-    assert config.resolved_checkpoint_every() == 100000 // 4096 // 10
+    sweep = config.sweep
+    assert sweep.widths == [4608, "8x"] and sweep.target_l0s == [16, 32] and sweep.lr_for("topk") == 0.004 and sweep.lr_for("jumprelu") is None
+    assert config.training.resolved_checkpoint_every() == 100000 // 4096 // 10
+    # flat and nested files are the same plan, and the plan written next to the results reads back equal
+    nested = tmp_path / "nested.json"
+    nested.write_text(json.dumps(config.to_dict()))
+    assert SuiteConfig.from_file(nested) == config and SuiteConfig.from_dict(config.to_dict()) == config
     bad = {
         "architectures: [jumprel]": "architectures: unknown architecture 'jumprel'",
         "widths: [eight]": "widths: 'eight' is neither a latent count",
@@ -73,24 +78,27 @@ def test_yaml_config_parses_and_rejects_bad_fields(tmp_path, corpus):
         "colour: blue": "unknown field\\(s\\) \\['colour'\\]",
         "dataset: missing/folder/data.jsonl": "dataset: dataset 'missing/folder/data.jsonl': no such file",
         "hookpoints: []": "hookpoints: give at least one",
-        "lr: {gated: 0.1}": "lr: 'gated' is not one of this suite's architectures",
+        "lr: {gated: 0.1}": "lr: 'gated' is not one of this plan's architectures",
+        "batch_size: 4.5": "batch_size: 4.5 is not an integer",
+        "dtype: int8": "dtype: 'int8' is not one of 'float32', 'bfloat16', 'float16' or null",
+        "training: {hookpoints: [a]}": "unknown field\\(s\\) \\['training.hookpoints'\\]",
     }
     for line, message in bad.items():
         file = tmp_path / "bad.yaml"
         file.write_text(f"hookpoints: [layers.0.resid_post]\narchitectures: [jumprelu, topk]\n{line}\n")
         with pytest.raises(SuiteConfigError, match=f"{file}: {message}"):
-            SuiteConfig.from_file(file)
+            SuiteConfig.from_file(file).check_sources()  # the dataset is checked before training, not on reading
     (tmp_path / "broken.yaml").write_text("hookpoints: [unclosed\n")
     with pytest.raises(SuiteConfigError, match="broken.yaml: cannot parse"):
         SuiteConfig.from_file(tmp_path / "broken.yaml")
-    with pytest.raises(SuiteConfigError, match="--config nowhere.yaml: no such file"):
+    with pytest.raises(FileNotFoundError, match="--config nowhere.yaml: no such file"):
         SuiteConfig.from_file("nowhere.yaml")
 
 
 def test_example_config_in_the_repository_parses():
     example = Path(__file__).parent.parent / "examples" / "suite.yaml"
     config = SuiteConfig.from_file(example)
-    assert config.model == "smollm2-135m" and len(config.architectures) >= 2
+    assert config.model.model == "smollm2-135m" and len(config.sweep.architectures) >= 2
 
 
 # -- training -----------------------------------------------------------------------------------------
@@ -233,7 +241,7 @@ def test_cli_config_with_flag_overrides_then_eval_and_info(model_dir, corpus, tm
     assert "4 SAEs in" in printed and f"next: saescope eval {out}" in printed and "interpreted every feature" in printed
     assert (out / "layers.1.resid_post/topk-w64-l0_8/interpret/summary.json").is_file()
     index = read_index(out)
-    assert index["config"]["tokens"] == 1024 and index["config"]["target_l0s"] == [4, 8]
+    assert index["config"]["training"]["tokens"] == 1024 and index["config"]["sweep"]["target_l0s"] == [4, 8]
     assert main(["eval", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "topk-w64-l0_8" in printed and "eval.csv" in printed and "depth.png" in printed
@@ -246,7 +254,7 @@ def test_cli_errors(model_dir, corpus, tmp_path):
     bad.write_text("hookpoints: [layers.0.resid_post]\narchitectures: [sparse]\n")
     with pytest.raises(SystemExit, match=f"error: {bad}: architectures: unknown architecture 'sparse'"):
         main(["train", "--config", str(bad), "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit, match="give --config SUITE.yaml, --model MODEL, --cache DIR or --data ARRAY.npy"):
+    with pytest.raises(SystemExit, match=r"command line: hookpoints: give at least one \(--hookpoints"):
         main(["train", "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="--resume: no checkpoint in"):
         main(["train", "--model", model_dir, "--dataset", corpus, "--hookpoints", "layers.0.resid_post", "--resume", "--out", str(tmp_path / "o")])

@@ -159,29 +159,45 @@ def test_bad_train_configs():
         Trainer([create_job("topk", 8, 32), create_job("topk", 8, 32, k=4)])
 
 
-def test_firing_rate_reaches_the_objective_as_a_running_average():
+def test_firing_rate_reaches_an_objective_that_asks_for_it():
+    from dataclasses import dataclass
+
+    from saescope.jobs import SaeJob
+    from saescope.objectives.topk import TopKObjective
+
+    seen = []
+
+    @dataclass
+    class CountingTopK(TopKObjective):  # an objective that reads the running firing rate
+        uses_firing_rate = True
+
+        def loss(self, sae, x, ctx):
+            seen.append(ctx.firing_rate.clone())
+            return super().loss(sae, x, ctx)
+
     torch.manual_seed(0)
-    job = create_job("topk", 8, 32, k=4, lr=1e-9)  # weights stay put, so every step fires the same latents
+    plain = create_job("topk", 8, 32, k=4, lr=1e-9)  # weights stay put, so every step fires the same latents
+    job = SaeJob("counting", plain.sae, CountingTopK(lr=1e-9))
     trainer = SaeTrainer(job, _quiet(total_tokens=100_000, batch_size=500), torch.device("cpu"))
     x = torch.randn(500, 8)
-    seen = []
-    loss = job.objective.loss
-
-    def spy(sae, batch, ctx):
-        seen.append(ctx.firing_rate.clone())
-        return loss(sae, batch, ctx)
-
-    job.objective.loss = spy
     for step in range(3):
         trainer.train_step(x, step)
     assert torch.equal(seen[0], torch.zeros(32))  # nothing measured before the first step
     counts = (job.sae.encode(x) > 0).float().mean(dim=0)
     assert trainer.firing_rate.sum().item() == pytest.approx(4.0, rel=1e-4)  # k=4 per token, bias-corrected from step 1
     assert torch.allclose(seen[1], counts, atol=1e-5) and torch.allclose(trainer.firing_rate, counts, atol=1e-5)
+    # objectives that do not ask get None, and the trainer skips the per-latent count
+    other = SaeTrainer(create_job("topk", 8, 32, k=4), _quiet(total_tokens=100_000, batch_size=500), torch.device("cpu"))
+    other.train_step(x, 0)
+    assert torch.equal(other.firing_rate_weight, torch.zeros(()))
 
 
 def test_a_checkpoint_is_one_atomic_step_and_a_changed_tensor_file_is_refused(tmp_path):
-    from saescope.io.trainer_state import STATE_JSON, load_trainer_state, save_trainer_state
+    from saescope.io.trainer_state import (
+        STATE_JSON,
+        load_trainer_state,
+        save_trainer_state,
+    )
 
     folder = tmp_path / "ckpt"
     save_trainer_state(folder, {"step": 10}, {"w": torch.zeros(3)})

@@ -34,6 +34,8 @@ from saescope.errors import AlreadyExists, InvalidInput, MissingFile
 from saescope.io.atomic import atomic_write, atomic_write_json
 
 MANIFEST = "manifest.json"
+SHARD_TOKENS = 65_536
+"""Default tokens per shard file (each hookpoint has its own shards)."""
 FORMAT = "saescope-activation-cache"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}

@@ -21,7 +21,5 @@ class LmDataConfig:
     """Tokens held in the shuffle buffer between the model and the trainer."""
     eval_fraction: float = 0.05
     """Share of documents held out (by a hash of their text) for evaluation."""
-    eval_tokens: int = 16_384
-    """Held-out tokens for the in-model evaluation (0 skips it)."""
     exclude_special: bool = True
     """Leave BOS/EOS/pad positions out of training and scoring."""

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saescope.data.lm_config import LmDataConfig
 from saescope.data.text import iter_documents, split_documents
 from saescope.errors import InvalidInput
 
@@ -47,7 +48,7 @@ class TextContexts:
         self,
         dataset: str,
         tokenizer: Any,
-        context_size: int = 128,
+        context_size: int = LmDataConfig.context_size,
         *,
         part: str = "train",
         eval_fraction: float = 0.05,

@@ -39,15 +39,16 @@ def evaluate_on_model(
     loaded: LoadedModel,
     saes: dict[str, SparseAutoencoder],
     data: LmDataConfig,
+    eval_tokens: int,
     progress: bool = True,
     description_length: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Held-out metrics for SAEs that take raw activations, each at ``sae.cfg.hookpoint``."""
+    """Held-out metrics over about ``eval_tokens`` tokens for SAEs that take raw activations, each at ``sae.cfg.hookpoint``."""
     if not saes:
         return {}
     points = {p.name: p for p in resolve_hookpoints(loaded.model, sorted({s.cfg.hookpoint for s in saes.values()}))}
     excluded = special_token_ids(loaded.tokenizer)
-    contexts = held_out_contexts(loaded, data, data.eval_tokens)
+    contexts = held_out_contexts(loaded, data, eval_tokens)
     activations = harvest(loaded, list(points.values()), contexts, excluded, data.batch_contexts)
     device = loaded.device
     results: dict[str, dict[str, Any]] = {}

@@ -21,6 +21,7 @@ from saescope.errors import InvalidInput
 from saescope.interpret.collect import FeatureCollector
 from saescope.interpret.directions import logit_effects, similar_features
 from saescope.interpret.store import write_interpretation
+from saescope.plan import RunPlan
 
 logger = logging.getLogger("saescope")
 
@@ -51,9 +52,9 @@ def interpret_suite(
         raise InvalidInput(f"{folder}: the suite is not complete; finish training before interpreting it")
     if tokens <= 0:
         raise InvalidInput(f"tokens must be positive, got {tokens}")
-    config = index.get("config", {})
+    plan = RunPlan.stored(index, folder)
     if loaded is None:
-        loaded = load_model(config.get("model") or index["model"], device=device or config.get("device"), dtype=config.get("dtype"))
+        loaded = load_model(plan.model.model or index["model"], device=device or plan.model.device, dtype=plan.model.dtype)
     device_ = loaded.device
     entries = index["saes"]
     saes = {e["path"]: load(str(folder / e["path"])).to(device_).eval() for e in entries}
@@ -63,9 +64,9 @@ def interpret_suite(
     for e in entries:
         by_hookpoint.setdefault(e["hookpoint"], []).append(e["path"])
 
-    context_size = int(config.get("context_size", 128))
-    text = TextContexts(index.get("dataset") or config.get("dataset", "pydocs"), loaded.tokenizer, context_size,
-                        part="train", text_field=config.get("text_field", "text"), split=config.get("split", "train"))
+    context_size = plan.data.context_size
+    text = TextContexts(index.get("dataset") or plan.data.dataset, loaded.tokenizer, context_size,
+                        part="train", text_field=plan.data.text_field, split=plan.data.split)
     excluded = special_token_ids(loaded.tokenizer)
     n_batches = max(1, -(-tokens // (batch_contexts * context_size)))
     started = time.perf_counter()

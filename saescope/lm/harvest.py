@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saescope.data.cache import CacheWriter
+from saescope.data.cache import SHARD_TOKENS, CacheWriter
 from saescope.data.tokens import trainable_mask
 from saescope.errors import InvalidInput
 from saescope.lm.capture import capture, masked_collector
@@ -34,7 +34,7 @@ def write_cache(
     path: str | os.PathLike,
     n_tokens: int,
     dtype: str = "float32",
-    shard_tokens: int = 65_536,
+    shard_tokens: int = SHARD_TOKENS,
     resume: bool = False,
     metadata: dict[str, Any] | None = None,
     progress: bool = True,

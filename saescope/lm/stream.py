@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saescope.data.lm_config import LmDataConfig
 from saescope.data.shuffle_buffer import MultiShuffleBuffer
 from saescope.data.tokens import TextContexts, trainable_mask
 from saescope.lm.capture import capture, masked_collector
@@ -52,7 +53,7 @@ class ModelActivationSource:
         hookpoints: str | list[str],
         *,
         batch_contexts: int = 16,
-        shuffle_buffer_tokens: int = 65_536,
+        shuffle_buffer_tokens: int = LmDataConfig.shuffle_buffer_tokens,
         exclude_special: bool = True,
         stop_early: bool = True,
         buffer_dtype: torch.dtype = torch.float32,

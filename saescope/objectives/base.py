@@ -43,7 +43,8 @@ class StepContext:
     dead_mask: Tensor | None = None
     """bool [d_sae]: latents that have not fired for the dead window (None when none are dead)."""
     firing_rate: Tensor | None = None
-    """float32 [d_sae]: running (EMA) fraction of tokens on which each latent fires."""
+    """float32 [d_sae]: running (EMA) fraction of tokens on which each latent fires; None unless the objective
+    sets ``uses_firing_rate``."""
     layer_index: Tensor | None = None
     """long [n_tokens]: for stacked reads, which hookpoint each row came from."""
 
@@ -104,6 +105,9 @@ class Objective:
     sparsity_mode: ClassVar[Literal["coefficient", "k"]] = "coefficient"
     """How L0 is controlled: λ ("coefficient", adapted to target_l0) or a fixed k ("k")."""
     default_sparsity_coefficient: ClassVar[float] = 0.0
+    uses_firing_rate: ClassVar[bool] = False
+    """Set True when ``loss`` reads ``ctx.firing_rate``: the trainer then counts firings per latent each step
+    (about 55 ms per step for a dense [4096, 4608] code on 2 CPU cores); otherwise it is None."""
 
     def __post_init__(self) -> None:
         label = type(self).__name__

@@ -25,7 +25,7 @@ class FeatureCode:
         ([[1.5, 0.0, 0.0, 0.0]], [1.0])
     """
 
-    __slots__ = ("_dense", "d_sae", "indices", "values")
+    __slots__ = ("_active", "_dense", "d_sae", "indices", "values")
 
     def __init__(self, d_sae: int, dense: Tensor | None = None, indices: Tensor | None = None, values: Tensor | None = None) -> None:
         if (dense is None) == (indices is None):
@@ -33,6 +33,7 @@ class FeatureCode:
         if indices is not None and (values is None or indices.shape != values.shape):
             raise ValueError(f"FeatureCode: indices {tuple(indices.shape)} and values {None if values is None else tuple(values.shape)} must have one shape")
         self.d_sae = d_sae
+        self._active: Tensor | None = None
         self._dense = dense
         self.indices = indices
         self.values = values
@@ -66,23 +67,29 @@ class FeatureCode:
             return FeatureCode.selected(self.indices, self.values.detach(), self.d_sae)
         return FeatureCode.from_dense(self._dense.detach())
 
+    def active(self) -> Tensor:
+        """bool mask of active entries: [n_tokens, k] for a selected code, [n_tokens, d_sae] for a dense one (computed once)."""
+        if self._active is None:
+            self._active = (self.values if self.is_sparse else self._dense) > 0
+        return self._active
+
     def l0_per_token(self) -> Tensor:
         """Active latents per token, float32 [n_tokens]."""
-        source = self.values if self.is_sparse else self._dense
-        return (source > 0).sum(dim=-1, dtype=torch.float32)
+        return self.active().sum(dim=-1, dtype=torch.float32)
 
     def count_per_feature(self) -> Tensor:
         """Tokens on which each latent fired, float64 [d_sae] (exact up to 2**53)."""
         if self.is_sparse:
-            weights = (self.values > 0).flatten().double()
+            weights = self.active().flatten().double()
             return torch.zeros(self.d_sae, dtype=torch.float64, device=weights.device).index_add_(0, self.indices.flatten(), weights)
-        return (self._dense > 0).sum(dim=0, dtype=torch.float64)
+        # A float32 column sum is about twice as fast as an integer one on CPU; exact below 2**24 tokens per batch.
+        return self.active().sum(dim=0, dtype=torch.float32).double()
 
     def fired(self) -> Tensor:
         """bool [d_sae]: the latents active on at least one token of the batch."""
         if self.is_sparse:
             return self.count_per_feature() > 0
-        return (self._dense > 0).any(dim=0)
+        return self.active().any(dim=0)  # a boolean reduction: several times cheaper than counting
 
     def sum_per_feature(self) -> Tensor:
         """Sum of each latent's activations over the batch, float64 [d_sae]."""

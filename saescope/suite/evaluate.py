@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from saescope.errors import InvalidInput
 from saescope.io.atomic import atomic_write_json
 from saescope.io.suite_index import read_index, write_index
+from saescope.plan import RunPlan
 
 COLUMNS = [
     ("l0", "L0", "{:.1f}"),
@@ -44,8 +46,8 @@ def evaluate_suite(
     index = read_index(folder)
     if index.get("status") != "complete":
         raise InvalidInput(f"{folder}: the suite is not complete (status {index.get('status')!r}); finish it with `saescope train --resume`")
-    config = index.get("config", {})
-    wanted_tokens = eval_tokens if eval_tokens is not None else int(config.get("eval_tokens") or 16_384)
+    plan = RunPlan.stored(index, folder)
+    wanted_tokens = eval_tokens if eval_tokens is not None else plan.evaluation.eval_tokens
     if wanted_tokens <= 0:
         raise InvalidInput(f"eval_tokens must be positive to evaluate a suite, got {wanted_tokens}")
 
@@ -105,21 +107,15 @@ def _complete(metrics: dict[str, Any], wanted_tokens: int) -> bool:
 
 
 def _measure(folder: Path, index: dict[str, Any], paths: list[str], eval_tokens: int, progress: bool, device: str | None) -> dict[str, dict[str, Any]]:
-    from saescope.data.lm_config import LmDataConfig
     from saescope.evaluation.on_model import evaluate_on_model, ordered_metrics
     from saescope.io.checkpoint import load
     from saescope.lm.models import load_model
 
-    config = index.get("config", {})
-    model_id = config.get("model") or index.get("model")
-    loaded = load_model(model_id, device=device or config.get("device"), dtype=config.get("dtype"))
-    data = LmDataConfig(
-        dataset=index.get("dataset") or config.get("dataset", "pydocs"), text_field=config.get("text_field", "text"),
-        split=config.get("split", "train"), context_size=int(config.get("context_size", 128)),
-        batch_contexts=int(config.get("batch_contexts", 16)), eval_tokens=eval_tokens,
-    )
+    plan = RunPlan.stored(index, folder)
+    loaded = load_model(plan.model.model or index.get("model"), device=device or plan.model.device, dtype=plan.model.dtype)
+    data = replace(plan.lm_data(), dataset=index.get("dataset") or plan.data.dataset)  # a cache's corpus, recorded at training
     saes = {p: load(str(folder / p)) for p in paths}
-    measured = evaluate_on_model(loaded, saes, data, progress=progress)
+    measured = evaluate_on_model(loaded, saes, data, eval_tokens, progress=progress)
     for p, values in measured.items():
         previous = _read_metrics(folder / p)
         if "training" in previous:

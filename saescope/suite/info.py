@@ -8,6 +8,7 @@ from typing import Any
 
 from saescope.errors import InvalidInput, MissingFile
 from saescope.io.suite_index import is_suite, read_index
+from saescope.plan import RunPlan
 
 
 def describe(path: str | Path) -> str:
@@ -23,13 +24,13 @@ def describe(path: str | Path) -> str:
 
 def _describe_suite(folder: Path) -> str:
     index = read_index(folder)
-    config = index.get("config", {})
+    plan = RunPlan.stored(index, folder)
     saes = index["saes"]
     hookpoints = sorted({e["hookpoint"] for e in saes}, key=lambda h: (next(e["layer"] for e in saes if e["hookpoint"] == h), h))
     lines = [
         f"suite {folder} ({index.get('status')})",
         f"  model      {index.get('model')}",
-        f"  dataset    {index.get('dataset')}, {config.get('tokens', 0):,} training tokens per SAE, batch {config.get('batch_size')}",
+        f"  dataset    {index.get('dataset')}, {plan.training.tokens:,} training tokens per SAE, batch {plan.training.batch_size}",
         f"  hookpoints {len(hookpoints)}: {_short_list(hookpoints)}",
         f"  SAEs       {len(saes)}: architectures {sorted({e['architecture'] for e in saes})}, "
         f"widths {sorted({e['width'] for e in saes})}, target L0s {sorted({e['target_l0'] for e in saes})}",

@@ -6,13 +6,14 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from saescope.errors import InvalidInput
+from saescope.plan import TrainingPlan
 
 
 @dataclass
 class TrainConfig:
-    total_tokens: int = 10_000_000
+    total_tokens: int = TrainingPlan.tokens
     """Training tokens per SAE (all SAEs see the same batches)."""
-    batch_size: int = 4096
+    batch_size: int = TrainingPlan.batch_size
     """Tokens per optimiser step."""
     lr_warmup_fraction: float = 0.01
     """Fraction of the run over which the lr rises (cosine) from 0.1×lr to lr."""

@@ -25,6 +25,7 @@ from saescope.jobs import SaeJob, create_job, sets_k
 from saescope.lm.cache_source import cache_source
 from saescope.lm.models import LoadedModel, load_model
 from saescope.lm.stream import ModelActivationSource
+from saescope.plan import EvaluationPlan
 from saescope.saes import ARCHITECTURES, SparseAutoencoder
 from saescope.training.config import TrainConfig
 from saescope.training.trainer import Trainer
@@ -75,10 +76,9 @@ def train_on_model(
     data: LmDataConfig | None = None,
     out_dir: str | None = None,
     resume: bool = False,
-    device: str | None = None,
     dtype: str | None = None,
-    seed: int = 0,
     cache: str | None = None,
+    eval_tokens: int = EvaluationPlan.eval_tokens,
 ) -> dict[str, tuple[SparseAutoencoder, dict[str, Any]]]:
     """Train every spec at every hookpoint from one pass over the model; evaluate; save.
 
@@ -94,7 +94,7 @@ def train_on_model(
         # Evaluate on the text the cache was harvested from (a copy: the caller's config is left alone).
         data = replace(data, dataset=manifest.get("dataset", data.dataset), context_size=int(manifest.get("context_size", data.context_size)))
         model_id = manifest.get("model", "unknown")
-        needs_model = data.eval_tokens > 0
+        needs_model = eval_tokens > 0
         model = model if model is not None else model_id
     else:
         needs_model = True
@@ -103,7 +103,7 @@ def train_on_model(
     check_dataset(data.dataset)
     loaded = None
     if needs_model:
-        loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device or train.device, dtype=dtype)
+        loaded = model if isinstance(model, LoadedModel) else load_model(model, device=train.device, dtype=dtype)
         model_id = loaded.model_id
     if cache is None:
         assert loaded is not None
@@ -116,7 +116,7 @@ def train_on_model(
             shuffle_buffer_tokens=data.shuffle_buffer_tokens, exclude_special=data.exclude_special,
         )
         widths = dict(source.d_in)
-    torch.manual_seed(seed)
+    torch.manual_seed(train.seed)  # SAE initialisation
     jobs: dict[str, SaeJob] = {}
     for hookpoint, d_in in widths.items():
         for spec in specs:
@@ -127,7 +127,10 @@ def train_on_model(
     if out_dir is not None and train.checkpoint_every and not train.checkpoint_dir:
         train = replace(train, checkpoint_dir=str(Path(out_dir) / "checkpoint"))
     trained = Trainer(list(jobs.values()), train).fit(source, resume=resume)
-    metrics = evaluate_on_model(loaded, trained, data, progress=train.progress) if loaded is not None and data.eval_tokens > 0 else {name: {} for name in trained}
+    if loaded is not None and eval_tokens > 0:
+        metrics = evaluate_on_model(loaded, trained, data, eval_tokens, progress=train.progress)
+    else:
+        metrics = {name: {} for name in trained}
     for name, sae in trained.items():
         metrics[name]["training"] = sae.training_summary
         if out_dir is not None:

@@ -91,7 +91,7 @@ class SaeTrainer:
             progress=step / config.total_steps,
             sparsity_coefficient=self.controller.coefficient(step),
             dead_mask=self.tokens_since_fired >= self.dead_window if self.any_dead else None,
-            firing_rate=self.firing_rate,
+            firing_rate=self.firing_rate if objective.uses_firing_rate else None,
         )
         output = objective.loss(sae, x, ctx)
         self.optimizer.zero_grad(set_to_none=True)
@@ -107,11 +107,15 @@ class SaeTrainer:
         with torch.no_grad():
             code = output.code
             batch_l0 = code.l0_per_token().mean()
-            counts = code.count_per_feature()
-            self.tokens_since_fired.add_(x.shape[0]).masked_fill_(counts > 0, 0)
-            decay = self.firing_rate_decay
-            self.firing_rate_sum.mul_(decay).add_(counts.float() / x.shape[0], alpha=1 - decay)
-            self.firing_rate_weight.mul_(decay).add_(1 - decay)
+            if objective.uses_firing_rate:
+                counts = code.count_per_feature()
+                fired = counts > 0
+                decay = self.firing_rate_decay
+                self.firing_rate_sum.mul_(decay).add_(counts.float() / x.shape[0], alpha=1 - decay)
+                self.firing_rate_weight.mul_(decay).add_(1 - decay)
+            else:
+                fired = code.fired()
+            self.tokens_since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
             self.controller.update(batch_l0, step)
             error = (output.reconstruction - x).pow(2).sum()
             variance = (x - x.mean(dim=0)).pow(2).sum()

@@ -13,7 +13,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from saescope.interpret.store import SHARD_SIZE
 from saescope.io.suite_index import read_index
+from saescope.plan import RunPlan
 
 _KEY = re.compile(r"^sae/(\d+)/(summary|vocab|features/(\d+))$")
 
@@ -33,7 +35,7 @@ class SuiteData:
                 continue
             keys += [f"sae/{n}/summary", f"sae/{n}/vocab"]
             values = json.loads(summary.read_text())
-            count, shard = values["n_features"], values.get("shard_size", 128)
+            count, shard = values["n_features"], values.get("shard_size", SHARD_SIZE)
             keys += [f"sae/{n}/features/{start}" for start in range(0, count, shard)]
         return keys
 
@@ -84,4 +86,4 @@ class SuiteData:
                 "interpreted": (self._interpret_dir(n) / "summary.json").is_file(),
             })
         return {"name": self.folder.name, "model": self.index.get("model"), "dataset": self.index.get("dataset"),
-                "tokens": self.index.get("config", {}).get("tokens"), "plots": plots, "saes": saes}
+                "tokens": RunPlan.stored(self.index, self.folder).training.tokens, "plots": plots, "saes": saes}

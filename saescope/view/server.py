@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from saescope.errors import InvalidInput
+from saescope.plan import RunPlan
 from saescope.view.data import SuiteData
 
 logger = logging.getLogger("saescope")
@@ -58,8 +59,8 @@ class PromptInspector:
         from saescope.lm.models import load_model
 
         if self._loaded is None:
-            config = self.data.index.get("config", {})
-            self._loaded = load_model(config.get("model") or self.data.index["model"], device=self.device, dtype=config.get("dtype"))
+            plan = RunPlan.stored(self.data.index, self.data.folder)
+            self._loaded = load_model(plan.model.model or self.data.index["model"], device=self.device, dtype=plan.model.dtype)
         if n not in self._saes:
             self._saes[n] = load(str(self.data.folder / self.data.entries[n]["path"])).to(self._loaded.device).eval()
         return self._loaded, self._saes[n]

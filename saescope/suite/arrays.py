@@ -1,0 +1,68 @@
+"""Train a plan's sweep on a .npy array of vectors: no model, no hookpoints, any vectors.
+
+Each job is saved as ``OUT/<name>/`` (``cfg.json``, ``sae_weights.safetensors``). The name is the
+architecture when the sweep has one width and one target L0, else ``<arch>-w<width>-l0_<target>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from saescope.errors import InvalidInput, MissingFile
+from saescope.io.suite_index import sae_folder_name
+from saescope.plan import RunPlan, resolve_width
+
+
+def load_array(path: str) -> Any:
+    """A .npy file, memory-mapped (any float dtype, shape [..., d_in])."""
+    import numpy as np
+
+    file = Path(path)
+    if not file.is_file():
+        raise MissingFile(f"--data {path}: no such file")
+    try:
+        return np.load(file, mmap_mode="r")
+    except ValueError as error:
+        raise InvalidInput(f"--data {path}: cannot read ({error})") from None
+
+
+def train_on_array(plan: RunPlan, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train every (architecture, width, target L0) of ``plan.sweep`` on ``plan.data.array``; returns {name: sae}."""
+    import torch
+
+    from saescope.io.trainer_state import has_trainer_state
+    from saescope.jobs import create_job
+    from saescope.training import TrainConfig, train_saes
+
+    assert plan.data.array is not None
+    data = load_array(plan.data.array)
+    training, sweep = plan.training, plan.sweep
+    checkpoint_dir = Path(out) / "checkpoint"
+    if resume and not has_trainer_state(checkpoint_dir):
+        raise InvalidInput(f"--resume: no checkpoint in {checkpoint_dir}; run without --resume (and with --checkpoint-every) first")
+    d_in = int(data.shape[-1])
+    single = len(sweep.widths) == 1 and len(sweep.target_l0s) == 1
+    torch.manual_seed(training.seed)  # SAE initialisation, so that the seed makes the run reproducible
+    jobs = []
+    for arch in sweep.architectures:
+        for width in sweep.widths:
+            d_sae = resolve_width(width, d_in, plan.source)
+            for target in sweep.target_l0s:
+                name = arch if single else sae_folder_name(arch, d_sae, float(target))
+                options = dict(sweep.options.get(arch, {}))
+                if "sparsity_coefficient" not in options:  # a fixed λ means no target-L0 controller
+                    options["target_l0"] = float(target)
+                if sweep.lr_for(arch) is not None:
+                    options["lr"] = sweep.lr_for(arch)
+                jobs.append(create_job(arch, d_in, d_sae, name=name, **options))
+    checkpoint_every = training.checkpoint_every or None  # arrays checkpoint only when asked
+    config = TrainConfig(
+        total_tokens=training.tokens, batch_size=training.batch_size, seed=training.seed, device=plan.model.device, progress=progress,
+        checkpoint_every=checkpoint_every, checkpoint_dir=str(checkpoint_dir) if checkpoint_every or resume else None,
+        **({} if training.sparsity_proportional_gain is None else {"sparsity_proportional_gain": training.sparsity_proportional_gain}),
+    )
+    try:
+        return train_saes(data, jobs, config, out_dir=str(out), resume=resume)
+    except InvalidInput as error:
+        raise InvalidInput(f"{plan.data.array}: {error}") from None
