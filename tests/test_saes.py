@@ -145,7 +145,7 @@ def test_weight_orientation_and_names(arch):
     assert tensors["W_enc"].shape == (6, 24) and tensors["W_dec"].shape == (24, 6) and tensors["b_dec"].shape == (6,)
     expected = {"W_enc", "W_dec", "b_dec"} | {
         "jumprelu": {"b_enc", "threshold"}, "batchtopk": {"b_enc", "threshold"}, "topk": {"b_enc"}, "relu": {"b_enc"},
-        "gated": {"b_gate", "b_mag", "r_mag"},
+        "gated": {"b_gate", "b_mag", "r_mag"}, "feature_choice": {"b_enc", "threshold"}, "mutual_choice": {"b_enc", "threshold"},
     }[arch]
     assert set(tensors) == expected  # the published SAELens / Gemma Scope names
 

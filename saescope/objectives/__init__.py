@@ -15,7 +15,8 @@ from saescope.objectives.base import (
     loss_output,
     squared_error,
 )
-from saescope.objectives.batchtopk import BatchTopKObjective
+from saescope.objectives.batchtopk import BatchTopKObjective, MutualChoiceObjective
+from saescope.objectives.feature_choice import FeatureChoiceObjective
 from saescope.objectives.gated import GatedObjective
 from saescope.objectives.jumprelu import JumpReLUObjective, JumpReLUTanhObjective
 from saescope.objectives.relu import ReLUObjective
@@ -34,7 +35,8 @@ def register_objective(objective_class: type[Objective]) -> type[Objective]:
     return objective_class
 
 
-for _cls in (JumpReLUObjective, JumpReLUTanhObjective, ReLUObjective, GatedObjective, TopKObjective, BatchTopKObjective):
+for _cls in (JumpReLUObjective, JumpReLUTanhObjective, ReLUObjective, GatedObjective, TopKObjective, BatchTopKObjective,
+             MutualChoiceObjective, FeatureChoiceObjective):
     register_objective(_cls)
 
 

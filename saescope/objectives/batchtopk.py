@@ -23,7 +23,7 @@ class BatchTopKObjective(TopKObjective):
     """EMA momentum of the inference threshold (SAELens uses 0.99, dictionary_learning 0.999)."""
 
     name = "batchtopk"
-    architectures = ("batchtopk",)
+    architectures = ("batchtopk", "mutual_choice")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -77,4 +77,11 @@ def batch_top_k(acts: Tensor, n_keep: int, tracked_threshold: Tensor) -> tuple[T
     cutoff = pool.kthvalue(pool.numel() - n_keep + 1).values
     return torch.where(acts >= cutoff, acts, 0.0), cutoff
 
+
+@dataclass
+class MutualChoiceObjective(BatchTopKObjective):
+    """Mutual Choice training: BatchTopK's selection under the name of Ayonrinde 2024 (see MutualChoiceSae)."""
+
+    name = "mutual_choice"
+    architectures = ("mutual_choice", "batchtopk")
 

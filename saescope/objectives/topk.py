@@ -10,7 +10,7 @@ stays (indices, values) throughout: nothing builds the [n_tokens, d_sae] matrix.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -32,17 +32,48 @@ def k_for_target(target_l0: float, d_sae: int) -> int:
     return max(1, min(d_sae, int(round(target_l0))))
 
 
-def aux_k_loss(sae: SparseAutoencoder, pre: Tensor, residual: Tensor, dead_mask: Tensor, aux_k: int, coefficient: float) -> Tensor:
-    """AuxK: reconstruct the residual from the top-aux_k pre-activations of dead latents."""
+def aux_k_loss(
+    sae: SparseAutoencoder, pre: Tensor, residual: Tensor, eligible: Tensor, aux_k: int, coefficient: float, weights: Tensor | None = None,
+) -> Tensor:
+    """Reconstruct the residual from the top-aux_k pre-activations of the ``eligible`` latents (bool [d_sae]).
+
+    AuxK passes the dead latents; aux_zipf passes the under-used ones with their shortfall as ``weights``
+    (each selected latent's activation is scaled by its weight), so both are settings of this routine.
+    """
     aux_k = min(aux_k, sae.d_sae)
-    dead_pre = pre.masked_fill(~dead_mask, float("-inf"))
-    values, indices = dead_pre.topk(aux_k, dim=-1, sorted=False)
-    values = torch.relu(values)  # -inf (not dead) becomes 0
+    eligible_pre = pre.masked_fill(~eligible, float("-inf"))
+    values, indices = eligible_pre.topk(aux_k, dim=-1, sorted=False)
+    values = torch.relu(values)  # -inf (not eligible) becomes 0
+    if weights is not None:
+        values = values * weights[indices]
     decode = decode_sparse if aux_k * 8 <= sae.d_sae else decode_dense
     aux_reconstruction = decode(indices, values, sae.W_dec, torch.zeros_like(sae.b_dec))
     error = (aux_reconstruction - residual).pow(2).sum(dim=-1).mean()
     variance = (residual - residual.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)
-    return coefficient * error / variance * dead_mask.any()
+    return coefficient * error / variance * eligible.any()
+
+
+def zipf_shortfall(firing_rate: Tensor, head_fraction: float = 0.5) -> Tensor:
+    """Per latent, how far its firing rate falls below a Zipf law fitted to the rate-versus-rank curve, in [0, 1].
+
+    saescope's reading of aux_zipf_loss (Ayonrinde 2024 gives no formula): sort the running firing rates
+    p in decreasing order (rank r = 1, 2, ...); fit log p = a − s·log r by least squares over the
+    firing latents in the top ``head_fraction`` of ranks (the law fits the head; the tail is what falls
+    short); the shortfall of a latent of rank r is max(0, 1 − p / (e^a·r^(−s))). Latents that never
+    fired have shortfall 1. No host synchronisation.
+    """
+    n = firing_rate.numel()
+    rates, order = firing_rate.float().sort(descending=True)
+    log_rank = torch.arange(1, n + 1, device=rates.device, dtype=torch.float32).log()
+    head = (torch.arange(n, device=rates.device) < max(2, int(head_fraction * n))) & (rates > 0)
+    weight = head.float()
+    count = weight.sum().clamp_min(1)
+    log_rate = rates.clamp_min(1e-12).log()
+    mean_x, mean_y = (log_rank * weight).sum() / count, (log_rate * weight).sum() / count
+    slope = (((log_rank - mean_x) * (log_rate - mean_y)) * weight).sum() / (((log_rank - mean_x) ** 2) * weight).sum().clamp_min(1e-12)
+    expected = (mean_y + slope * (log_rank - mean_x)).exp()
+    shortfall_sorted = (1 - rates / expected).clamp(0, 1)
+    return torch.empty_like(shortfall_sorted).scatter_(0, order, shortfall_sorted)
 
 
 @dataclass
@@ -55,6 +86,9 @@ class TopKObjective(Objective):
     """Fraction of the run over which the training k falls linearly from k_anneal_start to k (0: off)."""
     k_anneal_start: int | None = None
     """The training k at the start of annealing. None: 4k, capped at d_sae."""
+    aux_target: Literal["dead", "zipf"] = "dead"
+    """Which latents the auxiliary loss revives: "dead" (AuxK) or those below a Zipf law fitted to the
+    firing-rate curve, weighted by their shortfall (saescope's reading of aux_zipf_loss; see zipf_shortfall)."""
 
     name = "topk"
     architectures = ("topk",)
@@ -65,6 +99,8 @@ class TopKObjective(Objective):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.aux_target not in ("dead", "zipf"):
+            raise InvalidInput(f"{type(self).__name__}.aux_target must be 'dead' or 'zipf', got {self.aux_target!r}")
         if not 0 <= self.k_anneal_fraction <= 1:
             raise InvalidInput(f"{type(self).__name__}.k_anneal_fraction={self.k_anneal_fraction} must be in [0, 1]")
         if self.aux_k is not None and self.aux_k < 1:
@@ -94,11 +130,21 @@ class TopKObjective(Objective):
         with torch.no_grad():
             sae.b_dec.copy_(sample.mean(dim=0))
 
+    @property
+    def uses_firing_rate(self) -> bool:  # type: ignore[override]
+        return self.aux_target == "zipf"
+
     def aux_terms(self, sae: SparseAutoencoder, pre: Tensor, x: Tensor, reconstruction: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+        aux_k = self.aux_k if self.aux_k is not None else max(1, sae.d_in // 2)
+        residual = x - reconstruction.detach()
+        if self.aux_target == "zipf":
+            if ctx.firing_rate is None or ctx.step == 0:
+                return {}
+            shortfall = zipf_shortfall(ctx.firing_rate)
+            return {"aux": aux_k_loss(sae, pre, residual, shortfall > 0, aux_k, self.aux_coefficient, weights=shortfall)}
         if ctx.dead_mask is None:
             return {}
-        aux_k = self.aux_k if self.aux_k is not None else max(1, sae.d_in // 2)
-        return {"aux": aux_k_loss(sae, pre, x - reconstruction.detach(), ctx.dead_mask, aux_k, self.aux_coefficient)}
+        return {"aux": aux_k_loss(sae, pre, residual, ctx.dead_mask, aux_k, self.aux_coefficient)}
 
     def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
         pre = sae.pre_activations(x)

@@ -11,8 +11,9 @@ from typing import Any
 
 from saescope.errors import InvalidInput
 from saescope.saes.base import SaeConfig, SparseAutoencoder, unit_norm_rows
-from saescope.saes.batchtopk import BatchTopKConfig, BatchTopKSae
+from saescope.saes.batchtopk import BatchTopKConfig, BatchTopKSae, MutualChoiceSae
 from saescope.saes.code import FeatureCode
+from saescope.saes.feature_choice import FeatureChoiceConfig, FeatureChoiceSae
 from saescope.saes.gated import GatedConfig, GatedSae
 from saescope.saes.jumprelu import JumpReLUConfig, JumpReLUSae
 from saescope.saes.relu import ReLUConfig, ReLUSae
@@ -30,7 +31,7 @@ def register_architecture(sae_class: type[SparseAutoencoder]) -> type[SparseAuto
     return sae_class
 
 
-for _cls in (JumpReLUSae, ReLUSae, GatedSae, TopKSae, BatchTopKSae):
+for _cls in (JumpReLUSae, ReLUSae, GatedSae, TopKSae, BatchTopKSae, MutualChoiceSae, FeatureChoiceSae):
     register_architecture(_cls)
 
 
@@ -64,11 +65,14 @@ __all__ = [
     "ARCHITECTURES",
     "BatchTopKConfig",
     "BatchTopKSae",
+    "FeatureChoiceConfig",
+    "FeatureChoiceSae",
     "FeatureCode",
     "GatedConfig",
     "GatedSae",
     "JumpReLUConfig",
     "JumpReLUSae",
+    "MutualChoiceSae",
     "ReLUConfig",
     "ReLUSae",
     "SaeConfig",

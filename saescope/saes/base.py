@@ -83,6 +83,8 @@ class SparseAutoencoder(nn.Module):
     """Subtract b_dec from the input before encoding (pre-encoder bias)."""
     scaled_tensor_names: ClassVar[tuple[str, ...]] = ("b_enc", "b_dec")
     """Tensors measured in input units: divided by c when folding an input scale c into the weights."""
+    saelens_architecture: ClassVar[str | None] = None
+    """The SAELens architecture whose inference rule this module's tensors follow (None: not exportable)."""
 
     def __init__(self, cfg: SaeConfig) -> None:
         super().__init__()

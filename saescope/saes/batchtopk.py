@@ -33,6 +33,7 @@ class BatchTopKSae(SparseAutoencoder):
     architecture = "batchtopk"
     config_class = BatchTopKConfig
     default_objective = "batchtopk"
+    saelens_architecture = "jumprelu"
     apply_b_dec_to_input = True
     scaled_tensor_names = ("b_enc", "b_dec", "threshold")
 
@@ -56,3 +57,15 @@ class BatchTopKSae(SparseAutoencoder):
         sae.normalization = dict(self.normalization)
         sae.training_summary = dict(self.training_summary)
         return sae
+
+
+class MutualChoiceSae(BatchTopKSae):
+    """Mutual Choice (Ayonrinde 2024): the top k·B entries of the batch's whole pre-activation matrix.
+
+    That is exactly BatchTopK's selection (the paper's reviewers noted the overlap), so both names share
+    one implementation; the name records which paper a user followed.
+    """
+
+    architecture = "mutual_choice"
+    default_objective = "mutual_choice"
+

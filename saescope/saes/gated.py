@@ -26,6 +26,7 @@ class GatedSae(SparseAutoencoder):
     architecture = "gated"
     config_class = GatedConfig
     default_objective = "gated"
+    saelens_architecture = "gated"
     apply_b_dec_to_input = True
     scaled_tensor_names = ("b_gate", "b_mag", "b_dec")
 

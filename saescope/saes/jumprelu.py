@@ -36,6 +36,7 @@ class JumpReLUSae(SparseAutoencoder):
     architecture = "jumprelu"
     config_class = JumpReLUConfig
     default_objective = "jumprelu"
+    saelens_architecture = "jumprelu"
     scaled_tensor_names = ("b_enc", "b_dec", "threshold")
 
     def add_parameters(self) -> None:

@@ -22,6 +22,7 @@ class ReLUSae(SparseAutoencoder):
     architecture = "relu"
     config_class = ReLUConfig
     default_objective = "relu"
+    saelens_architecture = "standard"
 
     def encode(self, x: Tensor) -> Tensor:
         return torch.relu(self.pre_activations(x))

@@ -45,6 +45,7 @@ class TopKSae(SparseAutoencoder):
     architecture = "topk"
     config_class = TopKConfig
     default_objective = "topk"
+    saelens_architecture = "topk"
     apply_b_dec_to_input = True
 
     def select(self, pre: Tensor, k: int) -> FeatureCode:

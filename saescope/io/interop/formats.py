@@ -27,11 +27,10 @@ import torch
 from saescope.errors import InvalidInput, MissingFile
 from saescope.io.atomic import atomic_write, atomic_write_json
 from saescope.io.checkpoint import load_checked_tensors
-from saescope.saes import SparseAutoencoder, create_sae, get_architecture
+from saescope.saes import ARCHITECTURES, SparseAutoencoder, create_sae, get_architecture
 
 GEMMA_SCOPE_SITES = {"res": "resid_post", "mlp": "mlp_out", "att": "attn_z"}
 SAELENS_TO_SAESCOPE = {"standard": "relu", "relu": "relu", "jumprelu": "jumprelu", "topk": "topk", "gated": "gated", "batchtopk": "batchtopk"}
-SAESCOPE_TO_SAELENS = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk", "gated": "gated", "batchtopk": "jumprelu"}
 _GEMMA_PATH = re.compile(r"layer_(\d+)/width_(\w+)/average_l0_(\d+)")
 
 
@@ -162,22 +161,23 @@ def export_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
 
     from saescope._version import __version__
 
-    if sae.architecture not in SAESCOPE_TO_SAELENS:
-        raise InvalidInput(f"{sae.architecture} SAEs have no SAELens equivalent; exportable: {sorted(SAESCOPE_TO_SAELENS)}")
+    if sae.saelens_architecture is None:
+        exportable = sorted(name for name, cls in ARCHITECTURES.items() if cls.saelens_architecture)
+        raise InvalidInput(f"{sae.architecture} SAEs have no SAELens equivalent; exportable: {exportable}")
     if sae.normalization and not sae.normalization.get("folded", True):
         raise InvalidInput("this SAE still expects normalised inputs; fold the input scale first (trained SAEs are folded when saved)")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().float().contiguous().cpu() for name, t in sae.export_tensors().items()}
     cfg: dict[str, Any] = {
-        "architecture": SAESCOPE_TO_SAELENS[sae.architecture],
+        "architecture": sae.saelens_architecture,
         "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32", "device": "cpu",
         "apply_b_dec_to_input": bool(sae.apply_b_dec_to_input),
         "normalize_activations": "none", "reshape_activations": "none",
         "metadata": {"model_name": sae.cfg.model_id, "hook_name": sae.cfg.hookpoint, "sae_lens_training_version": None,
                      "exported_by": f"saescope {__version__}"},
     }
-    if sae.architecture == "topk":
+    if sae.saelens_architecture == "topk":
         cfg["k"] = int(sae.cfg.k)
         cfg["rescale_acts_by_decoder_norm"] = False
     atomic_write(folder / "sae_weights.safetensors", lambda path: save_file(tensors, str(path)))
