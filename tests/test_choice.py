@@ -133,3 +133,31 @@ def test_choice_saes_save_load_and_export_as_jumprelu(tmp_path, arch):
     as_saelens = load_sae(tmp_path / "saelens")
     assert as_saelens.architecture == "jumprelu"
     assert torch.allclose(as_saelens.encode(x), sae.encode(x), atol=1e-6)
+
+
+def test_the_new_architectures_run_in_a_suite_through_eval_interpret_and_steer(tmp_path):
+    from lm_helpers import save_tiny_model, tiny_loaded, tiny_suite_config, write_corpus
+
+    from saescope.cli import main
+    from saescope.steer import Intervention, Steering, generate
+
+    corpus = write_corpus(tmp_path / "c.txt", repeat=12)
+    model = save_tiny_model(tmp_path / "model")
+    config = tmp_path / "plan.json"
+    import json
+
+    config.write_text(json.dumps(tiny_suite_config(model, corpus, hookpoints=["layers.1.resid_post"])))
+    out = tmp_path / "suite"
+    assert main(["train", "--config", str(config), "--arch", "feature_choice", "mutual_choice", "matryoshka",
+                 "--out", str(out), "--interpret", "2048"]) == 0
+    assert main(["eval", str(out), "--recompute", "--no-plots"]) == 0
+    index = json.loads((out / "suite.json").read_text())
+    assert [e["architecture"] for e in index["saes"]] == ["feature_choice", "mutual_choice", "matryoshka"]
+    for entry in index["saes"]:
+        assert entry["metrics"]["l0"] > 0 and entry["metrics"]["delta_lm_loss"] == entry["metrics"]["delta_lm_loss"]
+        assert (out / entry["path"] / "interpret" / "summary.json").is_file()
+        sae = saescope.load(out / entry["path"])
+        loaded = tiny_loaded("llama", n_layers=2)
+        steered = generate(loaded, "A list is", max_new_tokens=3, temperature=0,
+                           steering=Steering(loaded.model, [Intervention(sae, 0, 5.0, kind="add")]))
+        assert len(steered) == 3

@@ -120,7 +120,7 @@ def test_saelens_batchtopk_with_a_global_threshold(tmp_path):
     _check(sae, "jumprelu", jump, apply_b_dec=True)
 
 
-@pytest.mark.parametrize("arch", ["relu", "jumprelu", "topk", "gated", "batchtopk", "feature_choice", "mutual_choice"])
+@pytest.mark.parametrize("arch", ["relu", "jumprelu", "topk", "gated", "batchtopk", "feature_choice", "mutual_choice", "matryoshka"])
 def test_export_to_saelens_round_trips(tmp_path, arch):
     torch.manual_seed(0)
     sae = create_job(arch, 12, 40, target_l0=4, hookpoint="layers.2.mlp_out", model_id="tiny").sae
@@ -132,7 +132,8 @@ def test_export_to_saelens_round_trips(tmp_path, arch):
                 buffer.copy_(torch.rand_like(buffer) * 0.5)
     folder = export_saelens(sae, tmp_path / arch)
     cfg = json.loads((folder / "cfg.json").read_text())
-    assert cfg["architecture"] == {"relu": "standard", "batchtopk": "jumprelu", "feature_choice": "jumprelu", "mutual_choice": "jumprelu"}.get(arch, arch)
+    assert cfg["architecture"] == {"relu": "standard", "batchtopk": "jumprelu", "feature_choice": "jumprelu", "mutual_choice": "jumprelu",
+                                  "matryoshka": "jumprelu"}.get(arch, arch)
     assert cfg["metadata"]["hook_name"] == "layers.2.mlp_out" and cfg["normalize_activations"] == "none"
     loaded = saescope.load(folder)
     x = torch.randn(50, 12) * 2

@@ -146,6 +146,7 @@ def test_weight_orientation_and_names(arch):
     expected = {"W_enc", "W_dec", "b_dec"} | {
         "jumprelu": {"b_enc", "threshold"}, "batchtopk": {"b_enc", "threshold"}, "topk": {"b_enc"}, "relu": {"b_enc"},
         "gated": {"b_gate", "b_mag", "r_mag"}, "feature_choice": {"b_enc", "threshold"}, "mutual_choice": {"b_enc", "threshold"},
+        "matryoshka": {"b_enc", "threshold"},
     }[arch]
     assert set(tensors) == expected  # the published SAELens / Gemma Scope names
 

@@ -19,6 +19,7 @@ from saescope.objectives.batchtopk import BatchTopKObjective, MutualChoiceObject
 from saescope.objectives.feature_choice import FeatureChoiceObjective
 from saescope.objectives.gated import GatedObjective
 from saescope.objectives.jumprelu import JumpReLUObjective, JumpReLUTanhObjective
+from saescope.objectives.matryoshka import MatryoshkaObjective
 from saescope.objectives.relu import ReLUObjective
 from saescope.objectives.topk import TopKObjective
 
@@ -36,7 +37,7 @@ def register_objective(objective_class: type[Objective]) -> type[Objective]:
 
 
 for _cls in (JumpReLUObjective, JumpReLUTanhObjective, ReLUObjective, GatedObjective, TopKObjective, BatchTopKObjective,
-             MutualChoiceObjective, FeatureChoiceObjective):
+             MutualChoiceObjective, FeatureChoiceObjective, MatryoshkaObjective):
     register_objective(_cls)
 
 

@@ -16,6 +16,7 @@ from saescope.saes.code import FeatureCode
 from saescope.saes.feature_choice import FeatureChoiceConfig, FeatureChoiceSae
 from saescope.saes.gated import GatedConfig, GatedSae
 from saescope.saes.jumprelu import JumpReLUConfig, JumpReLUSae
+from saescope.saes.matryoshka import MatryoshkaConfig, MatryoshkaSae
 from saescope.saes.relu import ReLUConfig, ReLUSae
 from saescope.saes.topk import TopKConfig, TopKSae
 
@@ -31,7 +32,7 @@ def register_architecture(sae_class: type[SparseAutoencoder]) -> type[SparseAuto
     return sae_class
 
 
-for _cls in (JumpReLUSae, ReLUSae, GatedSae, TopKSae, BatchTopKSae, MutualChoiceSae, FeatureChoiceSae):
+for _cls in (JumpReLUSae, ReLUSae, GatedSae, TopKSae, BatchTopKSae, MutualChoiceSae, FeatureChoiceSae, MatryoshkaSae):
     register_architecture(_cls)
 
 
@@ -72,6 +73,8 @@ __all__ = [
     "GatedSae",
     "JumpReLUConfig",
     "JumpReLUSae",
+    "MatryoshkaConfig",
+    "MatryoshkaSae",
     "MutualChoiceSae",
     "ReLUConfig",
     "ReLUSae",

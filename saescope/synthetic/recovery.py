@@ -30,6 +30,11 @@ BENCH_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "topk": ("topk", {}),
     "batchtopk": ("batchtopk", {}),
     "jumprelu-logthreshold": ("jumprelu", {"threshold_param": "log"}),
+    "mutual_choice": ("mutual_choice", {}),
+    "feature_choice": ("feature_choice", {}),
+    "feature_choice-zipf": ("feature_choice", {"capacity": "zipf"}),
+    "topk-aux_zipf": ("topk", {"aux_target": "zipf"}),
+    "matryoshka": ("matryoshka", {}),
 }
 DEFAULT_ARCHITECTURES = ("jumprelu", "jumprelu-tanh", "relu", "gated", "topk", "batchtopk")
 

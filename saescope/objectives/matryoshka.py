@@ -1,0 +1,57 @@
+"""Matryoshka training (Bussmann et al. 2025): every nested prefix of the dictionary reconstructs alone.
+
+    L = Σ_g w_g ‖x − (b_dec + Σ_{i < m_g} f_i d_i)‖²  (+ AuxK),   f from a global BatchTopK
+
+The prefix reconstructions are built cumulatively (each adds its group's latents to the previous
+one), so all of them together cost one full decode. Weights default to 1/G, as dictionary_learning's
+implementation (a mean over groups).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saescope.errors import InvalidInput
+from saescope.objectives.base import LossOutput, StepContext, loss_output, squared_error
+from saescope.objectives.batchtopk import BatchTopKObjective, batch_top_k
+from saescope.saes import FeatureCode, SparseAutoencoder
+
+
+@dataclass
+class MatryoshkaObjective(BatchTopKObjective):
+    prefix_weights: list[float] | None = None
+    """Weight of each prefix's reconstruction error, innermost first. None: 1/G each."""
+
+    name = "matryoshka"
+    architectures = ("matryoshka",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prefix_weights is not None and (not self.prefix_weights or any(w < 0 for w in self.prefix_weights)):
+            raise InvalidInput(f"MatryoshkaObjective.prefix_weights={self.prefix_weights}: give one weight >= 0 per prefix")
+
+    def check(self, sae: SparseAutoencoder) -> None:
+        super().check(sae)
+        if self.prefix_weights is not None and len(self.prefix_weights) != len(sae.cfg.prefixes):
+            raise InvalidInput(f"MatryoshkaObjective.prefix_weights has {len(self.prefix_weights)} weights for {len(sae.cfg.prefixes)} prefixes")
+
+    def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
+        pre = sae.pre_activations(x)
+        acts = torch.relu(pre)
+        n_keep = min(int(self.training_k(sae, ctx.progress) * x.shape[0]), acts.numel())
+        feature_acts, smallest_kept = batch_top_k(acts, n_keep, sae.threshold[0])
+        prefixes = sae.cfg.prefixes
+        weights = self.prefix_weights or [1.0 / len(prefixes)] * len(prefixes)
+        reconstruction = sae.b_dec.expand_as(x)
+        start, terms = 0, {}
+        for size, weight in zip(prefixes, weights):
+            reconstruction = torch.addmm(reconstruction, feature_acts[:, start:size], sae.W_dec[start:size])
+            terms[f"mse_prefix_{size}"] = weight * squared_error(reconstruction, x)
+            start = size
+        terms.update(self.aux_terms(sae, pre, x, reconstruction, ctx))
+        if sae.training:
+            self._track_threshold(sae, smallest_kept.detach())
+        return loss_output(FeatureCode.from_dense(feature_acts), reconstruction, terms)
