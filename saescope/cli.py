@@ -27,6 +27,8 @@ def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
         options["architectures"] = tuple(args.archs)
     if args.steps:
         options["steps"] = args.steps
+    if args.seed is not None:
+        options["seed"] = args.seed
     if args.quick:
         options.update(steps=args.steps or 300, eval_tokens=16_384, d_sae=256, n_features=128, d_in=32)
     config = RecoveryBenchConfig(**options)
@@ -291,9 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_kinds = bench.add_subparsers(dest="bench", required=True)
     synthetic = bench_kinds.add_parser("synthetic", help="ground-truth feature recovery on synthetic activations")
     synthetic.add_argument("--json", action="store_true", help="print rows as JSON")
-    synthetic.add_argument("--variants", nargs="+", help="uniform, zipf, hierarchical (default: all)")
+    synthetic.add_argument("--variants", nargs="+", help="uniform, zipf, hierarchical, synthsae (default: all)")
     synthetic.add_argument("--archs", nargs="+", help="architectures to compare (default: all)")
     synthetic.add_argument("--steps", type=int, help="training steps per variant (default 2000)")
+    synthetic.add_argument("--seed", type=int, help="seed of the synthetic data and the SAEs (default 0)")
     synthetic.add_argument("--quick", action="store_true", help="a small, fast setting (for smoke tests)")
     synthetic.add_argument("--progress", action="store_true", help="show progress bars even with --json")
     synthetic.set_defaults(func=_cmd_bench_synthetic)

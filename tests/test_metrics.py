@@ -120,3 +120,33 @@ def test_evaluate_accepts_memmap_and_rejects_bad_input(tmp_path):
         evaluate_sae(sae, bad)
     with pytest.raises(ValueError, match="no activations"):
         evaluate_sae(sae, torch.zeros(0, 4))
+
+
+def test_ground_truth_measures_on_a_planted_dictionary():
+    from saescope.evaluation.ground_truth import (
+        ground_truth_metrics,
+        mean_correlation_coefficient,
+    )
+    from saescope.saes import create_sae
+
+    truth = torch.eye(4)
+    # decoder: rows 0-2 are true directions 2, 0, 1 (shuffled); row 3 duplicates direction 0 at 60°; 4 is junk
+    decoder = torch.stack([truth[2], truth[0], truth[1], 0.5 * truth[0] + (3**0.5 / 2) * truth[3], torch.tensor([0.5, 0.5, 0.5, 0.5])])
+    # the best one-to-one matching: rows 0-2 exactly (3 × 1.0), row 3 to direction 3 (cos √3/2)
+    assert mean_correlation_coefficient(decoder, truth) == pytest.approx((3 + 3**0.5 / 2) / 4)
+    sae = create_sae("relu", 4, 5)
+    with torch.no_grad():
+        sae.W_dec.copy_(decoder)
+        sae.W_enc.copy_(decoder.T)
+        sae.b_enc.copy_(torch.tensor([-0.5, -0.5, -0.5, -0.5, -10.0]))  # latent 4 never fires
+    true_active = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0]]).bool()
+    x = true_active.float()
+    metrics = ground_truth_metrics(sae, truth, x, true_active)
+    # best |cos| per true direction: 1, 1, 1 and √3/2 (direction 3, from row 3): only three exceed 0.9
+    assert metrics.mmcs == pytest.approx((3 + 3**0.5 / 2) / 4) and metrics.recovered == pytest.approx(0.75)
+    assert metrics.mcc == pytest.approx((3 + 3**0.5 / 2) / 4)
+    # best match per latent: 2, 0, 1, 3 and (a four-way tie, the first) 0 again: four distinct of five latents
+    assert metrics.uniqueness == pytest.approx(4 / 5)
+    # latents 0-2 fire exactly on their feature's tokens; latent 3 fires only on e3 (√3/2 − 0.5 > 0, while
+    # e0 gives 0.5 − 0.5 = 0); latent 4 never fires and scores 0: every mean is (1 + 1 + 1 + 1 + 0) / 5
+    assert metrics.f1 == pytest.approx(4 / 5) and metrics.precision == pytest.approx(4 / 5) and metrics.recall == pytest.approx(4 / 5)

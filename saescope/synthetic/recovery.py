@@ -14,12 +14,11 @@ from typing import Any
 import torch
 
 from saescope.errors import InvalidInput
-from saescope.evaluation.metrics import evaluate_sae, mmcs
+from saescope.evaluation.ground_truth import ground_truth_metrics
+from saescope.evaluation.metrics import evaluate_sae
 from saescope.jobs import SaeJob, create_job
 from saescope.synthetic.synthetic import VARIANTS, SyntheticActivations, SyntheticConfig
 from saescope.training import TrainConfig, Trainer
-
-RECOVERY_COSINE = 0.9
 
 # name -> (architecture, options); the target L0 is filled in per run.
 BENCH_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -75,7 +74,8 @@ def build_bench_jobs(config: RecoveryBenchConfig) -> dict[str, SaeJob]:
 
 
 def run_recovery_benchmark(config: RecoveryBenchConfig | None = None) -> list[dict[str, Any]]:
-    """One row per (variant, architecture) with keys arch, variant, l0, fvu, mmcs, recovered, dead_fraction."""
+    """One row per (variant, architecture): arch, variant, l0, fvu, the ground-truth measures
+    (mmcs, recovered, mcc, uniqueness, precision, recall, f1; ``saescope.evaluation.ground_truth``) and dead_fraction."""
     config = config or RecoveryBenchConfig()
     rows = []
     for variant in config.variants:
@@ -94,18 +94,17 @@ def run_recovery_benchmark(config: RecoveryBenchConfig | None = None) -> list[di
         started = time.perf_counter()
         trained = Trainer(list(build_bench_jobs(config).values()), train_config).fit(lambda data=data: data.stream(config.batch_size, seed=config.seed + 1))
         seconds = time.perf_counter() - started
-        held_out = data.sample(config.eval_tokens, seed=config.seed + 10_000)
+        held_out, true_features = data.sample_with_features(config.eval_tokens, seed=config.seed + 10_000)
         for name, sae in trained.items():
             metrics = evaluate_sae(sae, held_out, description_length=False)
-            cosines = mmcs(data.directions, sae.W_dec)
+            truth = ground_truth_metrics(sae, data.directions, held_out, true_features > 0)
             rows.append(
                 {
                     "arch": name,
                     "variant": variant,
                     "l0": metrics.l0,
                     "fvu": metrics.fvu,
-                    "mmcs": cosines.mean().item(),
-                    "recovered": (cosines > RECOVERY_COSINE).double().mean().item(),
+                    **truth.to_dict(),
                     "dead_fraction": metrics.dead_fraction,
                     "train_seconds_all_archs": round(seconds, 1),
                 }
@@ -114,11 +113,11 @@ def run_recovery_benchmark(config: RecoveryBenchConfig | None = None) -> list[di
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    header = f"{'variant':<13} {'arch':<22} {'L0':>6} {'FVU':>7} {'MMCS':>6} {'recovered':>9} {'dead':>6}"
+    header = f"{'variant':<13} {'arch':<22} {'L0':>6} {'FVU':>7} {'MMCS':>6} {'recovered':>9} {'MCC':>6} {'F1':>6} {'dead':>6}"
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(
             f"{row['variant']:<13} {row['arch']:<22} {row['l0']:>6.2f} {row['fvu']:>7.4f} {row['mmcs']:>6.3f} "
-            f"{row['recovered']:>9.1%} {row['dead_fraction']:>6.1%}"
+            f"{row['recovered']:>9.1%} {row['mcc']:>6.3f} {row['f1']:>6.3f} {row['dead_fraction']:>6.1%}"
         )
     return "\n".join(lines)

@@ -8,6 +8,11 @@ magnitudes c_g ~ U(magnitude_low, 1). Three variants of which features fire toge
 - ``hierarchical``: features come in families of one parent and ``children_per_parent`` children;
   a child can only fire with its parent, and exactly one child fires with probability
   ``child_probability`` when the parent does (the structure behind feature absorption).
+- ``synthsae``: shaped like SynthSAEBench (Chanin et al. 2026) at a small scale: the hierarchical
+  families, with Zipf-distributed parent frequencies (∝ 1/rank^zipf_exponent), mutually exclusive
+  children, positive correlation between parents of one of ``correlation_groups`` groups (a per-token
+  group switch multiplies their probabilities by 1 ± ``correlation``, which leaves the marginals
+  unchanged), and Gaussian noise of std ``synthsae_noise_std`` (on top of ``noise_std``).
 
 Every variant is scaled so that the expected number of active features per token is ``mean_l0``.
 Batches are generated on the fly from a seed, so a stream of any length costs no memory and is
@@ -25,7 +30,7 @@ from torch import Tensor
 
 from saescope.errors import InvalidInput
 
-VARIANTS = ("uniform", "zipf", "hierarchical")
+VARIANTS = ("uniform", "zipf", "hierarchical", "synthsae")
 
 
 @dataclass
@@ -36,7 +41,7 @@ class SyntheticConfig:
     """Ground-truth directions (n_features > d_in puts them in superposition)."""
     mean_l0: float = 4.0
     """Expected active features per token."""
-    variant: Literal["uniform", "zipf", "hierarchical"] = "uniform"
+    variant: Literal["uniform", "zipf", "hierarchical", "synthsae"] = "uniform"
     zipf_exponent: float = 1.0
     children_per_parent: int = 3
     child_probability: float = 0.75
@@ -44,6 +49,12 @@ class SyntheticConfig:
     """Active magnitudes are uniform on [magnitude_low, 1]."""
     noise_std: float = 0.0
     """Isotropic Gaussian noise added to every activation."""
+    correlation: float = 0.5
+    """synthsae: how strongly a group switch raises (or lowers) its parents' probabilities, in [0, 1)."""
+    correlation_groups: int = 8
+    """synthsae: parents are split round-robin into this many correlated groups."""
+    synthsae_noise_std: float = 0.02
+    """synthsae: noise std of the variant itself."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -53,7 +64,9 @@ class SyntheticConfig:
             raise InvalidInput("d_in and n_features must be positive")
         if not 0 < self.mean_l0 < self.n_features:
             raise InvalidInput(f"mean_l0 must be in (0, n_features={self.n_features}), got {self.mean_l0}")
-        if self.variant == "hierarchical" and self.n_features % (self.children_per_parent + 1):
+        if not 0 <= self.correlation < 1:
+            raise InvalidInput(f"correlation must be in [0, 1), got {self.correlation}")
+        if self.variant in ("hierarchical", "synthsae") and self.n_features % (self.children_per_parent + 1):
             raise InvalidInput(f"hierarchical: n_features={self.n_features} must be a multiple of children_per_parent + 1")
 
 
@@ -64,12 +77,15 @@ class SyntheticActivations:
         self.config = config = config or SyntheticConfig()
         generator = torch.Generator().manual_seed(config.seed)
         self.directions = torch.nn.functional.normalize(torch.randn(config.n_features, config.d_in, generator=generator), dim=1)
-        if config.variant == "hierarchical":
+        if config.variant in ("hierarchical", "synthsae"):
             family = config.children_per_parent + 1
             n_parents = config.n_features // family
             # per family: parent fires with p, then one child with child_probability
-            p = config.mean_l0 / (n_parents * (1 + config.child_probability))
-            if p > 1:
+            ranks = torch.arange(1, n_parents + 1, dtype=torch.float32)
+            weights = ranks ** -config.zipf_exponent if config.variant == "synthsae" else torch.ones(n_parents)
+            p = weights * (config.mean_l0 / (weights.sum() * (1 + config.child_probability)))
+            boost = 1 + config.correlation if config.variant == "synthsae" else 1.0
+            if float(p.max()) * boost > 1:
                 raise InvalidInput(f"mean_l0={config.mean_l0} is too high for {n_parents} families")
             self.parent_probability = p
             self.probabilities = None
@@ -91,7 +107,12 @@ class SyntheticActivations:
         else:
             family = config.children_per_parent + 1
             n_parents = config.n_features // family
-            parent = torch.rand(n_tokens, n_parents, generator=generator) < self.parent_probability
+            probability = self.parent_probability.expand(n_tokens, n_parents)
+            if config.variant == "synthsae":
+                switch = torch.rand(n_tokens, config.correlation_groups, generator=generator) < 0.5
+                group = switch[:, torch.arange(n_parents) % config.correlation_groups]
+                probability = probability * (1 + config.correlation * (2 * group.float() - 1))
+            parent = torch.rand(n_tokens, n_parents, generator=generator) < probability
             has_child = parent & (torch.rand(n_tokens, n_parents, generator=generator) < config.child_probability)
             child = torch.randint(config.children_per_parent, (n_tokens, n_parents), generator=generator)
             children = torch.nn.functional.one_hot(child, config.children_per_parent).bool() & has_child.unsqueeze(-1)
@@ -101,11 +122,17 @@ class SyntheticActivations:
         return magnitudes * active
 
     def sample(self, n_tokens: int, seed: int) -> Tensor:
+        return self.sample_with_features(n_tokens, seed)[0]
+
+    def sample_with_features(self, n_tokens: int, seed: int) -> tuple[Tensor, Tensor]:
+        """(activations [n, d_in], the true feature magnitudes that made them [n, n_features])."""
         generator = torch.Generator().manual_seed(seed)
-        x = self.coefficients(n_tokens, generator) @ self.directions
-        if self.config.noise_std > 0:
-            x = x + self.config.noise_std * torch.randn(x.shape, generator=generator)
-        return x
+        coefficients = self.coefficients(n_tokens, generator)
+        x = coefficients @ self.directions
+        noise = self.config.noise_std + (self.config.synthsae_noise_std if self.config.variant == "synthsae" else 0.0)
+        if noise > 0:
+            x = x + noise * torch.randn(x.shape, generator=generator)
+        return x, coefficients
 
     def stream(self, batch_size: int, seed: int) -> Iterator[Tensor]:
         """An endless, reproducible stream of batches (pass ``lambda: data.stream(...)`` to the trainer)."""
