@@ -30,15 +30,20 @@ class BatchTopKObjective(TopKObjective):
         if not 0 <= self.threshold_momentum < 1:
             raise InvalidInput(f"BatchTopKObjective.threshold_momentum must be in [0, 1), got {self.threshold_momentum}")
 
-    def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
+    def select(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> tuple[Tensor, Tensor]:
+        """(pre-activations, the batch's selected activations); tracks the inference threshold while training."""
         pre = sae.pre_activations(x)
         acts = torch.relu(pre)
         n_keep = min(int(self.training_k(sae, ctx.progress) * x.shape[0]), acts.numel())
         feature_acts, smallest_kept = batch_top_k(acts, n_keep, sae.threshold[0])
-        reconstruction = sae.decode(feature_acts)
-        terms = {"mse": squared_error(reconstruction, x), **self.aux_terms(sae, pre, x, reconstruction, ctx)}
         if sae.training:
             self._track_threshold(sae, smallest_kept.detach())
+        return pre, feature_acts
+
+    def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
+        pre, feature_acts = self.select(sae, x, ctx)
+        reconstruction = sae.decode(feature_acts)
+        terms = {"mse": squared_error(reconstruction, x), **self.aux_terms(sae, pre, x, reconstruction, ctx)}
         return loss_output(FeatureCode.from_dense(feature_acts), reconstruction, terms)
 
     @torch.no_grad()

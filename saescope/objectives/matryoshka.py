@@ -16,7 +16,7 @@ from torch import Tensor
 
 from saescope.errors import InvalidInput
 from saescope.objectives.base import LossOutput, StepContext, loss_output, squared_error
-from saescope.objectives.batchtopk import BatchTopKObjective, batch_top_k
+from saescope.objectives.batchtopk import BatchTopKObjective
 from saescope.saes import FeatureCode, SparseAutoencoder
 
 
@@ -39,10 +39,7 @@ class MatryoshkaObjective(BatchTopKObjective):
             raise InvalidInput(f"MatryoshkaObjective.prefix_weights has {len(self.prefix_weights)} weights for {len(sae.cfg.prefixes)} prefixes")
 
     def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
-        pre = sae.pre_activations(x)
-        acts = torch.relu(pre)
-        n_keep = min(int(self.training_k(sae, ctx.progress) * x.shape[0]), acts.numel())
-        feature_acts, smallest_kept = batch_top_k(acts, n_keep, sae.threshold[0])
+        pre, feature_acts = self.select(sae, x, ctx)
         prefixes = sae.cfg.prefixes
         weights = self.prefix_weights or [1.0 / len(prefixes)] * len(prefixes)
         reconstruction = sae.b_dec.expand_as(x)
@@ -52,6 +49,4 @@ class MatryoshkaObjective(BatchTopKObjective):
             terms[f"mse_prefix_{size}"] = weight * squared_error(reconstruction, x)
             start = size
         terms.update(self.aux_terms(sae, pre, x, reconstruction, ctx))
-        if sae.training:
-            self._track_threshold(sae, smallest_kept.detach())
         return loss_output(FeatureCode.from_dense(feature_acts), reconstruction, terms)
