@@ -52,13 +52,11 @@ def main() -> None:
         train_l0, train_fvu, infer_l0, infer_fvu = [], [], [], []
         with torch.no_grad():
             for batch in held_out.split(1024):
-                sae.train()  # the objective's selection, as in training (the threshold is not updated: eval copy below)
-                threshold = sae.threshold.clone()
-                trained_units = sae.copy()
-                trained_units.fold_input_scale(1 / scale)  # undo the fold: back to training units
+                # The training rule runs on a copy in training units (the fold undone), in train mode, so the
+                # saved SAE's threshold is never touched by the selection's threshold tracking.
+                trained_units = sae.copy().train()
+                trained_units.fold_input_scale(1 / scale)
                 out = job.objective.loss(trained_units, batch * scale, StepContext(0, 1.0, 0.0))
-                sae.threshold.copy_(threshold)
-                sae.eval()
                 train_l0.append(float(out.code.l0_per_token().mean()))
                 train_fvu.append(fvu(batch * scale, out.reconstruction))
                 codes = sae.encode(batch)
