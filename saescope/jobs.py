@@ -125,5 +125,5 @@ def parameter_count(architecture: str, d_in: int, d_sae: int) -> int:
     import torch
 
     with torch.device("meta"):
-        sae = create_sae(architecture, d_in, d_sae, **({"k": 1} if "k" in get_architecture(architecture).config_class.field_names() else {}))
+        sae = create_sae(architecture, d_in, d_sae)
     return sum(t.numel() for t in sae.state_dict().values())

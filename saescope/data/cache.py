@@ -20,7 +20,6 @@ so training from the cache and from the model is the same call.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor
 
 from saescope.errors import AlreadyExists, InvalidInput, MissingFile
-from saescope.io.atomic import atomic_write, atomic_write_json
+from saescope.io.atomic import atomic_write, atomic_write_json, read_json
 
 MANIFEST = "manifest.json"
 SHARD_TOKENS = 65_536
@@ -78,10 +77,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     file = Path(path) / MANIFEST
     if not file.is_file():
         raise MissingFile(f"{path}: not an activation cache (no {MANIFEST}); write one with `saescope cache`")
-    try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as error:
-        raise InvalidInput(f"{file}: not valid JSON ({error.msg})") from error
+    manifest = read_json(file)
     if manifest.get("format") != FORMAT:
         raise InvalidInput(f"{file}: not a saescope activation cache manifest (format={manifest.get('format')!r})")
     return manifest

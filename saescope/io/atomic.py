@@ -1,4 +1,5 @@
-"""One way to write a file so that a crash never leaves it half-written: write, fsync, rename, fsync the folder.
+"""One way to write a file so that a crash never leaves it half-written (write, fsync, rename, fsync the
+folder), and one way to read a JSON file back with an error that names it.
 
 Every saescope writer (SAE folders, trainer state, suite index, activation-cache shards and manifest,
 interpretation records, exports) goes through ``atomic_write``. The temporary name is unique per call
@@ -14,6 +15,8 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from saescope.errors import InvalidInput
 
 
 def atomic_write(target: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -38,6 +41,14 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(target: str | os.PathLike, value: Any, **dumps_options: Any) -> Path:
     return atomic_write_text(target, json.dumps(value, **dumps_options) + "\n")
+
+
+def read_json(path: str | os.PathLike, hint: str = "") -> Any:
+    """The parsed contents of ``path``; malformed JSON raises ``InvalidInput`` naming the file (and ``hint``: what to do)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidInput(f"{path}: not valid JSON ({error}){'; ' + hint if hint else ''}") from None
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -8,7 +8,6 @@ fault. No pickle: weights are safetensors, everything else is JSON.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from saescope.errors import InvalidInput, MissingFile
-from saescope.io.atomic import atomic_write, atomic_write_json
+from saescope.io.atomic import atomic_write, atomic_write_json, read_json
 from saescope.saes import SparseAutoencoder, get_architecture
 
 CONFIG_NAME = "cfg.json"
@@ -62,10 +61,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SparseA
     for required in (cfg_path, weights_path):
         if not required.is_file():
             raise MissingFile(f"{required}: missing; an SAE folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InvalidInput(f"{cfg_path}: not valid JSON ({error}); the file is corrupt, re-save the SAE") from None
+    cfg = read_json(cfg_path, hint="the file is corrupt, re-save the SAE")
     if not isinstance(cfg, dict) or "architecture" not in cfg:
         raise InvalidInput(f"{cfg_path}: no 'architecture' key; is this a saescope SAE folder?")
     try:
@@ -94,7 +90,7 @@ def _legacy_recipe_keys(sae_class: type[SparseAutoencoder]) -> set[str]:
     """Training settings that folders from saescope 0.1 wrote beside the SAE fields; they are provenance now."""
     from saescope.objectives import recipe_field_names
 
-    return (recipe_field_names() | {"sparsity_loss", "tanh_scale", "decoder_init_norm"}) - sae_class.config_class.field_names()
+    return (recipe_field_names() | {"sparsity_loss"}) - sae_class.config_class.field_names()
 
 
 def load_checked_tensors(sae: SparseAutoencoder, tensors: dict[str, torch.Tensor], source: Path, implied_by: str) -> None:

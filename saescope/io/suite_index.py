@@ -12,12 +12,11 @@ killed run still says what it was doing. Writes are atomic.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from saescope.errors import InvalidInput, MissingFile
-from saescope.io.atomic import atomic_write_json
+from saescope.io.atomic import atomic_write_json, read_json
 
 INDEX_NAME = "suite.json"
 FORMAT = "saescope-suite"
@@ -41,10 +40,7 @@ def read_index(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / INDEX_NAME
     if not path.is_file():
         raise MissingFile(f"{folder}: not a suite folder (no {INDEX_NAME}); train one with `saescope train --config ...`")
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InvalidInput(f"{path}: not valid JSON ({error})") from None
+    index = read_json(path)
     if not isinstance(index, dict) or index.get("format") != FORMAT or not isinstance(index.get("saes"), list):
         raise InvalidInput(f"{path}: not a saescope suite index (expected format {FORMAT!r} and a list of saes)")
     for entry in index["saes"]:

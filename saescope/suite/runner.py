@@ -63,7 +63,7 @@ def train(
         from saescope.suite.arrays import train_on_array
 
         return train_on_array(plan, out, resume=resume, progress=progress)
-    return train_suite(plan, out, resume=resume, progress=progress, report=report)
+    return _train_checked_suite(plan, out, resume, progress, report)
 
 
 def train_suite(
@@ -77,11 +77,15 @@ def train_suite(
 
     With ``resume=True`` a run killed after a checkpoint continues from it (same config).
     """
+    return _train_checked_suite(as_plan(config), out, resume, progress, report)
+
+
+def _train_checked_suite(plan: RunPlan, out: str | Path, resume: bool, progress: bool, report: Callable[[str], None]) -> dict[str, Any]:
+    """``train_suite`` once the plan is read and its dataset or cache is known to exist."""
     from saescope._version import __version__
     from saescope.training import TrainConfig
     from saescope.training.on_model import SaeSpec, train_on_model
 
-    plan = as_plan(config)
     if plan.data.array is not None:
         raise PlanError(f"{plan.source}: a suite trains on a model or a cache; train an array with saescope.train")
     model, data, training, sweep = plan.model, plan.data, plan.training, plan.sweep

@@ -16,7 +16,6 @@ published formulas exactly (tested against an independent numpy implementation).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from saescope.errors import InvalidInput, MissingFile
-from saescope.io.atomic import atomic_write, atomic_write_json
+from saescope.io.atomic import atomic_write, atomic_write_json, read_json
 from saescope.io.checkpoint import load_checked_tensors
 from saescope.saes import ARCHITECTURES, SparseAutoencoder, create_sae, get_architecture
 
@@ -40,10 +39,7 @@ def detect_format(path: str | Path) -> str:
     if target.is_file() and target.suffix == ".npz" or (target.is_dir() and (target / "params.npz").is_file()):
         return "gemma_scope"
     if target.is_dir() and (target / "cfg.json").is_file():
-        try:
-            cfg = json.loads((target / "cfg.json").read_text())
-        except json.JSONDecodeError as error:
-            raise InvalidInput(f"{target / 'cfg.json'}: not valid JSON ({error})") from None
+        cfg = read_json(target / "cfg.json")
         if not isinstance(cfg, dict):
             raise InvalidInput(f"{target / 'cfg.json'}: expected a JSON object")
         if "saescope_version" in cfg:
@@ -141,10 +137,7 @@ def load_saelens(path: str | Path) -> SparseAutoencoder:
 def _saelens_cfg(cfg_file: Path) -> dict[str, Any]:
     if not cfg_file.is_file():
         raise MissingFile(f"{cfg_file}: missing")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as error:
-        raise InvalidInput(f"{cfg_file}: not valid JSON ({error})") from None
+    cfg = read_json(cfg_file)
     if not isinstance(cfg, dict) or "d_in" not in cfg or "d_sae" not in cfg:
         raise InvalidInput(f"{cfg_file}: a SAELens config needs d_in and d_sae")
     if "architecture" not in cfg:  # pre-6.0 configs name the activation instead
