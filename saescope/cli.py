@@ -92,20 +92,6 @@ def _print_trained(plan: Any, args: argparse.Namespace, result: dict[str, Any]) 
         print(f"interpreted every feature over {summary['tokens']:,} tokens; browse: saescope view {args.out}")
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """The cache command's model and text flags, with the run plan's defaults and help."""
-    from saescope.plan import SECTIONS, field_docstrings, leaf_fields
-
-    leaves = leaf_fields()
-    for name in ("model", "device", "dtype", "dataset", "text_field", "split", "context_size", "batch_contexts"):
-        section, item = leaves[name]
-        kinds = {"context_size": int, "batch_contexts": int}
-        choices = {"dtype": ["float32", "bfloat16", "float16"]}
-        doc = field_docstrings(SECTIONS[section]).get(name, "")
-        parser.add_argument("--" + name.replace("_", "-"), default=item.default, type=kinds.get(name, str), choices=choices.get(name),
-                            help=f"{doc} (default: {item.default})")
-
-
 def _cmd_cache(args: argparse.Namespace) -> int:
     from saescope.data.text import check_dataset
     from saescope.data.tokens import TextContexts
@@ -325,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--resume", action="store_true", help="continue a killed run")
     cache.add_argument("--corpus-order", action="store_true", help="read contexts in corpus order instead of a seeded random order")
     cache.add_argument("--seed", type=int, default=0, help="seed of the context order")
-    _add_data_arguments(cache)
+    add_plan_arguments(cache, only=("model", "device", "dtype", "dataset", "text_field", "split", "context_size", "batch_contexts"),
+                       set_defaults=True)
     cache.set_defaults(func=_cmd_cache)
 
     evaluate = commands.add_parser("eval", help="measure every SAE of a suite (table, eval.json, eval.csv, plots), or one SAE on an array")

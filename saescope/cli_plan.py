@@ -21,16 +21,25 @@ def flag_name(name: str, item: Any) -> str:
     return item.metadata.get("flag") or "--" + name.replace("_", "-")
 
 
-def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per plan field, grouped by section."""
+def add_plan_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None, set_defaults: bool = False) -> None:
+    """One flag per plan field (or per field in ``only``), grouped by section.
+
+    Without ``set_defaults`` an unset flag stays None, so it leaves a ``--config`` plan's value alone;
+    with it (commands that take no plan) the flag's default is the field's.
+    """
     docs = {section: field_docstrings(cls) for section, cls in SECTIONS.items()}
     hints = {section: typing.get_type_hints(cls) for section, cls in SECTIONS.items()}
-    groups = {section: parser.add_argument_group(f"plan: {section}") for section in SECTIONS}
+    groups: dict[str, Any] = {}
     for name, (section, item) in leaf_fields().items():
+        if only is not None and name not in only:
+            continue
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"plan: {section}")
         default = default_of(item)
         shown = "none" if default is None or default == [] or default == {} else default
         help_text = f"{docs[section].get(name, '')} (plan field {section}.{name}; default: {shown})".replace("%", "%%")
-        groups[section].add_argument(flag_name(name, item), dest=name, default=None, help=help_text, **_parsing(hints[section][name], name))
+        groups[section].add_argument(flag_name(name, item), dest=name, default=default if set_defaults else None, help=help_text,
+                                     **_parsing(hints[section][name], name))
 
 
 def _parsing(hint: Any, name: str) -> dict[str, Any]:
