@@ -60,7 +60,7 @@ def time_case(name: str, d_in: int, d_sae: int, batch: int, steps: int, device: 
     config = TrainConfig(total_tokens=batch * 1000, batch_size=batch, progress=False, device=str(device))
     trainer = SaeTrainer(job, config, device)
     x = torch.randn(batch, d_in, device=device)
-    trainer.set_input_scale(float(x.pow(2).sum(1).mean()), x.mean(0))
+    trainer.set_input_scale([float(x.pow(2).sum(1).mean())], x.mean(0))
     for step in range(2):  # warm-up: allocator, Adam state
         trainer.train_step(x, step)
     times = []

@@ -20,13 +20,15 @@ class ReadSpec:
     """Where a job's activations come from.
 
     ``hookpoints=()`` reads the data as given (an array of vectors). One hookpoint reads that entry of
-    a dict batch (a language model's activations). Several hookpoints would stack their vectors as
-    extra examples (a multi-layer SAE), and ``target`` would name a second site to predict (a
-    transcoder); the spec holds both so the routing contract does not change when they arrive.
+    a dict batch (a language model's activations). Several hookpoints are *stacked*: every hookpoint's
+    vectors are extra examples of one SAE (a multi-layer SAE), each row keeping its position in
+    ``hookpoints`` as its layer index, and each hookpoint gets its own input scale. ``target`` would
+    name a second site to predict (a transcoder); the spec holds it so the routing contract does not
+    change when transcoders arrive.
     """
 
     hookpoints: tuple[str, ...] = ()
-    """Hookpoint names the SAE reads; () for plain arrays."""
+    """Hookpoint names the SAE reads; () for plain arrays; several for a stacked (multi-layer) read."""
     target: str | None = None
     """The site the SAE reconstructs when it is not the input (transcoders)."""
 
@@ -35,18 +37,21 @@ class ReadSpec:
             object.__setattr__(self, "hookpoints", (self.hookpoints,))
         else:
             object.__setattr__(self, "hookpoints", tuple(self.hookpoints))
-        if len(self.hookpoints) > 1:
-            raise InvalidInput(
-                f"ReadSpec{self.hookpoints}: one SAE over several hookpoints (a multi-layer SAE) is not trainable yet; "
-                "train one SAE per hookpoint (list them as separate jobs, or pass them as a suite's hookpoints)"
-            )
+        duplicates = sorted({h for h in self.hookpoints if self.hookpoints.count(h) > 1})
+        if duplicates:
+            raise InvalidInput(f"ReadSpec{self.hookpoints}: hookpoint(s) {duplicates} listed twice; list each once")
         if self.target is not None:
             raise InvalidInput(f"ReadSpec(target={self.target!r}): transcoders (predicting another site) are not trainable yet")
 
     @property
+    def stacked(self) -> bool:
+        """True when several hookpoints feed one SAE (rows carry a layer index)."""
+        return len(self.hookpoints) > 1
+
+    @property
     def hookpoint(self) -> str | None:
-        """The single hookpoint read (None for plain arrays)."""
-        return self.hookpoints[0] if self.hookpoints else None
+        """The single hookpoint read (None for plain arrays and stacked reads)."""
+        return self.hookpoints[0] if len(self.hookpoints) == 1 else None
 
 
 @dataclass
@@ -80,13 +85,14 @@ def create_job(
     d_sae: int,
     objective: str | None = None,
     name: str | None = None,
-    reads: ReadSpec | str | None = None,
+    reads: ReadSpec | str | list[str] | tuple[str, ...] | None = None,
     **options: Any,
 ) -> SaeJob:
     """Build an SAE and the objective that trains it from one flat set of options.
 
     Each option goes where it belongs: SAE fields (``k``, ``threshold_param``, ``hookpoint``) to the
     module, training settings (``target_l0``, ``lr``, ``bandwidth``, ``aux_k`` ...) to the objective.
+    ``reads`` is a hookpoint, a list of hookpoints (stacked: one SAE over all of them) or a ``ReadSpec``.
 
     Example:
         >>> job = create_job("topk", d_in=64, d_sae=512, target_l0=8)
@@ -104,11 +110,14 @@ def create_job(
         )
     recipe = objective_class(**{k: v for k, v in options.items() if k in recipe_fields})
     sae_options = recipe.sae_options({k: v for k, v in options.items() if k in sae_fields}, d_sae)
-    if isinstance(reads, str):
-        reads = ReadSpec((reads,))
+    if isinstance(reads, (str, list, tuple)):
+        reads = ReadSpec(reads)
     reads = reads or ReadSpec((sae_options["hookpoint"],) if sae_options.get("hookpoint") else ())
     if reads.hookpoint is not None:
         sae_options.setdefault("hookpoint", reads.hookpoint)
+    elif reads.stacked and sae_options.get("hookpoint"):
+        raise InvalidInput(f"{architecture}: hookpoint={sae_options['hookpoint']!r} names one site, but the job reads {len(reads.hookpoints)} "
+                           "stacked hookpoints; drop hookpoint= (a stacked SAE records its hookpoints in its normalisation)")
     sae = create_sae(architecture, d_in, d_sae, **sae_options)
     recipe.prepare(sae)
     return SaeJob(name or architecture, sae, recipe, reads)

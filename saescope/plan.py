@@ -138,10 +138,18 @@ class SweepPlan:
     a model: base 2e-3 at 2**14 latents, measured in benchmarks/RESULTS.md)."""
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Extra SAE or training fields per architecture, e.g. {"topk": {"k_anneal_fraction": 0.5}, "jumprelu": {"objective": "jumprelu_tanh"}}."""
+    multilayer: bool = False
+    """Train one SAE over all the hookpoints (a multi-layer SAE: each token's vector at each hookpoint is an example,
+    each hookpoint with its own input scale) per architecture × width × target L0, instead of one SAE per hookpoint.
+    Each step then holds batch_size × hookpoints rows: lower batch_size accordingly."""
+    multilayer_baselines: list[str] = field(default_factory=list)
+    """With multilayer: hookpoints (names or globs among the hookpoints) that also get their own SAE of the same
+    architecture, width and target, trained on the same tokens, for a side-by-side comparison."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.hookpoints, str):
-            self.hookpoints = [self.hookpoints]
+        for name in ("hookpoints", "multilayer_baselines"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, [getattr(self, name)])
         for name in ("architectures", "widths", "target_l0s"):
             value = getattr(self, name)
             if isinstance(value, (str, int, float)):
@@ -172,6 +180,8 @@ class SweepPlan:
         for arch in self.options:
             if arch not in self.architectures:
                 raise PlanError(f"options: {arch!r} is not one of this plan's architectures {self.architectures}")
+        if self.multilayer_baselines and not self.multilayer:
+            raise PlanError("multilayer_baselines: only used with multilayer: true (per-layer SAEs to compare the multi-layer SAE with)")
 
     def lr_for(self, arch: str) -> float | None:
         if isinstance(self.lr, dict):

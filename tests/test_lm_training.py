@@ -105,7 +105,7 @@ def test_trainer_routes_each_sae_to_its_hookpoint(loaded, corpus):
     Trainer(saes, config).fit(source)
     assert saes["a"].normalization["input_scale"] != pytest.approx(saes["b"].normalization["input_scale"], rel=0.01)
     stray = {"c": create_sae("topk", 32, 64, k=4, hookpoint="layers.1.attn_out")}
-    with pytest.raises(ValueError, match=r"SAE 'c' reads hookpoint 'layers.1.attn_out' but the data provides"):
+    with pytest.raises(ValueError, match=r"SAE 'c' reads hookpoint\(s\) \['layers.1.attn_out'\] but the data provides"):
         Trainer(stray, config).fit(source)
 
 

@@ -3,6 +3,7 @@ then ΔLM loss, loss recovered and KL by splicing each SAE's reconstruction into
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,12 +11,16 @@ from torch import Tensor
 
 from saescope.data.lm_config import LmDataConfig
 from saescope.data.tokens import TextContexts, special_token_ids
+from saescope.errors import InvalidInput
 from saescope.evaluation.metrics import evaluate_sae
+from saescope.evaluation.multilayer import LAYER_SPREAD_FILE, LayerSpread, layer_spread
 from saescope.evaluation.splice import splice_evaluate
+from saescope.io.atomic import atomic_write_json
 from saescope.lm.harvest import harvest
 from saescope.lm.hookpoints import resolve_hookpoints
 from saescope.lm.models import LoadedModel
 from saescope.saes import SparseAutoencoder
+from saescope.saes.stacked import is_stacked, per_hookpoint, stacked_hookpoints
 
 METRICS_ORDER = ("l0", "fvu", "delta_lm_loss", "loss_recovered", "kl", "dead_fraction", "dense_fraction", "clean_loss", "spliced_loss",
                  "zero_ablation_loss")
@@ -43,26 +48,85 @@ def evaluate_on_model(
     progress: bool = True,
     description_length: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Held-out metrics over about ``eval_tokens`` tokens for SAEs that take raw activations, each at ``sae.cfg.hookpoint``."""
+    """Held-out metrics over about ``eval_tokens`` tokens for SAEs that take raw activations.
+
+    A single-hookpoint SAE is measured at ``sae.cfg.hookpoint``. A stacked (multi-layer) SAE is
+    measured at each of its hookpoints in turn (its reconstruction spliced at that layer only):
+    its metrics are the means over layers, ``layers`` holds each layer's, and ``layer_spread`` the
+    analysis of how its latents spread over layers (``saescope.evaluation.multilayer``).
+    """
     if not saes:
         return {}
-    points = {p.name: p for p in resolve_hookpoints(loaded.model, sorted({s.cfg.hookpoint for s in saes.values()}))}
+    single: dict[str, SparseAutoencoder] = {}
+    for name, sae in saes.items():
+        single.update({layer_key(name, h): view for h, view in per_hookpoint(sae).items()} if is_stacked(sae) else {name: sae})
+    missing = sorted(name for name, sae in single.items() if not sae.cfg.hookpoint)
+    if missing:
+        raise InvalidInput(f"SAE(s) {missing} record no hookpoint; set sae.cfg.hookpoint to the site they read")
+    points = {p.name: p for p in resolve_hookpoints(loaded.model, sorted({s.cfg.hookpoint for s in single.values()}))}
     excluded = special_token_ids(loaded.tokenizer)
     contexts = held_out_contexts(loaded, data, eval_tokens)
     activations = harvest(loaded, list(points.values()), contexts, excluded, data.batch_contexts)
     device = loaded.device
     results: dict[str, dict[str, Any]] = {}
-    for name, sae in saes.items():
+    for name, sae in single.items():
         sae.to(device).eval()
         metrics = evaluate_sae(sae, activations[sae.cfg.hookpoint], description_length=description_length, device=device)
         results[name] = {**metrics.to_dict(), "eval_tokens": metrics.n_tokens}
     spliced = splice_evaluate(
-        loaded.model, {name: (points[sae.cfg.hookpoint], sae) for name, sae in saes.items()}, contexts, excluded,
+        loaded.model, {name: (points[sae.cfg.hookpoint], sae) for name, sae in single.items()}, contexts, excluded,
         batch_contexts=max(1, data.batch_contexts // 2), progress=progress,
     )
     for name, values in spliced.items():
         results[name].update(values.to_dict())
+    for name, sae in saes.items():
+        if is_stacked(sae):
+            layers = {h: results.pop(layer_key(name, h)) for h in stacked_hookpoints(sae)}
+            spread = layer_spread(sae, activations, device)
+            results[name] = {
+                **mean_over_layers(layers),
+                # a latent of a multi-layer SAE is dead only if it fires at no layer
+                "dead_fraction": sum(v is None for v in spread.mean_layer) / sae.d_sae,
+                "layers": layers,
+                "layer_spread": spread.to_dict(),
+            }
     return results
+
+
+def layer_key(name: str, hookpoint: str) -> str:
+    """The name one layer of a stacked SAE is measured under."""
+    return f"{name}@{hookpoint}"
+
+
+def mean_over_layers(layers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each numeric metric's mean over a stacked SAE's layers (token counts are the per-layer count)."""
+    first = next(iter(layers.values()))
+    means: dict[str, Any] = {}
+    for key, value in first.items():
+        values = [m.get(key) for m in layers.values()]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            means[key] = value if key in ("n_tokens", "eval_tokens", "d_sae") else sum(values) / len(values)
+    return means
+
+
+def save_metrics(folder: str | Path, values: dict[str, Any]) -> None:
+    """Write ``metrics.json`` (headline metrics first); a multi-layer SAE's per-latent layer arrays go to ``layer_spread.json``."""
+    folder = Path(folder)
+    values = dict(values)
+    spread = values.get("layer_spread")
+    if isinstance(spread, dict) and "mass" in spread:
+        atomic_write_json(folder / LAYER_SPREAD_FILE, spread)
+        values["layer_spread"] = LayerSpread(**spread).summary()
+    atomic_write_json(folder / "metrics.json", ordered_metrics(values), indent=2)
+
+
+def index_metrics(values: dict[str, Any]) -> dict[str, Any]:
+    """The scalars a suite index keeps of an SAE's metrics (no histograms, per-layer tables or per-latent arrays)."""
+    kept = {k: v for k, v in values.items() if k not in ("density_histogram", "training", "layers", "feature_density")}
+    spread = kept.get("layer_spread")
+    if isinstance(spread, dict) and "mass" in spread:
+        kept["layer_spread"] = LayerSpread(**spread).summary()
+    return kept
 
 
 def ordered_metrics(values: dict[str, Any]) -> dict[str, Any]:

@@ -56,21 +56,46 @@ def evaluate_suite(
     if stale:
         stored.update(_measure(folder, index, stale, wanted_tokens, progress, device))
 
-    rows = []
+    from saescope.evaluation.on_model import index_metrics
+
+    rows, multilayer = [], {}
     for entry in index["saes"]:
         metrics = stored[entry["path"]]
-        entry["metrics"] = {k: v for k, v in metrics.items() if k not in ("density_histogram", "training")}
-        rows.append({key: entry[key] for key in ("path", "hookpoint", "layer", "site", "architecture", "width", "target_l0")}
-                    | {key: metrics.get(key) for key in REQUIRED}
-                    | {"eval_tokens": metrics.get("n_tokens"), "density_histogram": metrics.get("density_histogram")})
+        entry["metrics"] = index_metrics(metrics)
+        rows.append(_row(entry, metrics))
+        for hookpoint, layer_metrics in (metrics.get("layers") or {}).items():
+            rows.append(_row(entry, layer_metrics) | layer_fields(hookpoint, entry["path"]))
+        if "layer_spread" in entry["metrics"]:
+            multilayer[entry["path"]] = entry["metrics"]["layer_spread"]
     write_index(folder, index)
-    atomic_write_json(folder / "eval.json", {"model": index.get("model"), "dataset": index.get("dataset"), "saes": rows}, indent=2)
+    report = {"model": index.get("model"), "dataset": index.get("dataset"), "saes": rows}
+    if multilayer:
+        report["multilayer"] = multilayer
+    atomic_write_json(folder / "eval.json", report, indent=2)
     _write_csv(folder / "eval.csv", rows)
     if plots:
         from saescope.suite.plots import write_plots
 
         write_plots(rows, folder / "plots")
+        if multilayer:
+            from saescope.suite.multilayer_plots import write_multilayer_plots
+
+            write_multilayer_plots(folder, list(multilayer), rows, folder / "plots")
     return rows
+
+
+def _row(entry: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    return ({key: entry[key] for key in ("path", "hookpoint", "layer", "site", "architecture", "width", "target_l0")}
+            | {key: metrics.get(key) for key in REQUIRED}
+            | {"eval_tokens": metrics.get("n_tokens"), "density_histogram": metrics.get("density_histogram")})
+
+
+def layer_fields(hookpoint: str, path: str) -> dict[str, Any]:
+    """What one layer's row of a multi-layer SAE says about itself: its hookpoint, layer and site, and the SAE it is a layer of."""
+    from saescope.suite.runner import layer_and_site
+
+    layer, site = layer_and_site(hookpoint)
+    return {"path": f"{path}@{hookpoint}", "hookpoint": hookpoint, "layer": layer, "site": site, "layer_of": path}
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -107,7 +132,7 @@ def _complete(metrics: dict[str, Any], wanted_tokens: int) -> bool:
 
 
 def _measure(folder: Path, index: dict[str, Any], paths: list[str], eval_tokens: int, progress: bool, device: str | None) -> dict[str, dict[str, Any]]:
-    from saescope.evaluation.on_model import evaluate_on_model, ordered_metrics
+    from saescope.evaluation.on_model import evaluate_on_model, save_metrics
     from saescope.io.checkpoint import load
     from saescope.lm.models import load_model
 
@@ -120,7 +145,7 @@ def _measure(folder: Path, index: dict[str, Any], paths: list[str], eval_tokens:
         previous = _read_metrics(folder / p)
         if "training" in previous:
             values["training"] = previous["training"]
-        atomic_write_json(folder / p / "metrics.json", ordered_metrics(values), indent=2)
+        save_metrics(folder / p, values)
     return measured
 
 

@@ -5,6 +5,9 @@
 - ``fvu_vs_l0.png``: the same with FVU.
 - ``depth.png``: FVU, ΔLM loss and dead fraction layer by layer, one panel row per site.
 - ``density.png``: histograms of log10 feature density, one panel per hookpoint, one line per SAE.
+
+A multi-layer SAE is one point (its mean over layers) in the L0 plots and one line through its
+per-layer rows in ``depth.png``; its own figures are in ``multilayer_plots``.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def _pareto(rows: list[dict[str, Any]], metric: str, label: str, path: Path) -> 
 
     by_site: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        if isinstance(row.get(metric), (int, float)) and isinstance(row.get("l0"), (int, float)):
+        if isinstance(row.get(metric), (int, float)) and isinstance(row.get("l0"), (int, float)) and not row.get("layer_of"):
             by_site[row["site"]].append(row)
     figure, axes = _panels(len(by_site))
     colours: dict[str, str] = {}
@@ -81,7 +84,7 @@ def _pareto(rows: list[dict[str, Any]], metric: str, label: str, path: Path) -> 
                       label=legend if legend not in labelled else None)
             labelled.add(legend)
             if several_layers:
-                axis.annotate(f"layer {layer}", (points[-1]["l0"], points[-1][metric]), fontsize=7, xytext=(3, 2), textcoords="offset points")
+                axis.annotate(f"layer {layer}" if layer >= 0 else "multi-layer (mean)", (points[-1]["l0"], points[-1][metric]), fontsize=7, xytext=(3, 2), textcoords="offset points")
         axis.set_xscale("log")
         axis.xaxis.set_major_formatter(ScalarFormatter())
         axis.xaxis.set_minor_formatter(NullFormatter())
@@ -109,8 +112,9 @@ def _depth(rows: list[dict[str, Any]], path: Path) -> Path:
     for site_axes, site in zip(axes, sites):
         lines: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
-            if row["site"] == site:
-                lines[(row["architecture"], row["width"], row["target_l0"])].append(row)
+            if row["site"] == site and row["layer"] >= 0:  # a multi-layer SAE appears through its per-layer rows
+                arch = f"{row['architecture']} multi-layer" if row.get("layer_of") else row["architecture"]
+                lines[(arch, row["width"], row["target_l0"])].append(row)
         styles = ["-o", "--s", ":^", "-.d"]
         targets = sorted({key[2] for key in lines})
         for axis, (metric, label) in zip(site_axes, metrics):
@@ -138,7 +142,7 @@ def _density(rows: list[dict[str, Any]], path: Path) -> Path:
 
     by_hookpoint: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        if row.get("density_histogram"):
+        if row.get("density_histogram") and not row.get("layer_of"):
             by_hookpoint[row["hookpoint"]].append(row)
     figure, axes = _panels(len(by_hookpoint), width=5.0, height=3.6)
     colours: dict[str, str] = {}

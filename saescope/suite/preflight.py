@@ -3,8 +3,8 @@
 The estimates are deliberately simple and on the safe side:
 
 - memory: every SAE keeps weights, gradients and two Adam moments (4 copies of its parameters, fp32);
-  one SAE step at a time adds its transients (~8 [batch, d_sae] fp32 tensors: pre-activations,
-  masks, activations and their gradients); the shuffle buffer holds ``shuffle_buffer_tokens`` rows
+  one SAE step at a time adds its transients (~8 [rows, d_sae] fp32 tensors: pre-activations,
+  masks, activations and their gradients; rows = batch × hookpoints read); the shuffle buffer holds ``shuffle_buffer_tokens`` rows
   of every hookpoint twice; the model holds its parameters.
 - disk: weights of every SAE, plus a checkpoint of 4 copies when checkpointing.
 - time: FLOPs (10·d_in·d_sae per token per SAE step, 2 × the parameters the forward runs through
@@ -39,6 +39,12 @@ class PlannedSae:
     d_in: int
     width: int
     target_l0: float
+    reads: tuple[str, ...] = ()
+    """Every hookpoint the SAE reads (several for a multi-layer SAE); () means (hookpoint,)."""
+
+    @property
+    def hookpoints(self) -> tuple[str, ...]:
+        return self.reads or (self.hookpoint,)
 
     @property
     def n_params(self) -> int:
@@ -113,17 +119,18 @@ def estimate(
     live_model: bool = True,
 ) -> Estimate:
     state = sum(4 * 4 * s.n_params for s in saes)
-    transients = max((STEP_TRANSIENTS * 4 * batch_size * s.width for s in saes), default=0)
-    d_total = sum({s.hookpoint: s.d_in for s in saes}.values())
+    transients = max((STEP_TRANSIENTS * 4 * batch_size * len(s.hookpoints) * s.width for s in saes), default=0)
+    widths = {h: s.d_in for s in saes for h in s.hookpoints}
+    d_total = sum(widths.values())
     buffer = 2 * 4 * shuffle_buffer_tokens * d_total if live_model else 2 * 4 * batch_size * d_total
     eval_acts = 4 * eval_tokens * d_total
     memory = state + transients + buffer + eval_acts + model_bytes
     weights = sum(4 * s.n_params for s in saes)
     disk = weights + (4 * weights if checkpointing else 0)  # activations are never written
-    flops = tokens * sum(10 * s.d_in * s.width for s in saes)
+    flops = tokens * sum(10 * len(s.hookpoints) * s.d_in * s.width for s in saes)
     if live_model:
         flops += tokens * 2 * model_params * forward_fraction
-    flops += eval_tokens * 2 * model_params * (len(saes) + 2 * len({s.hookpoint for s in saes}))
+    flops += eval_tokens * 2 * model_params * (sum(len(s.hookpoints) for s in saes) + 2 * len(widths))
     seconds = flops / (EFFICIENCY * matmul_flops_per_second(device))
     return Estimate(memory, available_memory(device), disk, _free_disk(out_dir), seconds, device)
 

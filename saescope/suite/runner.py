@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from saescope.errors import InvalidInput
 from saescope.io.suite_index import (
     FORMAT,
     is_suite,
@@ -83,6 +84,7 @@ def train_suite(
 def _train_checked_suite(plan: RunPlan, out: str | Path, resume: bool, progress: bool, report: Callable[[str], None]) -> dict[str, Any]:
     """``train_suite`` once the plan is read and its dataset or cache is known to exist."""
     from saescope._version import __version__
+    from saescope.evaluation.on_model import index_metrics
     from saescope.training import TrainConfig
     from saescope.training.on_model import SaeSpec, train_on_model
 
@@ -123,7 +125,11 @@ def _train_checked_suite(plan: RunPlan, out: str | Path, resume: bool, progress:
         for width in sweep.widths:
             for target in sweep.target_l0s:
                 absolute, expansion = parse_width(width)
-                specs.append(SaeSpec(arch, width=absolute, expansion=expansion or 8, target_l0=float(target), options=sweep.options_for(arch)))
+                common = dict(width=absolute, expansion=expansion or 8, target_l0=float(target), options=sweep.options_for(arch))
+                if sweep.multilayer:
+                    specs.append(SaeSpec(arch, stacked=True, **common))
+                if not sweep.multilayer or sweep.multilayer_baselines:
+                    specs.append(SaeSpec(arch, hookpoints=list(sweep.multilayer_baselines) if sweep.multilayer else None, **common))
     train = TrainConfig(
         total_tokens=training.tokens, batch_size=training.batch_size, seed=training.seed, device=model.device,
         normalization_tokens=min(TrainConfig.normalization_tokens, training.tokens), progress=progress,
@@ -140,7 +146,7 @@ def _train_checked_suite(plan: RunPlan, out: str | Path, resume: bool, progress:
 
     for entry in index["saes"]:
         _sae, metrics = results[entry["path"]]
-        entry["metrics"] = {k: v for k, v in metrics.items() if k not in ("density_histogram", "training")}
+        entry["metrics"] = index_metrics(metrics)
     index["status"] = "complete"
     index["train_seconds"] = round(seconds, 1)
     write_index(out, index)
@@ -197,11 +203,27 @@ def _load_and_resolve(plan: RunPlan) -> tuple[Any, dict[str, int], str, float]:
 def _expand(plan: RunPlan, widths: dict[str, int]) -> list[PlannedSae]:
     """The sweep at the resolved hookpoints, one ``PlannedSae`` each; refuses combinations that cannot train."""
     from saescope.lm.hookpoints import canonical_name
+    from saescope.training.on_model import MULTILAYER_FOLDER, matching
 
     sweep = plan.sweep
+    if sweep.multilayer:
+        if len(widths) < 2:
+            raise PlanError(f"{plan.source}: multilayer: needs at least two hookpoints, the plan resolves to {list(widths)}")
+        if len(set(widths.values())) > 1:
+            raise PlanError(f"{plan.source}: multilayer: the hookpoints have different widths {widths}; a multi-layer SAE reads one width")
+        stacked = tuple(widths)
+        sites = {layer_and_site(canonical_name(h))[1] for h in stacked}
+        groups = [(MULTILAYER_FOLDER, -1, sites.pop() if len(sites) == 1 else MULTILAYER_FOLDER, stacked)]
+        try:
+            baselines = matching(sweep.multilayer_baselines, list(widths))
+        except InvalidInput as error:
+            raise PlanError(f"{plan.source}: multilayer_baselines: {error}") from None
+    else:
+        groups, baselines = [], list(widths)
+    groups += [(h, *layer_and_site(canonical_name(h)), (h,)) for h in baselines]
     planned, seen = [], set()
-    for hookpoint, d_in in widths.items():
-        layer = _layer_and_site(canonical_name(hookpoint))[0]
+    for hookpoint, layer, _site, reads in groups:
+        d_in = widths[reads[0]]
         for arch in sweep.architectures:
             for width in sweep.widths:
                 n = resolve_width(width, d_in)
@@ -211,7 +233,7 @@ def _expand(plan: RunPlan, widths: dict[str, int]) -> list[PlannedSae]:
                                                "use a larger width or a smaller target")
                     if sets_k(arch, sweep.options.get(arch, {}).get("objective")) and round(target) < 1:
                         raise PlanError(f"target_l0s: {arch} needs k = round(target) >= 1, got {target:g}")
-                    entry = PlannedSae(hookpoint, layer, arch, d_in, n, float(target))
+                    entry = PlannedSae(hookpoint, layer, arch, d_in, n, float(target), reads)
                     key = (hookpoint, sae_folder_name(arch, n, float(target)))
                     if key in seen:
                         raise PlanError(f"widths: two entries give {n} latents at {hookpoint}; list each width once")
@@ -220,7 +242,7 @@ def _expand(plan: RunPlan, widths: dict[str, int]) -> list[PlannedSae]:
     return planned
 
 
-def _layer_and_site(name: str) -> tuple[int, str]:
+def layer_and_site(name: str) -> tuple[int, str]:
     parts = name.split(".")
     if len(parts) == 3 and parts[0] == "layers" and parts[1].isdigit():
         return int(parts[1]), parts[2]
@@ -228,12 +250,18 @@ def _layer_and_site(name: str) -> tuple[int, str]:
 
 
 def _entry(planned: PlannedSae) -> dict[str, Any]:
-    site = _layer_and_site(planned.hookpoint)[1]
-    return {
+    from saescope.lm.hookpoints import canonical_name
+
+    stacked = len(planned.hookpoints) > 1
+    sites = {layer_and_site(canonical_name(h))[1] for h in planned.hookpoints}
+    entry = {
         "path": f"{planned.hookpoint}/{sae_folder_name(planned.architecture, planned.width, planned.target_l0)}",
-        "hookpoint": planned.hookpoint, "layer": planned.layer, "site": site, "architecture": planned.architecture,
-        "width": planned.width, "d_in": planned.d_in, "target_l0": planned.target_l0,
+        "hookpoint": planned.hookpoint, "layer": planned.layer, "site": sites.pop() if len(sites) == 1 else planned.hookpoint,
+        "architecture": planned.architecture, "width": planned.width, "d_in": planned.d_in, "target_l0": planned.target_l0,
     }
+    if stacked:
+        entry["hookpoints"] = list(planned.hookpoints)  # a multi-layer SAE: its "hookpoint" is the folder name
+    return entry
 
 
 def _write_config_copy(out: Path, plan: RunPlan) -> None:

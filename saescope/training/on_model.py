@@ -18,8 +18,7 @@ from saescope.data.lm_config import LmDataConfig
 from saescope.data.text import check_dataset
 from saescope.data.tokens import TextContexts
 from saescope.errors import InvalidInput
-from saescope.evaluation.on_model import evaluate_on_model, ordered_metrics
-from saescope.io.atomic import atomic_write_json
+from saescope.evaluation.on_model import evaluate_on_model, save_metrics
 from saescope.io.checkpoint import save_sae
 from saescope.jobs import SaeJob, create_job, sets_k
 from saescope.lm.cache_source import cache_source
@@ -43,6 +42,10 @@ class SaeSpec:
     """Target L0 (k for topk/batchtopk)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Extra SAE or training fields (e.g. objective="jumprelu_tanh", aux_k=64, threshold_param="log")."""
+    stacked: bool = False
+    """One SAE over every hookpoint (a multi-layer SAE, saved under ``multilayer/``) instead of one per hookpoint."""
+    hookpoints: list[str] | None = None
+    """Per-hookpoint specs: only these of the run's hookpoints (names or globs). None: all of them."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -60,12 +63,41 @@ class SaeSpec:
         sparsity = f"l0_{self.target_l0:g}" if self.target_l0 is not None else "fixed"
         return f"{self.architecture}-w{width}-{sparsity}"
 
-    def build(self, d_in: int, hookpoint: str, model_id: str, name: str) -> SaeJob:
+    def build(self, d_in: int, reads: str | list[str], model_id: str, name: str) -> SaeJob:
         width = self.resolved_width(d_in)
         options = dict(self.options)
         if self.target_l0 is not None:
             options.setdefault("target_l0", self.target_l0)  # TopK/BatchTopK take k = round(target_l0)
-        return create_job(self.architecture, d_in, width, name=name, reads=hookpoint, model_id=model_id, **options)
+        return create_job(self.architecture, d_in, width, name=name, reads=reads, model_id=model_id, **options)
+
+    def jobs(self, widths: dict[str, int], model_id: str) -> dict[str, SaeJob]:
+        """This spec's jobs at the run's hookpoints ({hookpoint: d_in}), keyed by their folder under OUT."""
+        if self.stacked:
+            if len(widths) < 2:
+                raise InvalidInput(f"{self.architecture}: a multi-layer SAE needs at least two hookpoints, got {list(widths)}")
+            if len(set(widths.values())) > 1:
+                raise InvalidInput(f"{self.architecture}: a multi-layer SAE reads vectors of one width, but the hookpoints have {widths}")
+            d_in = next(iter(widths.values()))
+            key = f"{MULTILAYER_FOLDER}/{self.folder_name(d_in)}"
+            return {key: self.build(d_in, list(widths), model_id, key)}
+        chosen = widths if self.hookpoints is None else {h: widths[h] for h in matching(self.hookpoints, list(widths))}
+        return {f"{h}/{self.folder_name(d_in)}": self.build(d_in, h, model_id, f"{h}/{self.folder_name(d_in)}") for h, d_in in chosen.items()}
+
+
+MULTILAYER_FOLDER = "multilayer"
+"""Folder (under a suite) of the SAEs that read every hookpoint of the run."""
+
+
+def matching(patterns: list[str], available: list[str]) -> list[str]:
+    """The hookpoints of ``available`` that the names or globs ``patterns`` pick, in ``available``'s order."""
+    import fnmatch
+
+    from saescope.lm.hookpoints import canonical_name
+
+    for raw in patterns:
+        if not any(fnmatch.fnmatchcase(h, canonical_name(raw)) for h in available):
+            raise InvalidInput(f"hookpoint {raw!r} is not one of this run's hookpoints {available}")
+    return [h for h in available if any(fnmatch.fnmatchcase(h, canonical_name(raw)) for raw in patterns)]
 
 
 def train_on_model(
@@ -118,12 +150,11 @@ def train_on_model(
         widths = dict(source.d_in)
     torch.manual_seed(train.seed)  # SAE initialisation
     jobs: dict[str, SaeJob] = {}
-    for hookpoint, d_in in widths.items():
-        for spec in specs:
-            key = f"{hookpoint}/{spec.folder_name(d_in)}"
+    for spec in specs:
+        for key, job in spec.jobs(widths, model_id).items():
             if key in jobs:
                 raise InvalidInput(f"two SAEs would share the folder {key}; give them different widths or target L0s")
-            jobs[key] = spec.build(d_in, hookpoint, model_id, key)
+            jobs[key] = job
     if out_dir is not None and train.checkpoint_every and not train.checkpoint_dir:
         train = replace(train, checkpoint_dir=str(Path(out_dir) / "checkpoint"))
     trained = Trainer(list(jobs.values()), train).fit(source, resume=resume)
@@ -136,5 +167,5 @@ def train_on_model(
         if out_dir is not None:
             folder = Path(out_dir) / name
             save_sae(sae, folder, context_size=data.context_size, dataset=data.dataset)
-            atomic_write_json(folder / "metrics.json", ordered_metrics(metrics[name]), indent=2)
+            save_metrics(folder, metrics[name])
     return {name: (trained[name], metrics[name]) for name in trained}

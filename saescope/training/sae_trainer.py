@@ -63,6 +63,7 @@ class SaeTrainer:
             proportional_gain=config.sparsity_proportional_gain,
         )
         self.input_scale = 1.0
+        self.layer_scales = torch.ones(max(1, len(job.reads.hookpoints)), device=device)
         self.dead_window = config.resolved_dead_window()
         self.tokens_since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
         # An EMA with Adam's bias correction: firing_rate_sum / firing_rate_weight is an average from the first step on.
@@ -73,16 +74,25 @@ class SaeTrainer:
         self._reset_running()
 
     # -- normalisation --------------------------------------------------------------------------
-    def set_input_scale(self, mean_squared_norm: float, sample: Tensor) -> None:
-        """Choose c so that E‖c·x‖² matches the architecture's convention, and seed data-based init."""
+    def set_input_scale(self, mean_squared_norms: list[float], sample: Tensor, layer_index: Tensor | None = None) -> None:
+        """Choose c so that E‖c·x‖² matches the objective's convention, and seed data-based init.
+
+        A stacked read gets one c per hookpoint (residual norms grow with depth); ``input_scale`` is
+        then their geometric mean, the scale folded into the saved weights, and the per-hookpoint
+        ratios are recorded beside it (``saescope.saes.stacked``).
+        """
         target = 1.0 if self.objective.input_norm == "unit_mean_square" else float(self.sae.d_in)
-        self.input_scale = math.sqrt(target / mean_squared_norm)
-        self.objective.init_from_data(self.sae, sample.to(self.device) * self.input_scale)
+        scales = [math.sqrt(target / value) for value in mean_squared_norms]
+        self.layer_scales = torch.tensor(scales, dtype=torch.float32, device=self.device)
+        self.input_scale = math.exp(sum(math.log(c) for c in scales) / len(scales))
+        scaled = sample.to(self.device) * (self.input_scale if layer_index is None else self.layer_scales[layer_index].unsqueeze(1))
+        self.objective.init_from_data(self.sae, scaled)
 
     # -- the hot step ---------------------------------------------------------------------------
-    def train_step(self, x_raw: Tensor, step: int) -> None:
+    def train_step(self, x_raw: Tensor, step: int, layer_index: Tensor | None = None) -> None:
+        """One optimiser step on raw activations (rows of a stacked read carry their ``layer_index``)."""
         sae, objective, config = self.sae, self.objective, self.config
-        x = x_raw * self.input_scale
+        x = x_raw * (self.input_scale if layer_index is None else self.layer_scales[layer_index].unsqueeze(1))
         lr = self.base_lr * lr_multiplier(step, config.total_steps, config.lr_warmup_fraction, self.lr_decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -92,6 +102,7 @@ class SaeTrainer:
             sparsity_coefficient=self.controller.coefficient(step),
             dead_mask=self.tokens_since_fired >= self.dead_window if self.any_dead else None,
             firing_rate=self.firing_rate if objective.uses_firing_rate else None,
+            layer_index=layer_index,
         )
         output = objective.loss(sae, x, ctx)
         self.optimizer.zero_grad(set_to_none=True)
@@ -175,6 +186,7 @@ class SaeTrainer:
             "config": self.sae.cfg.to_dict(),
             "objective": self.objective.to_dict(),
             "input_scale": self.input_scale,
+            "layer_scales": self.layer_scales.tolist(),
             "any_dead": self.any_dead,
             "param_groups": self.optimizer.state_dict()["param_groups"],
         }
@@ -196,4 +208,5 @@ class SaeTrainer:
         self.firing_rate_sum.copy_(tensors["firing_rate_sum"])
         self.firing_rate_weight.copy_(tensors["firing_rate_weight"])
         self.input_scale = info["input_scale"]
+        self.layer_scales = torch.tensor(info.get("layer_scales", [self.input_scale]), dtype=torch.float32, device=self.device)
         self.any_dead = info["any_dead"]

@@ -26,6 +26,7 @@ from saescope.io.trainer_state import (
 )
 from saescope.jobs import ReadSpec, SaeJob, default_objective
 from saescope.saes import SparseAutoencoder
+from saescope.saes.stacked import stacked_normalization
 from saescope.training.config import TrainConfig
 from saescope.training.progress import ProgressReporter
 from saescope.training.sae_trainer import SaeTrainer
@@ -124,8 +125,8 @@ class Trainer:
                 if batch is None:
                     logger.warning("the data ran out after %d of %d steps; stopping early", step, total_steps)
                     break
-                for trainer, x in self._route(batch, step):
-                    trainer.train_step(x, step)
+                for trainer, x, layer_index in self._route(batch, step):
+                    trainer.train_step(x, step, layer_index)
                 done = step + 1
                 is_last = done == total_steps
                 if done % config.log_every == 0 or is_last:
@@ -151,52 +152,80 @@ class Trainer:
         return self._finish(steps_done, start_step, time.perf_counter() - started)
 
     # -- routing ------------------------------------------------------------------------------------
-    def _route(self, batch: Tensor | Mapping[str, Tensor], where: int | str) -> list[tuple[SaeTrainer, Tensor]]:
-        """Pair each SAE with its input: the batch itself, or for dict batches the entry of its hookpoint.
+    def _route(self, batch: Tensor | Mapping[str, Tensor], where: int | str) -> list[tuple[SaeTrainer, Tensor, Tensor | None]]:
+        """Pair each SAE with its input and, for stacked reads, each row's layer index.
 
+        A plain batch goes to every SAE as it is; a dict batch gives each SAE the entry of its
+        hookpoint, or for a stacked read every one of its hookpoints' entries one after another.
         Each distinct tensor is moved to the device once, whatever the number of SAEs reading it.
         """
         moved: dict[int, Tensor] = {}
-        pairs = []
-        for trainer in self.trainers:
-            if isinstance(batch, Mapping):
-                if trainer.hookpoint is None:
-                    raise InvalidInput(
-                        f"SAE {trainer.name!r} reads plain arrays, but the data is a dict by hookpoint ({sorted(batch)}); "
-                        "give the job reads=ReadSpec(('<hookpoint>',)) or create it with hookpoint=..."
-                    )
-                if trainer.hookpoint not in batch:
-                    raise InvalidInput(
-                        f"SAE {trainer.name!r} reads hookpoint {trainer.hookpoint!r} but the data provides {sorted(batch)}; "
-                        "set the SAE's hookpoint to one of them"
-                    )
-                tensor = batch[trainer.hookpoint]
-            else:
-                tensor = batch
-            if tensor.shape[-1] != trainer.sae.d_in:
-                label = f" at {trainer.hookpoint!r}" if isinstance(batch, Mapping) else ""
-                where_text = f" (batch {where})" if isinstance(where, int) else f" ({where})"
-                raise InvalidInput(f"activations{label} have width {tensor.shape[-1]}{where_text}, but SAE {trainer.name!r} expects d_in={trainer.sae.d_in}")
+
+        def on_device(tensor: Tensor) -> Tensor:
             if id(tensor) not in moved:
                 moved[id(tensor)] = tensor.to(self.device, non_blocking=True)
-            pairs.append((trainer, moved[id(tensor)]))
+            return moved[id(tensor)]
+
+        pairs = []
+        for trainer in self.trainers:
+            hookpoints = trainer.job.reads.hookpoints
+            if not isinstance(batch, Mapping):
+                if hookpoints:
+                    raise InvalidInput(
+                        f"SAE {trainer.name!r} reads hookpoint(s) {list(hookpoints)}, but the data is a plain array; "
+                        "train it on a model or a cache, or build the job without reads="
+                    )
+                self._check_width(trainer, batch, None, where)
+                pairs.append((trainer, on_device(batch), None))
+                continue
+            if not hookpoints:
+                raise InvalidInput(
+                    f"SAE {trainer.name!r} reads plain arrays, but the data is a dict by hookpoint ({sorted(batch)}); "
+                    "give the job reads=ReadSpec(('<hookpoint>',)) or create it with hookpoint=..."
+                )
+            missing = [h for h in hookpoints if h not in batch]
+            if missing:
+                raise InvalidInput(
+                    f"SAE {trainer.name!r} reads hookpoint(s) {missing} but the data provides {sorted(batch)}; "
+                    "set the job's reads to hookpoints the data holds"
+                )
+            for hookpoint in hookpoints:
+                self._check_width(trainer, batch[hookpoint], hookpoint, where)
+            if len(hookpoints) == 1:
+                pairs.append((trainer, on_device(batch[hookpoints[0]]), None))
+                continue
+            parts = [on_device(batch[h]) for h in hookpoints]
+            layer_index = torch.cat([torch.full((len(part),), i, dtype=torch.long, device=self.device) for i, part in enumerate(parts)])
+            pairs.append((trainer, torch.cat(parts), layer_index))
         return pairs
+
+    @staticmethod
+    def _check_width(trainer: SaeTrainer, tensor: Tensor, hookpoint: str | None, where: int | str) -> None:
+        if tensor.shape[-1] != trainer.sae.d_in:
+            label = f" at {hookpoint!r}" if hookpoint else ""
+            where_text = f" (batch {where})" if isinstance(where, int) else f" ({where})"
+            raise InvalidInput(f"activations{label} have width {tensor.shape[-1]}{where_text}, but SAE {trainer.name!r} expects d_in={trainer.sae.d_in}")
 
     # -- before and after --------------------------------------------------------------------------
     def _estimate_normalization(self, source: Any) -> None:
         head = source.head(self.config.normalization_tokens)
-        scales: dict[int, float] = {}
-        for trainer, sample in self._route(head, "used for normalisation"):
+        for trainer, sample, layer_index in self._route(head, "used for normalisation"):
             if sample.shape[0] == 0:
                 raise InvalidInput("no activations: the data source is empty")
-            if id(sample) not in scales:
-                if not torch.isfinite(sample).all():
-                    raise InvalidInput("the activations contain NaN or inf (found in the normalisation sample); clean the data")
-                scales[id(sample)] = sample.double().pow(2).sum(dim=1).mean().item()
-            mean_squared_norm = scales[id(sample)]
-            if mean_squared_norm <= 0:
-                raise InvalidInput("the activations are all zero; there is nothing to train on")
-            trainer.set_input_scale(mean_squared_norm, sample.float())
+            if not torch.isfinite(sample).all():
+                raise InvalidInput("the activations contain NaN or inf (found in the normalisation sample); clean the data")
+            squared_norms = sample.double().pow(2).sum(dim=1)
+            if layer_index is None:
+                mean_squared_norms = [squared_norms.mean().item()]
+            else:
+                n_layers = len(trainer.job.reads.hookpoints)
+                sums = torch.zeros(n_layers, dtype=torch.float64, device=sample.device).index_add_(0, layer_index, squared_norms)
+                mean_squared_norms = (sums / torch.bincount(layer_index, minlength=n_layers).clamp_min(1)).tolist()
+            for hookpoint, value in zip(trainer.job.reads.hookpoints or (None,), mean_squared_norms):
+                if value <= 0:
+                    where = f" at {hookpoint}" if hookpoint else ""
+                    raise InvalidInput(f"the activations{where} are all zero; there is nothing to train on")
+            trainer.set_input_scale(mean_squared_norms, sample.float(), layer_index)
 
     def _finish(self, steps_done: int, start_step: int, seconds: float) -> dict[str, SparseAutoencoder]:
         config = self.config
@@ -211,6 +240,8 @@ class Trainer:
                 "folded": True,
                 "note": "training used c*x with this c; weights are folded so the SAE takes raw activations",
             }
+            if trainer.job.reads.stacked:
+                sae.normalization.update(stacked_normalization(trainer.job.reads.hookpoints, trainer.layer_scales.tolist(), trainer.input_scale))
             sae.training_summary = {
                 "n_tokens": steps_done * config.batch_size,
                 "n_steps": steps_done,
