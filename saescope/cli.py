@@ -179,6 +179,24 @@ def _cmd_interpret(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lineage(args: argparse.Namespace) -> int:
+    from saescope.suite.lineage import LINEAGE_FILE, lineage_suite
+
+    report = lineage_suite(args.path, tokens=args.tokens, cosine_threshold=args.cosine, jaccard_threshold=args.jaccard,
+                           device=args.device, progress=sys.stderr.isatty())
+    for group in report["groups"]:
+        print(f"{group['site']} {group['architecture']} w{group['width']} L0 {group['target_l0']:g}: layers {group['layers']}")
+        print(f"  {'lower -> upper':<44} {'clear parent':>12} {'by chance':>10} {'mean cos':>9} {'links':>6} {'co-act only':>11}")
+        for pair in group["pairs"]:
+            name = f"{pair['lower'].split('/')[0]} -> {pair['upper'].split('/')[0]}"
+            print(f"  {name:<44} {pair['clear_parent_fraction']:>12.1%} {pair['chance_clear_parent_fraction']:>10.1%} "
+                  f"{pair['mean_parent_cosine']:>9.3f} {pair['strong_links']:>6} {pair['co_activation_links']:>11}")
+        lengths = ", ".join(f"{n}: {count}" for n, count in group["chains"]["length_counts"].items())
+        print(f"  chains by SAEs spanned: {lengths or 'none'}")
+    print(f"\nwritten: {Path(args.path) / LINEAGE_FILE} and lineage.json in each SAE folder; browse: saescope view {args.path}")
+    return 0
+
+
 def _cmd_view(args: argparse.Namespace) -> int:
     from saescope.view import export_site, serve
 
@@ -338,6 +356,19 @@ def build_parser() -> argparse.ArgumentParser:
                            help="tokens shown either side of each example's peak (default %(default)s)")
     interpret.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     interpret.set_defaults(func=_cmd_interpret)
+
+    from saescope.evaluation.lineage import COSINE_THRESHOLD, JACCARD_THRESHOLD
+    from saescope.suite.lineage import lineage_suite
+
+    lineage = commands.add_parser("lineage", help="link features of per-layer SAEs across adjacent layers (decoder cosine and co-activation)")
+    lineage.add_argument("path", help="suite folder with SAEs at several layers of one site")
+    lineage.add_argument("--tokens", type=int, default=defaults(lineage_suite)["tokens"],
+                         help="held-out tokens for co-activation; 0: decoder cosines only, no model (default %(default)s)")
+    lineage.add_argument("--cosine", type=float, default=COSINE_THRESHOLD, help="decoder cosine of a clear parent (default %(default)s)")
+    lineage.add_argument("--jaccard", type=float, default=JACCARD_THRESHOLD,
+                         help="co-activation (Jaccard) that makes a link strong on its own (default %(default)s)")
+    lineage.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    lineage.set_defaults(func=_cmd_lineage)
 
     view = commands.add_parser("view", help="browse a suite's features in a local web app (or --export a static site)")
     view.add_argument("path", help="suite folder (run saescope interpret on it first)")

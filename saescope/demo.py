@@ -34,6 +34,7 @@ def run_demo(out: str | Path = "demo-suite", tokens: int | None = None, report=N
     from saescope.io.suite_index import is_suite, read_index
     from saescope.io.trainer_state import has_trainer_state
     from saescope.suite import SuiteConfig, evaluate_suite, format_table, train_suite
+    from saescope.suite.lineage import LINEAGE_FILE, lineage_suite
     from saescope.view import export_site
 
     say = report or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -56,16 +57,20 @@ def run_demo(out: str | Path = "demo-suite", tokens: int | None = None, report=N
     if not first.is_file():
         say(f"interpreting every feature over {INTERPRET_TOKENS:,} tokens")
         interpret_suite(out, tokens=INTERPRET_TOKENS, progress=sys.stderr.isatty())
+    if not (out / LINEAGE_FILE).is_file():
+        say("linking features across layers 2 -> 6 -> 10 (saescope lineage)")
+        lineage_suite(out, progress=sys.stderr.isatty())
     site = export_site(out, out / "site")
     finished = time.perf_counter()
     print(format_table(rows))
     plots = sorted((out / "plots").glob("*.png"))
     print(
         f"\nDemo finished in {(finished - started) / 60:.1f} min (training and in-model evaluation {(trained - started) / 60:.1f} min, "
-        f"report and plots {evaluated - trained:.0f} s, interpretation {finished - evaluated:.0f} s).\n"
+        f"report and plots {evaluated - trained:.0f} s, interpretation and lineage {finished - evaluated:.0f} s).\n"
         f"  suite index    {out / 'suite.json'}  (saescope info {out})\n"
         f"  SAE folders    {out}/<hookpoint>/<arch>-w<width>-l0_<target>/  (cfg.json, sae_weights.safetensors, metrics.json, interpret/)\n"
         f"  metrics        {out / 'eval.json'}, {out / 'eval.csv'}\n"
+        f"  lineage        {out / LINEAGE_FILE}  (features linked across layers; shown on feature pages)\n"
         f"  plots          " + ", ".join(str(p) for p in plots) + "\n"
         f"  browse         saescope view {out}   (http://127.0.0.1:8765/, with a prompt panel)\n"
         f"                 or open {site.resolve() / 'index.html'} (static, offline)\n"

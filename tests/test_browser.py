@@ -176,3 +176,74 @@ def test_steer_panel_shows_both_outputs(browser, server, suite, tmp_path):
         page.wait_for_selector("#steer-steered .example", timeout=120_000)
         assert "perplexity" in page.locator("#steer-plain").inner_text()
         assert page.locator("#steer-steered .example").inner_text() != ""
+
+
+# -- a multi-layer SAE and feature lineage ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def layered_suite(tmp_path_factory):
+    from saescope.suite.lineage import lineage_suite
+
+    root = tmp_path_factory.mktemp("layered")
+    config = tiny_suite_config(save_tiny_model(root / "model", n_layers=3), write_corpus(root / "c.txt", repeat=12), multilayer=True,
+                               multilayer_baselines=["layers.*.resid_post"], batch_size=128)
+    folder = root / "suite"
+    train_suite(config, folder, progress=False, report=lambda line: None)
+    evaluate_suite(folder, progress=False)
+    interpret_suite(folder, tokens=2048, top_k=4, window=3, batch_contexts=8, progress=False)
+    lineage_suite(folder, tokens=512, cosine_threshold=0.0, progress=False)  # threshold 0: every child links to its best parent
+    return folder
+
+
+@pytest.fixture
+def layered_server(layered_suite):
+    httpd = make_server(layered_suite, port=0, prompts=True, device="cpu")
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _fired_feature(folder, path):
+    records = json.loads((folder / path / "interpret" / "features_00000.json").read_text())
+    return next(r["id"] for r in records if r["top"])
+
+
+def test_a_multilayer_feature_page_shows_its_layers(browser, layered_server, layered_suite, tmp_path):
+    feature = _fired_feature(layered_suite, "multilayer/topk-w64-l0_4")
+    with page_for(browser, "multilayer_feature", tmp_path) as page:
+        page.goto(layered_server + f"#/sae/0/feature/{feature}")
+        page.wait_for_selector("#layer-view svg rect")
+        assert page.locator("#layer-view svg rect").count() == 3
+        labels = page.locator("#top-examples .chip.layer").all_inner_texts()
+        assert labels and all(label in ("L0", "L1", "L2") for label in labels)
+        page.goto(layered_server + "#/sae/0")
+        page.wait_for_selector("#feature-list a")
+        assert "mean layer" in page.locator("#feature-list tr").first.inner_text()
+        page.fill("#prompt-text", "A list is a mutable sequence")
+        page.click("#prompt-run")
+        page.wait_for_selector("#prompt-result .feature-link", timeout=120_000)
+        assert "@L" in page.locator("#prompt-result .feature-link").first.inner_text()
+
+
+def test_steering_a_multilayer_feature_names_its_layer(browser, layered_server, layered_suite, tmp_path):
+    feature = _fired_feature(layered_suite, "multilayer/topk-w64-l0_4")
+    with page_for(browser, "multilayer_steer", tmp_path) as page:
+        page.goto(layered_server + f"#/sae/0/feature/{feature}")
+        page.wait_for_selector("#steer-text")
+        page.fill("#steer-text", "A list is")
+        page.click("#steer-run")
+        page.wait_for_selector("#steer-steered .example", timeout=120_000)
+        assert "steered at layers." in page.locator("#steer-result").inner_text()
+
+
+def test_lineage_links_features_across_layers(browser, layered_server, layered_suite, tmp_path):
+    feature = _fired_feature(layered_suite, "layers.1.resid_post/topk-w64-l0_4")
+    with page_for(browser, "lineage", tmp_path) as page:
+        page.goto(layered_server + f"#/sae/2/feature/{feature}")  # entries: multilayer, layer 0, layer 1, layer 2
+        page.wait_for_selector("#lineage")
+        parents = page.locator("#lineage .lineage-parents a")
+        assert parents.count() >= 1 and "layers.0.resid_post" in parents.first.inner_text()
+        parents.first.click()
+        page.wait_for_selector("h1:text-matches('Feature #')")
+        assert "#/sae/1/feature/" in page.url
+        page.wait_for_selector("#lineage .lineage-children a")

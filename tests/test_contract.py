@@ -1,6 +1,7 @@
 """The SAE contract, proven from outside the package: a new architecture and its objective, both defined and
 registered in this file, run through train -> save -> load -> evaluate -> a suite on a tiny model ->
-`saescope eval` -> interpret -> steer, with no edit anywhere in saescope.
+`saescope eval` -> interpret -> steer, with no edit anywhere in saescope; and so does a job of that
+architecture that reads every layer of the model at once (a stacked read).
 
 The toy is a two-prefix Matryoshka TopK: the first `prefix` latents must reconstruct on their own as
 well as together with the rest (Bussmann et al. 2025, with two nested dictionaries).
@@ -154,3 +155,46 @@ def test_a_registered_architecture_runs_a_suite_eval_interpret_and_steer(tmp_pat
             without_features = loaded.model(input_ids=plain_ids, use_cache=False).logits
     assert not torch.allclose(plain, without_features, atol=1e-4)  # ablating every feature changes the model
     assert len(generate(loaded, prompt, max_new_tokens=4, temperature=0, steering=clamped)) == 4
+
+
+def test_a_registered_architecture_reading_every_layer_runs_train_to_steer(tmp_path):
+    from saescope.data.tokens import TextContexts
+    from saescope.interpret.run import interpret_suite
+    from saescope.lm.stream import ModelActivationSource
+    from saescope.saes.stacked import at_hookpoint, stacked_hookpoints
+    from saescope.steer import Intervention, Steering
+    from saescope.suite import evaluate_suite, train_suite
+
+    loaded = tiny_loaded("llama", n_layers=3)
+    corpus = write_corpus(tmp_path / "c.txt", repeat=12)
+    hookpoints = ["layers.0.resid_post", "layers.1.resid_post", "layers.2.resid_post"]
+    # the Python API: one job reads all three layers
+    source = ModelActivationSource(loaded, TextContexts(corpus, loaded.tokenizer, 32, part="all"), hookpoints, batch_contexts=4,
+                                   shuffle_buffer_tokens=512)
+    job = create_job(NAME, 32, 64, target_l0=4, prefix=16, reads=hookpoints, name="every-layer")
+    trained = train_saes(source, [job], saescope.TrainConfig(total_tokens=2048, batch_size=128, progress=False), out_dir=str(tmp_path / "api"))
+    sae = saescope.load(tmp_path / "api" / "every-layer")
+    assert type(sae) is TwoPrefixTopK and stacked_hookpoints(sae) == hookpoints
+    assert torch.equal(sae.encode(torch.ones(2, 32)), trained["every-layer"].encode(torch.ones(2, 32)))
+
+    # the suite path: train, per-layer evaluation, interpretation with layers, steering at one layer
+    config = tiny_suite_config(save_tiny_model(tmp_path / "model", n_layers=3), corpus, architectures=[NAME], options={NAME: {"prefix": 16}},
+                               multilayer=True, batch_size=128)
+    index = train_suite(config, tmp_path / "suite", progress=False, report=lambda line: None)
+    path = f"multilayer/{NAME}-w64-l0_4"
+    assert [entry["path"] for entry in index["saes"]] == [path]
+    rows = evaluate_suite(tmp_path / "suite", plots=False, progress=False)
+    assert [row["layer"] for row in rows if row.get("layer_of") == path] == [0, 1, 2]
+    assert all(row["l0"] == pytest.approx(4.0) for row in rows)
+    interpret_suite(tmp_path / "suite", tokens=1024, top_k=3, window=2, batch_contexts=8, progress=False)
+    summary = json.loads((tmp_path / "suite" / path / "interpret" / "summary.json").read_text())
+    assert summary["hookpoints"] == hookpoints
+    stacked = saescope.load(tmp_path / "suite" / path)
+    prompt_ids = loaded.tokenizer("A list is a mutable", return_tensors="pt").input_ids
+    ablate_all = Steering(loaded.model, [Intervention(stacked, f, 0.0, kind="ablate", hookpoint=hookpoints[1]) for f in range(64)])
+    with torch.no_grad():
+        plain = loaded.model(input_ids=prompt_ids, use_cache=False).logits
+        with ablate_all.active():
+            ablated = loaded.model(input_ids=prompt_ids, use_cache=False).logits
+    assert not torch.allclose(plain, ablated, atol=1e-4)
+    assert at_hookpoint(stacked, hookpoints[1]).cfg.prefix == 16

@@ -241,3 +241,83 @@ def test_eval_reports_a_multilayer_sae_layer_by_layer_with_its_figure(multilayer
     assert report["multilayer"]["multilayer/topk-w64-l0_4"]["n_layers"] == 3
     assert (out / "plots" / "multilayer_topk-w64-l0_4.png").read_bytes()[:4] == b"\x89PNG"
     assert format_table(rows).count("multilayer/topk-w64-l0_4@") == 3
+
+
+# -- lineage -------------------------------------------------------------------------------------------
+def test_lineage_finds_a_planted_continued_feature_and_nothing_between_unrelated_dictionaries():
+    from saescope.evaluation.lineage import pair_lineage
+
+    generator = torch.Generator().manual_seed(0)
+    d, width = 64, 256
+    lower = torch.randn(width, d, generator=generator)
+    upper = torch.randn(width, d, generator=generator)
+    upper[17] = lower[5] + 0.1 * torch.randn(d, generator=generator)  # feature 5 at layer L continues as 17 at L+1
+    pair = pair_lineage("L", "L+1", lower, upper)
+    assert pair.parent[17] == 5 and pair.parent_cosine[17] > 0.95
+    assert [link[:2] for link in pair.links] == [[17, 5]]
+    unrelated = pair_lineage("L", "L+1", lower, torch.randn(width, d, generator=generator))
+    assert unrelated.links == [] and unrelated.clear_parent_fraction <= unrelated.chance_clear_parent_fraction + 0.01
+    assert abs(unrelated.mean_parent_cosine - unrelated.chance_mean_parent_cosine) < 0.05  # no better than a random rotation
+
+
+def test_lineage_co_activation_links_features_that_fire_together():
+    from saescope.evaluation.lineage import pair_lineage
+
+    generator = torch.Generator().manual_seed(1)
+    lower, upper = torch.randn(32, 16, generator=generator), torch.randn(32, 16, generator=generator)
+    fires_lower = torch.rand(500, 32, generator=generator) < 0.05
+    fires_upper = torch.rand(500, 32, generator=generator) < 0.05
+    best = pair_lineage("a", "b", lower, upper, fires_lower, fires_upper)
+    fires_upper[:, 3] = fires_lower[:, best.parent[3]]  # upper 3 fires exactly where its best-cosine parent fires
+    pair = pair_lineage("a", "b", lower, upper, fires_lower, fires_upper)
+    assert pair.parent_jaccard[3] == 1.0 and [3, best.parent[3]] in [link[:2] for link in pair.links]
+    with pytest.raises(InvalidInput, match="different widths"):
+        pair_lineage("a", "b", lower, torch.randn(32, 8))
+
+
+def test_lineage_chains_follow_parents_through_layers():
+    from saescope.evaluation.lineage import chains, pair_lineage
+
+    generator = torch.Generator().manual_seed(2)
+    dictionaries = [torch.randn(64, 48, generator=generator) for _ in range(4)]
+    for layer in range(1, 4):
+        dictionaries[layer][layer] = dictionaries[layer - 1][layer - 1]  # feature 0 -> 1 -> 2 -> 3 down the layers
+    pairs = [pair_lineage(f"s{i}", f"s{i + 1}", dictionaries[i], dictionaries[i + 1]) for i in range(3)]
+    found = chains(pairs)
+    assert found["longest"][0] == [["s0", 0], ["s1", 1], ["s2", 2], ["s3", 3]]
+    assert found["length_counts"]["4"] == 1
+
+
+def test_lineage_command_runs_on_a_suite_and_writes_links(tmp_path):
+    from saescope.suite.lineage import lineage_suite
+
+    corpus = write_corpus(tmp_path / "c.txt", repeat=12)
+    config = tiny_suite_config(save_tiny_model(tmp_path / "model", n_layers=3), corpus)
+    saescope.train(config, tmp_path / "suite", progress=False, report=lambda line: None)
+    report = lineage_suite(tmp_path / "suite", tokens=512, cosine_threshold=0.3, progress=False)
+    group = report["groups"][0]
+    assert group["layers"] == [0, 1, 2] and len(group["pairs"]) == 2
+    assert all(0 <= p["clear_parent_fraction"] <= 1 for p in group["pairs"])
+    upper = json.loads((tmp_path / "suite" / "layers.1.resid_post" / "topk-w64-l0_4" / "lineage.json").read_text())
+    for child, parents in upper["parents"].items():
+        assert all(p["sae"] == "layers.0.resid_post/topk-w64-l0_4" and (p["cosine"] >= 0.3 or p["jaccard"] >= 0.3) for p in parents)
+    assert json.loads((tmp_path / "suite" / "lineage.json").read_text())["groups"][0]["layers"] == [0, 1, 2]
+
+
+def test_interpret_records_the_layer_of_every_multilayer_example(multilayer_suite):
+    from saescope.interpret.run import interpret_suite
+
+    out, _index = multilayer_suite
+    interpret_suite(out, tokens=1024, top_k=4, window=2, batch_contexts=8, progress=False)
+    folder = out / "multilayer" / "topk-w64-l0_4" / "interpret"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["hookpoints"] == ["layers.0.resid_post", "layers.1.resid_post", "layers.2.resid_post"]
+    records = json.loads((folder / "features_00000.json").read_text())
+    fired = [r for r in records if r["top"]]
+    assert fired and all(0 <= e["layer"] < 3 for r in fired for e in r["top"] + r["samples"])
+    for record in fired:
+        assert sum(record["layer_fires"]) > 0 and len(record["layer_fires"]) == 3
+    # the per-layer baseline keeps the one-hookpoint format
+    baseline = json.loads((out / "layers.1.resid_post" / "topk-w64-l0_4" / "interpret" / "features_00000.json").read_text())
+    assert all("layer" not in e for r in baseline for e in r["top"]) and "hookpoints" not in json.loads(
+        (out / "layers.1.resid_post" / "topk-w64-l0_4" / "interpret" / "summary.json").read_text())

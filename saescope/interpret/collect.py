@@ -10,6 +10,10 @@ number of active entries, for the histogram):
   which examples at activation quantiles are picked;
 - a histogram of log10 activation per feature, firing counts, sums and maxima.
 
+A multi-layer SAE reads several layers of the same tokens: each layer's code is one ``update`` with
+its ``layer`` index, examples remember the layer they fired at, and ``layer_fires`` counts firings
+per feature and layer.
+
 Never one forward pass per feature: the cost is the LM forward plus one encode per batch.
 """
 
@@ -49,15 +53,23 @@ class FeatureStats:
     activation_sums: Tensor
     max_values: Tensor
     n_tokens: int
+    top_layers: Tensor | None = None
+    """[F, k] the layer index of each top example (multi-layer SAEs; None for one hookpoint)."""
+    sample_layers: Tensor | None = None
+    layer_fires: Tensor | None = None
+    """[F, layers] firings per feature at each layer (multi-layer SAEs)."""
 
     @property
     def density(self) -> Tensor:
-        return self.fire_counts.double() / max(self.n_tokens, 1)
+        """Fraction of vectors on which each feature fires (a multi-layer SAE reads layers × tokens vectors)."""
+        layers = 1 if self.layer_fires is None else self.layer_fires.shape[1]
+        return self.fire_counts.double() / max(self.n_tokens * layers, 1)
 
 
 class FeatureCollector:
     def __init__(self, n_features: int, top_k: int = 20, n_samples: int = 24, window: int = 12, n_bins: int = 40,
-                 log10_range: tuple[float, float] = (-4.0, 3.0), device: torch.device | str = "cpu", seed: int = 0) -> None:
+                 log10_range: tuple[float, float] = (-4.0, 3.0), device: torch.device | str = "cpu", seed: int = 0,
+                 n_layers: int = 1) -> None:
         if top_k <= 0 or n_samples < 0 or window < 0:
             raise InvalidInput("top_k must be > 0, n_samples and window >= 0")
         self.k, self.s, self.w = top_k, n_samples, window
@@ -77,12 +89,17 @@ class FeatureCollector:
         self.activation_sums = torch.zeros(f, dtype=torch.float64, device=dev)
         self.max_values = torch.zeros(f, device=dev)
         self.n_tokens = 0
+        self.n_layers = n_layers
+        self.top_layers = torch.zeros(f, top_k, 1, dtype=torch.long, device=dev)
+        self.sample_layers = torch.zeros(f, n_samples, 1, dtype=torch.long, device=dev)
+        self.layer_fires = torch.zeros(f, n_layers, dtype=torch.long, device=dev)
         self.generator = torch.Generator(device=dev).manual_seed(seed)
 
     @torch.no_grad()
-    def update(self, code: FeatureCode | Tensor, tokens: Tensor, mask: Tensor) -> None:
+    def update(self, code: FeatureCode | Tensor, tokens: Tensor, mask: Tensor, layer: int = 0) -> None:
         """``code`` the SAE's ``FeatureCode`` over the B·T positions (or dense [B, T, F] activations),
-        ``tokens`` [B, T] ids, ``mask`` [B, T] positions that count.
+        ``tokens`` [B, T] ids, ``mask`` [B, T] positions that count, ``layer`` which of a multi-layer
+        SAE's layers the code is from (each layer of a batch is one update; tokens count once).
 
         Counts, sums, maxima and histograms come from the code's active entries; the top examples and
         samples need whole windows of a feature, so they read the dense matrix, built once per batch.
@@ -90,9 +107,14 @@ class FeatureCollector:
         b, t = tokens.shape
         if isinstance(code, Tensor):
             code = FeatureCode.from_dense(code.reshape(b * t, -1))
+        if not 0 <= layer < self.n_layers:
+            raise InvalidInput(f"layer {layer} is outside this collector's {self.n_layers} layer(s)")
         code = code.masked(mask.reshape(-1))
-        self.n_tokens += int(mask.sum())
-        self.fire_counts += code.count_per_feature().long()
+        if layer == 0:
+            self.n_tokens += int(mask.sum())
+        counts = code.count_per_feature().long()
+        self.fire_counts += counts
+        self.layer_fires[:, layer] += counts
         self.activation_sums += code.sum_per_feature()
         self.max_values = torch.maximum(self.max_values, code.max_per_feature().float())
         _rows, cols, values = code.active_entries()
@@ -107,8 +129,9 @@ class FeatureCollector:
         k = min(self.k, b * t)
         values, index = flat.topk(k, dim=0)  # [k, F]
         windows, window_tokens = self._windows(acts, tokens, index.T)
-        self.top_values, (self.top_windows, self.top_tokens) = _merge(
-            self.top_values, values.T, (self.top_windows, self.top_tokens), (windows, window_tokens), self.k)
+        layers = torch.full((f, k, 1), layer, dtype=torch.long, device=flat.device)
+        self.top_values, (self.top_windows, self.top_tokens, self.top_layers) = _merge(
+            self.top_values, values.T, (self.top_windows, self.top_tokens, self.top_layers), (windows, window_tokens, layers), self.k)
 
         if self.s:
             keys = torch.rand(flat.shape, generator=self.generator, device=flat.device).masked_fill_(~fired, -1.0)
@@ -124,6 +147,8 @@ class FeatureCollector:
             expand = order.unsqueeze(-1).expand(-1, -1, span)
             self.sample_windows = torch.cat([self.sample_windows, windows], dim=1).gather(1, expand)
             self.sample_tokens = torch.cat([self.sample_tokens, window_tokens], dim=1).gather(1, expand)
+            batch_layers = torch.full((f, s, 1), layer, dtype=torch.long, device=flat.device)
+            self.sample_layers = torch.cat([self.sample_layers, batch_layers], dim=1).gather(1, order.unsqueeze(-1))
 
     def _windows(self, acts: Tensor, tokens: Tensor, flat_index: Tensor) -> tuple[Tensor, Tensor]:
         """For [F, n] flat token indices: the feature's activations and the token ids in ±w around each."""
@@ -150,6 +175,9 @@ class FeatureCollector:
             sample_tokens=self.sample_tokens.gather(1, expand).cpu(), histogram=self.histogram.cpu(), bin_edges=self.bin_edges.cpu(),
             fire_counts=self.fire_counts.cpu(), activation_sums=self.activation_sums.cpu(), max_values=self.max_values.cpu(),
             n_tokens=self.n_tokens,
+            **({} if self.n_layers == 1 else {
+                "top_layers": self.top_layers[..., 0].cpu(), "sample_layers": self.sample_layers[..., 0].gather(1, order).cpu(),
+                "layer_fires": self.layer_fires.cpu()}),
         )
 
 

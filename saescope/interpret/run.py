@@ -22,6 +22,7 @@ from saescope.interpret.collect import FeatureCollector
 from saescope.interpret.directions import logit_effects, similar_features
 from saescope.interpret.store import write_interpretation
 from saescope.plan import RunPlan
+from saescope.saes.stacked import input_multiplier, stacked_hookpoints
 
 logger = logging.getLogger("saescope")
 
@@ -58,11 +59,16 @@ def interpret_suite(
     device_ = loaded.device
     entries = index["saes"]
     saes = {e["path"]: load(str(folder / e["path"])).to(device_).eval() for e in entries}
-    points = {p.name: p for p in resolve_hookpoints(loaded.model, sorted({e["hookpoint"] for e in entries}))}
-    collectors = {p: FeatureCollector(sae.d_sae, top_k, n_samples, window, device=device_, seed=seed) for p, sae in saes.items()}
-    by_hookpoint: dict[str, list[str]] = {}
-    for e in entries:
-        by_hookpoint.setdefault(e["hookpoint"], []).append(e["path"])
+    reads = {e["path"]: stacked_hookpoints(saes[e["path"]]) or [e["hookpoint"]] for e in entries}
+    points = {p.name: p for p in resolve_hookpoints(loaded.model, sorted({h for hs in reads.values() for h in hs}))}
+    collectors = {p: FeatureCollector(sae.d_sae, top_k, n_samples, window, device=device_, seed=seed, n_layers=len(reads[p]))
+                  for p, sae in saes.items()}
+    # hookpoint -> [(sae path, layer index, input multiplier)]: a multi-layer SAE reads each of its layers in its common units
+    by_hookpoint: dict[str, list[tuple[str, int, float]]] = {}
+    for path, hookpoints in reads.items():
+        for layer, hookpoint in enumerate(hookpoints):
+            multiplier = input_multiplier(saes[path], hookpoint) if len(hookpoints) > 1 else 1.0
+            by_hookpoint.setdefault(hookpoint, []).append((path, layer, multiplier))
 
     context_size = plan.data.context_size
     text = TextContexts(index.get("dataset") or plan.data.dataset, loaded.tokenizer, context_size,
@@ -82,8 +88,9 @@ def interpret_suite(
 
             def consume(point, activation, input_ids=input_ids, mask=mask):
                 flat = activation.reshape(-1, activation.shape[-1]).float()
-                for sae_path in by_hookpoint[point.name]:
-                    collectors[sae_path].update(saes[sae_path].encode_code(flat), input_ids, mask)
+                for sae_path, layer, multiplier in by_hookpoint[point.name]:
+                    code = saes[sae_path].encode_code(flat * multiplier if multiplier != 1.0 else flat)
+                    collectors[sae_path].update(code, input_ids, mask, layer=layer)
 
             capture(loaded.model, list(points.values()), consume, input_ids)
             bar.update(1)
@@ -102,7 +109,8 @@ def interpret_suite(
         for neighbour in _adjacent(entry, entries):
             ids, cosines = similar_features(sae.W_dec.detach(), saes[neighbour["path"]].W_dec.detach(), top=3)
             adjacent[neighbour["path"]] = (ids, cosines)
-        written[sae_path] = write_interpretation(folder / sae_path, stats, logits, similar, adjacent, loaded.tokenizer, vocab_cache)
+        written[sae_path] = write_interpretation(folder / sae_path, stats, logits, similar, adjacent, loaded.tokenizer, vocab_cache,
+                                                 hookpoints=reads[sae_path] if len(reads[sae_path]) > 1 else None)
     seconds = time.perf_counter() - started
     return {"saes": written, "tokens": tokens_seen, "seconds": round(seconds, 1),
             "pass_seconds": round(harvest_seconds, 1)}
@@ -110,7 +118,9 @@ def interpret_suite(
 
 def _adjacent(entry: dict[str, Any], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The SAEs with the same site, architecture, width and target one layer up and down (nearest present)."""
-    peers = [e for e in entries if e["path"] != entry["path"] and e["site"] == entry["site"] and e["architecture"] == entry["architecture"]
+    if entry.get("hookpoints"):
+        return []  # a multi-layer SAE has no adjacent-layer peers
+    peers = [e for e in entries if e["path"] != entry["path"] and not e.get("hookpoints") and e["site"] == entry["site"] and e["architecture"] == entry["architecture"]
              and e["width"] == entry["width"] and e["target_l0"] == entry["target_l0"]]
     below = [e for e in peers if e["layer"] < entry["layer"]]
     above = [e for e in peers if e["layer"] > entry["layer"]]

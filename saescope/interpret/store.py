@@ -39,7 +39,9 @@ def write_interpretation(
     adjacent: dict[str, tuple[Tensor, Tensor]],
     tokenizer: Any,
     vocab_cache: dict[int, str] | None = None,
+    hookpoints: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Write the interpretation files; ``hookpoints`` names a multi-layer SAE's layers (examples then carry their layer)."""
     out = Path(sae_folder) / "interpret"
     out.mkdir(parents=True, exist_ok=True)
     n_features = stats.top_values.shape[0]
@@ -58,18 +60,23 @@ def write_interpretation(
     sample_tokens = stats.sample_tokens.tolist()
     histogram = stats.histogram.tolist()
     centre = stats.top_windows.shape[-1] // 2
+    top_layers = stats.top_layers.tolist() if stats.top_layers is not None else None
+    sample_layers = stats.sample_layers.tolist() if stats.sample_layers is not None else None
+    layer_fires = stats.layer_fires.tolist() if stats.layer_fires is not None else None
     peak_tokens: list[list[int]] = []
 
     records: list[dict[str, Any]] = []
     for feature in range(n_features):
         examples = [
-            {"tokens": top_tokens[feature][r], "acts": _round(top_windows[feature][r]), "max": _r(top_values[feature][r])}
+            {"tokens": top_tokens[feature][r], "acts": _round(top_windows[feature][r]), "max": _r(top_values[feature][r]),
+             **({"layer": top_layers[feature][r]} if top_layers is not None else {})}
             for r in range(len(top_values[feature])) if top_values[feature][r] > 0
         ]
         peaks = list(dict.fromkeys(e["tokens"][centre] for e in examples))[:8]
         peak_tokens.append(peaks)
         samples = [
-            {"quantile": band, "tokens": sample_tokens[feature][i], "acts": _round(sample_windows[feature][i]), "max": _r(sample_values[feature][i])}
+            {"quantile": band, "tokens": sample_tokens[feature][i], "acts": _round(sample_windows[feature][i]), "max": _r(sample_values[feature][i]),
+             **({"layer": sample_layers[feature][i]} if sample_layers is not None else {})}
             for band, i in quantile_examples(stats, feature)
         ]
         record = {
@@ -86,6 +93,8 @@ def write_interpretation(
             "adjacent": [{"sae": path, "features": [[i, _r(c)] for i, c in zip(ids[feature], cos[feature])]}
                          for path, (ids, cos) in adjacent_lists.items()],
         }
+        if layer_fires is not None:
+            record["layer_fires"] = layer_fires[feature]
         for example in examples + samples:
             used.update(t for t in example["tokens"] if t != NO_TOKEN)
         used.update(top_ids[feature] + bottom_ids[feature])
@@ -107,6 +116,9 @@ def write_interpretation(
         "peak_tokens": peak_tokens,
         "top_logit": [ids[0] for ids in top_ids],
     }
+    if hookpoints:
+        summary["hookpoints"] = list(hookpoints)
+        summary["mean_layer"] = [_mean_layer(fires) for fires in layer_fires] if layer_fires is not None else None
     _write_json(out / "summary.json", summary)
     cache = vocab_cache if vocab_cache is not None else {}
     vocab = {}
@@ -117,6 +129,11 @@ def write_interpretation(
     _write_json(out / "vocab.json", vocab)
     alive = sum(1 for d in density if d > 0)
     return {"folder": str(out), "features": n_features, "alive": alive, "tokens": stats.n_tokens}
+
+
+def _mean_layer(fires: list[int]) -> float | None:
+    total = sum(fires)
+    return round(sum(i * n for i, n in enumerate(fires)) / total, 2) if total else None
 
 
 def _r(value: float) -> float:

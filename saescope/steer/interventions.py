@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from saescope.errors import InvalidInput
 from saescope.saes import SparseAutoencoder
+from saescope.saes.stacked import at_hookpoint, stacked_hookpoints
 
 KINDS = ("add", "clamp", "ablate")
 POSITIONS = ("all", "prompt", "generated")
@@ -57,6 +58,11 @@ class Intervention:
             raise InvalidInput(f"unit must be 'raw' or 'max', got {self.unit!r}")
         if not isinstance(self.feature, int) or not 0 <= self.feature < self.sae.d_sae:
             raise InvalidInput(f"feature {self.feature!r} does not exist: this SAE has features 0..{self.sae.d_sae - 1}")
+        stacked = stacked_hookpoints(self.sae)
+        if stacked:
+            if self.hookpoint is None:
+                raise InvalidInput(f"a multi-layer SAE reads {len(stacked)} hookpoints; pass hookpoint= (one of {stacked[0]} … {stacked[-1]})")
+            self.sae = at_hookpoint(self.sae, self.hookpoint)  # that layer's scale folded in: values are in its raw units
         self.hookpoint = self.hookpoint or self.sae.cfg.hookpoint
         if not self.hookpoint:
             raise InvalidInput("the SAE does not record its hookpoint; pass hookpoint= (e.g. 'layers.10.resid_post')")

@@ -5,7 +5,8 @@ The estimates are deliberately simple and on the safe side:
 - memory: every SAE keeps weights, gradients and two Adam moments (4 copies of its parameters, fp32);
   one SAE step at a time adds its transients (~8 [rows, d_sae] fp32 tensors: pre-activations,
   masks, activations and their gradients; rows = batch × hookpoints read); the shuffle buffer holds ``shuffle_buffer_tokens`` rows
-  of every hookpoint twice; the model holds its parameters.
+  of every hookpoint twice; the normalisation sample holds every hookpoint's vectors (at most 1 GiB);
+  the model holds its parameters.
 - disk: weights of every SAE, plus a checkpoint of 4 copies when checkpointing.
 - time: FLOPs (10·d_in·d_sae per token per SAE step, 2 × the parameters the forward runs through
   per token, and one full forward per SAE for the ΔLM evaluation) divided by a matmul throughput
@@ -124,7 +125,9 @@ def estimate(
     d_total = sum(widths.values())
     buffer = 2 * 4 * shuffle_buffer_tokens * d_total if live_model else 2 * 4 * batch_size * d_total
     eval_acts = 4 * eval_tokens * d_total
-    memory = state + transients + buffer + eval_acts + model_bytes
+    from saescope.training.trainer import NORMALIZATION_SAMPLE_BYTES
+
+    memory = state + transients + buffer + eval_acts + model_bytes + min(NORMALIZATION_SAMPLE_BYTES, 4 * tokens * d_total)
     weights = sum(4 * s.n_params for s in saes)
     disk = weights + (4 * weights if checkpointing else 0)  # activations are never written
     flops = tokens * sum(10 * len(s.hookpoints) * s.d_in * s.width for s in saes)

@@ -32,6 +32,9 @@ from saescope.training.progress import ProgressReporter
 from saescope.training.sae_trainer import SaeTrainer
 
 logger = logging.getLogger("saescope")
+NORMALIZATION_SAMPLE_BYTES = 2**30
+"""Most memory the normalisation sample (every hookpoint's vectors, float32) may take."""
+MIN_NORMALIZATION_TOKENS = 4096
 Callback = Callable[[int, dict[str, dict[str, float]]], None]
 
 
@@ -207,14 +210,24 @@ class Trainer:
             raise InvalidInput(f"activations{label} have width {tensor.shape[-1]}{where_text}, but SAE {trainer.name!r} expects d_in={trainer.sae.d_in}")
 
     # -- before and after --------------------------------------------------------------------------
+    def normalization_tokens(self) -> int:
+        """Tokens of the normalisation sample: the configured count, fewer when many hookpoints would not fit in memory.
+
+        The sample holds every hookpoint's vectors at once (a 30-layer read of d 576 at 65,536 tokens is 4.5 GB),
+        so it is capped at ``NORMALIZATION_SAMPLE_BYTES`` and never below ``MIN_NORMALIZATION_TOKENS``.
+        """
+        widths = {h: t.sae.d_in for t in self.trainers for h in t.job.reads.hookpoints} or {None: max(t.sae.d_in for t in self.trainers)}
+        fitting = NORMALIZATION_SAMPLE_BYTES // (4 * sum(widths.values()))
+        return min(self.config.normalization_tokens, max(MIN_NORMALIZATION_TOKENS, fitting))
+
     def _estimate_normalization(self, source: Any) -> None:
-        head = source.head(self.config.normalization_tokens)
+        head = source.head(self.normalization_tokens())
         for trainer, sample, layer_index in self._route(head, "used for normalisation"):
             if sample.shape[0] == 0:
                 raise InvalidInput("no activations: the data source is empty")
             if not torch.isfinite(sample).all():
                 raise InvalidInput("the activations contain NaN or inf (found in the normalisation sample); clean the data")
-            squared_norms = sample.double().pow(2).sum(dim=1)
+            squared_norms = sample.pow(2).sum(dim=1).double()
             if layer_index is None:
                 mean_squared_norms = [squared_norms.mean().item()]
             else:

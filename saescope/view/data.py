@@ -1,7 +1,7 @@
 """Everything the feature browser shows, read from a suite folder through a fixed set of keys.
 
-The browser never names a file: it asks for ``suite``, ``sae/<n>/summary``, ``sae/<n>/vocab`` or
-``sae/<n>/features/<first feature of a shard>``, where ``n`` indexes ``suite.json``'s list of SAEs.
+The browser never names a file: it asks for ``suite``, ``sae/<n>/summary``, ``sae/<n>/vocab``,
+``sae/<n>/lineage`` or ``sae/<n>/features/<first feature of a shard>``, where ``n`` indexes ``suite.json``'s list of SAEs.
 Each key maps to one known file inside the suite folder, so no request can reach anything else.
 The server serves these as JSON; the static export writes each one as a small script file.
 """
@@ -16,8 +16,9 @@ from typing import Any
 from saescope.interpret.store import SHARD_SIZE
 from saescope.io.suite_index import read_index
 from saescope.plan import RunPlan
+from saescope.suite.lineage import LINEAGE_FILE
 
-_KEY = re.compile(r"^sae/(\d+)/(summary|vocab|features/(\d+))$")
+_KEY = re.compile(r"^sae/(\d+)/(summary|vocab|lineage|features/(\d+))$")
 
 
 class SuiteData:
@@ -37,6 +38,8 @@ class SuiteData:
             values = json.loads(summary.read_text())
             count, shard = values["n_features"], values.get("shard_size", SHARD_SIZE)
             keys += [f"sae/{n}/features/{start}" for start in range(0, count, shard)]
+            if (self.folder / self.entries[n]["path"] / LINEAGE_FILE).is_file():
+                keys.append(f"sae/{n}/lineage")
         return keys
 
     def get(self, key: str) -> Any:
@@ -54,6 +57,8 @@ class SuiteData:
             file = folder / "summary.json"
         elif match.group(2) == "vocab":
             file = folder / "vocab.json"
+        elif match.group(2) == "lineage":
+            file = folder.parent / LINEAGE_FILE
         else:
             file = folder / f"features_{int(match.group(3)):05d}.json"
         if not file.is_file():
@@ -82,6 +87,7 @@ class SuiteData:
             saes.append({
                 "n": n, "path": entry["path"], "hookpoint": entry["hookpoint"], "layer": entry["layer"], "site": entry["site"],
                 "architecture": entry["architecture"], "width": entry["width"], "target_l0": entry["target_l0"],
+                "hookpoints": entry.get("hookpoints"),
                 "metrics": {k: v for k, v in (entry.get("metrics") or {}).items() if isinstance(v, (int, float))},
                 "interpreted": (self._interpret_dir(n) / "summary.json").is_file(),
             })

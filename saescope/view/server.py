@@ -66,6 +66,7 @@ class PromptInspector:
         return self._loaded, self._saes[n]
 
     def steer(self, n: int, feature: int, strength: float, kind: str, text: str, max_new_tokens: int = 30, seed: int = 0) -> dict[str, Any]:
+        from saescope.saes.stacked import input_multiplier, stacked_hookpoints
         from saescope.steer import (
             Intervention,
             feature_max_activation,
@@ -80,10 +81,29 @@ class PromptInspector:
         with self._lock:
             loaded, sae = self._model_and_sae(n)
             peak = feature_max_activation(self.data.folder / self.data.entries[n]["path"], feature) if isinstance(feature, int) else None
-            intervention = Intervention(sae, feature, float(strength), kind=kind, unit="max", max_activation=peak or 1.0)
+            hookpoint = None
+            if stacked_hookpoints(sae):
+                hookpoint = self._strongest_layer(n, sae, feature)
+                peak = peak / input_multiplier(sae, hookpoint) if peak else None  # the page's maxima are in the SAE's common units
+            intervention = Intervention(sae, feature, float(strength), kind=kind, unit="max", max_activation=peak or 1.0, hookpoint=hookpoint)
             plain, steered = steer_and_compare(loaded, text, [intervention], max_new_tokens=max_new_tokens, seed=seed)
         return {name: {"text": g.text, "feature_rate": g.feature_rate, "perplexity": round(g.perplexity, 2)}
-                for name, g in (("unsteered", plain), ("steered", steered))} | {"max_activation": peak}
+                for name, g in (("unsteered", plain), ("steered", steered))} | {"max_activation": peak, "hookpoint": intervention.hookpoint}
+
+    def _strongest_layer(self, n: int, sae: Any, feature: Any) -> str:
+        """Where a multi-layer SAE's feature is steered: the layer it fires at most (from its interpretation), else the middle one."""
+        from saescope.saes.stacked import stacked_hookpoints
+
+        hookpoints = stacked_hookpoints(sae)
+        try:
+            summary = self.data.get(f"sae/{n}/summary")
+            shard = self.data.get(f"sae/{n}/features/{feature // summary['shard_size'] * summary['shard_size']}")
+            fires = shard[feature % summary["shard_size"]].get("layer_fires") or []
+        except (KeyError, TypeError, IndexError):
+            fires = []
+        if fires and max(fires) > 0:
+            return hookpoints[max(range(len(fires)), key=fires.__getitem__)]
+        return hookpoints[len(hookpoints) // 2]
 
     def _check(self, n: Any, text: Any) -> None:
         if not isinstance(n, int) or not 0 <= n < len(self.data.entries):
@@ -98,6 +118,7 @@ class PromptInspector:
 
         from saescope.lm.capture import capture_dict
         from saescope.lm.hookpoints import resolve_hookpoints
+        from saescope.saes.stacked import input_multiplier, stacked_hookpoints
 
         self._check(n, text)
         with self._lock:  # one model, shared by request threads
@@ -106,19 +127,25 @@ class PromptInspector:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"][: MAX_PROMPT_TOKENS - 1]
             bos = tokenizer.bos_token_id
             input_ids = torch.tensor([([bos] if bos is not None else []) + ids], device=loaded.device)
-            point = resolve_hookpoints(loaded.model, self.data.entries[n]["hookpoint"])[0]
+            hookpoints = stacked_hookpoints(sae) or [self.data.entries[n]["hookpoint"]]
+            points = resolve_hookpoints(loaded.model, hookpoints)
             with torch.no_grad():
-                activation = capture_dict(loaded.model, [point], input_ids)[point.name][0].float()
-                acts = sae.encode(activation)
-                values, features = acts.topk(min(top, acts.shape[1]), dim=1)
+                captured = capture_dict(loaded.model, points, input_ids)
+                # a multi-layer SAE: every layer in the SAE's common units, [layers, tokens, d_sae]
+                acts = torch.stack([sae.encode(captured[h][0].float() * (input_multiplier(sae, h) if len(hookpoints) > 1 else 1.0))
+                                    for h in hookpoints])
+                per_token = acts.permute(1, 0, 2).reshape(acts.shape[1], -1)
+                values, flat = per_token.topk(min(top, per_token.shape[1]), dim=1)
+                features, layers = flat % sae.d_sae, flat // sae.d_sae
         offset = 1 if bos is not None else 0
         tokens = []
         for position, token_id in enumerate(input_ids[0].tolist()):
             if position < offset:
                 continue
-            pairs = [[int(f), round(float(v), 4)] for f, v in zip(features[position].tolist(), values[position].tolist()) if v > 0]
+            pairs = [[int(f), round(float(v), 4)] + ([int(layer)] if len(hookpoints) > 1 else [])
+                     for f, v, layer in zip(features[position].tolist(), values[position].tolist(), layers[position].tolist()) if v > 0]
             tokens.append({"text": tokenizer.decode([token_id]), "features": pairs})
-        return {"sae": n, "tokens": tokens}
+        return {"sae": n, "tokens": tokens} | ({"hookpoints": hookpoints} if len(hookpoints) > 1 else {})
 
 
 def make_handler(data: SuiteData, inspector: PromptInspector | None):

@@ -62,14 +62,58 @@ function tokenSpan(text, value, scale, peak) {
   if (alpha > 0.6) span.style.color = "white";
   return span;
 }
-function example(record, vocab, scale) {
+function example(record, vocab, scale, hookpoints) {
   const line = el("div", { class: "example" });
+  if (hookpoints && record.layer !== undefined) line.append(el("span", { class: "chip layer", title: hookpoints[record.layer], text: "L" + layerNumber(hookpoints, record.layer) }));
   const centre = Math.floor(record.tokens.length / 2);
   record.tokens.forEach((id, i) => {
     if (id < 0) return;
     line.append(tokenSpan(vocab[String(id)] ?? "?", record.acts[i], scale, i === centre));
   });
   return line;
+}
+
+// A multi-layer SAE names its layers by hookpoint; show the model's layer number where the name has one.
+function layerNumber(hookpoints, index) {
+  const match = /(?:^|\.)(\d+)\./.exec(hookpoints[index] || "");
+  return match ? match[1] : String(index);
+}
+
+function layerBars(fires, hookpoints) {
+  const width = 420, height = 90, bar = width / fires.length, top = Math.max(1, ...fires);
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("class", "hist layers");
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height + 18);
+  fires.forEach((c, i) => {
+    const h = c > 0 ? Math.max(1, (height * c) / top) : 0;
+    const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+    rect.setAttribute("x", i * bar);
+    rect.setAttribute("y", height - h);
+    rect.setAttribute("width", Math.max(1, bar - 1));
+    rect.setAttribute("height", h);
+    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    title.textContent = `${hookpoints[i]}: fires on ${c} tokens`;
+    rect.append(title);
+    svg.append(rect);
+  });
+  for (const [x, i] of [[0, 0], [width - 24, fires.length - 1]]) {
+    const t = document.createElementNS("http://www.w3.org/2000/svg", "text");
+    t.setAttribute("x", x);
+    t.setAttribute("y", height + 14);
+    t.setAttribute("font-size", "10");
+    t.textContent = "L" + layerNumber(hookpoints, i);
+    svg.append(t);
+  }
+  return svg;
+}
+
+function lineageLinks(title, links, byPath) {
+  if (!links || !links.length) return el("div", {}, el("span", { class: "muted", text: title + ": none above the thresholds" }));
+  return el("div", { class: "lineage-" + title }, el("span", { class: "muted", text: title + ": " }),
+    ...links.map((l) => el("a", { class: "chip", href: `#/sae/${byPath.get(l.sae)}/feature/${l.feature}`,
+      title: `${l.sae} #${l.feature}: decoder cosine ${fmt(l.cosine, 3)}` + (l.jaccard === null ? "" : `, co-activation (Jaccard) ${fmt(l.jaccard, 3)}`),
+      text: `${l.sae.split("/")[0]} #${l.feature} (cos ${fmt(l.cosine, 2)}${l.jaccard === null ? "" : ", J " + fmt(l.jaccard, 2)})` })));
 }
 
 // -- pages -------------------------------------------------------------------------------------------
@@ -111,11 +155,14 @@ async function saePage(n) {
     const key = sortBy.value;
     if (key !== "id") ids.sort((a, b) => summary[key][b] - summary[key][a]);
     count.textContent = `${ids.length} of ${summary.n_features} features`;
-    list.replaceChildren(el("tr", {}, ...["feature", "density", "max act.", "peaks on", "top logit"].map((h) => el("th", { class: "left", text: h }))));
+    const multi = Array.isArray(summary.mean_layer);
+    const headers = ["feature", "density", "max act.", "peaks on", "top logit"].concat(multi ? ["mean layer"] : []);
+    list.replaceChildren(el("tr", {}, ...headers.map((h) => el("th", { class: "left", text: h }))));
     for (const i of ids.slice(0, 300)) {
       const peaks = el("td", { class: "left" }, ...summary.peak_tokens[i].slice(0, 5).map((t) => el("span", { class: "chip", text: visible(text(t)) })));
       list.append(el("tr", {}, el("td", { class: "left" }, el("a", { href: `#/sae/${n}/feature/${i}`, text: "#" + i })), el("td", { text: pct(summary.density[i]) }),
-        el("td", { text: fmt(summary.max[i]) }), peaks, el("td", { class: "left", text: visible(text(summary.top_logit[i])) })));
+        el("td", { text: fmt(summary.max[i]) }), peaks, el("td", { class: "left", text: visible(text(summary.top_logit[i])) }),
+        multi ? el("td", { text: summary.mean_layer[i] === null ? "–" : "L" + fmt(summary.mean_layer[i], 1) }) : null));
     }
   }
   for (const control of [sortBy, mode]) control.addEventListener("change", render);
@@ -143,7 +190,8 @@ function promptPanel(n) {
       const body = await response.json();
       if (!response.ok) throw new Error(body.error || "request failed");
       result.replaceChildren(...body.tokens.map((token) => el("div", { class: "prompt-token" }, el("div", { class: "text", text: visible(token.text) }),
-        ...token.features.map(([f, v]) => el("div", {}, el("a", { class: "chip feature-link", href: `#/sae/${n}/feature/${f}`, text: `#${f} ${fmt(v, 2)}` }))))));
+        ...token.features.map(([f, v, layer]) => el("div", {}, el("a", { class: "chip feature-link", href: `#/sae/${n}/feature/${f}`,
+          text: `#${f} ${fmt(v, 2)}` + (layer === undefined ? "" : ` @L${layerNumber(body.hookpoints, layer)}`) }))))));
     } catch (error) {
       result.replaceChildren(el("p", { class: "error", text: String(error.message || error) }));
     }
@@ -175,7 +223,8 @@ function steerPanel(n, f) {
       if (!response.ok) throw new Error(body.error || "request failed");
       const column = (title, g, id) => el("div", { id, class: "steer-output" }, el("h3", { text: title }), el("div", { class: "example", text: g.text }),
         el("p", { class: "muted", text: `feature fires on ${g.feature_rate === null ? "–" : pct(g.feature_rate)} of tokens; perplexity ${fmt(g.perplexity, 1)}` }));
-      result.replaceChildren(column("unsteered", body.unsteered, "steer-plain"), column("steered", body.steered, "steer-steered"));
+      result.replaceChildren(column("unsteered", body.unsteered, "steer-plain"), column("steered", body.steered, "steer-steered"),
+        el("p", { class: "muted", text: "steered at " + (body.hookpoint || "the SAE's hookpoint") }));
     } catch (error) {
       result.replaceChildren(el("p", { class: "error", text: String(error.message || error) }));
     }
@@ -214,7 +263,8 @@ function histogram(counts, edges) {
 }
 
 async function featurePage(n, f) {
-  const [suite, summary, vocab] = await Promise.all([load("suite"), load(`sae/${n}/summary`), load(`sae/${n}/vocab`)]);
+  const [suite, summary, vocab, lineage] = await Promise.all([load("suite"), load(`sae/${n}/summary`), load(`sae/${n}/vocab`),
+    load(`sae/${n}/lineage`).catch(() => null)]);
   if (!(f >= 0 && f < summary.n_features)) throw new Error(`feature ${f} does not exist (0–${summary.n_features - 1})`);
   const start = Math.floor(f / summary.shard_size) * summary.shard_size;
   const shard = await load(`sae/${n}/features/${start}`);
@@ -235,17 +285,27 @@ async function featurePage(n, f) {
       band = s.quantile;
       samples.append(el("div", { class: "muted", text: `activation quantile ${Math.round(100 * band)}–${Math.round(100 * (band + 0.2))}%` }));
     }
-    samples.append(example(s, vocab, scale));
+    samples.append(example(s, vocab, scale, summary.hookpoints));
   }
+  const layers = record.layer_fires && summary.hookpoints
+    ? el("div", { id: "layer-view" }, el("h2", { text: "Layers (multi-layer SAE): where this feature fires" }), layerBars(record.layer_fires, summary.hookpoints),
+      el("p", { class: "muted", text: `mean layer ${summary.mean_layer && summary.mean_layer[f] !== null ? "L" + fmt(summary.mean_layer[f], 1) : "–"}; each example below is labelled with the layer it fired at` }))
+    : null;
+  const family = lineage
+    ? el("div", { id: "lineage" }, el("h2", { text: "Lineage (adjacent layers)" }),
+      lineageLinks("parents", lineage.parents[String(f)], byPath), lineageLinks("children", lineage.children[String(f)], byPath))
+    : null;
   setPage([[suite.name, "#/"], [sae.path, `#/sae/${n}`], ["#" + f, null]],
     el("h1", { text: `Feature #${f}` }),
     el("p", { class: "stats" }, el("span", { text: "density " + pct(record.density) }), el("span", { text: "max activation " + fmt(record.max) }),
       el("span", { text: "mean when active " + fmt(record.mean) }), el("span", { class: "muted", text: sae.path })),
+    layers,
     el("h2", { text: "Top activations" }),
-    el("div", { id: "top-examples" }, ...(record.top.length ? record.top.map((e) => example(e, vocab, scale)) : [el("p", { class: "muted", text: "This feature never fired on the interpreted tokens." })])),
+    el("div", { id: "top-examples" }, ...(record.top.length ? record.top.map((e) => example(e, vocab, scale, summary.hookpoints)) : [el("p", { class: "muted", text: "This feature never fired on the interpreted tokens." })])),
     el("div", { class: "columns" },
       el("div", {}, el("h2", { text: "Activation histogram (log10)" }), histogram(record.histogram, summary.log10_bin_edges)),
       el("div", {}, el("h2", { text: "Logit effects" }), el("div", { class: "columns" }, logitTable(record.logits.top, "promoted"), logitTable(record.logits.bottom, "suppressed")))),
+    family,
     el("h2", { text: "Similar features (decoder cosine)" }), similar, adjacent,
     el("h2", { text: "Examples across activation quantiles" }), samples, steerPanel(n, f));
 }
