@@ -186,15 +186,21 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
                            device=args.device, progress=sys.stderr.isatty())
     for group in report["groups"]:
         print(f"{group['site']} {group['architecture']} w{group['width']} L0 {group['target_l0']:g}: layers {group['layers']}")
-        print(f"  {'lower -> upper':<44} {'clear parent':>12} {'by chance':>10} {'mean cos':>9} {'links':>6} {'co-act only':>11}")
+        print(f"  {'lower -> upper':<44} {'cos parent':>10} {'chance':>7} {'mean cos':>9} {'co-act parent':>13} {'chance':>7} {'agree':>6}")
         for pair in group["pairs"]:
             name = f"{pair['lower'].split('/')[0]} -> {pair['upper'].split('/')[0]}"
-            print(f"  {name:<44} {pair['clear_parent_fraction']:>12.1%} {pair['chance_clear_parent_fraction']:>10.1%} "
-                  f"{pair['mean_parent_cosine']:>9.3f} {pair['strong_links']:>6} {pair['co_activation_links']:>11}")
+            co = pair["coactive_parent_fraction"]
+            print(f"  {name:<44} {pair['clear_parent_fraction']:>10.1%} {pair['chance_clear_parent_fraction']:>7.1%} "
+                  f"{pair['mean_parent_cosine']:>9.3f} {_percent(co):>13} {_percent(pair['chance_coactive_parent_fraction']):>7} "
+                  f"{_percent(pair['agreement']):>6}")
         lengths = ", ".join(f"{n}: {count}" for n, count in group["chains"]["length_counts"].items())
         print(f"  chains by SAEs spanned: {lengths or 'none'}")
     print(f"\nwritten: {Path(args.path) / LINEAGE_FILE} and lineage.json in each SAE folder; browse: saescope view {args.path}")
     return 0
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _cmd_view(args: argparse.Namespace) -> int:

@@ -247,3 +247,32 @@ def test_lineage_links_features_across_layers(browser, layered_server, layered_s
         page.wait_for_selector("h1:text-matches('Feature #')")
         assert "#/sae/1/feature/" in page.url
         page.wait_for_selector("#lineage .lineage-children a")
+
+
+def test_a_matryoshka_feature_page_shows_its_prefix_level(browser, tmp_path):
+    root = tmp_path / "nested"
+    config = tiny_suite_config(save_tiny_model(root / "model"), write_corpus(root / "c.txt", repeat=12), architectures=["matryoshka"],
+                               hookpoints=["layers.1.resid_post"])
+    folder = root / "suite"
+    train_suite(config, folder, progress=False, report=lambda line: None)
+    interpret_suite(folder, tokens=1024, top_k=3, window=2, batch_contexts=8, progress=False)
+    summary = json.loads((folder / "layers.1.resid_post/matryoshka-w64-l0_4/interpret/summary.json").read_text())
+    assert summary["prefixes"] == [4, 16, 64]
+    httpd = make_server(folder, port=0, prompts=False)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+        with page_for(browser, "matryoshka", tmp_path) as page:
+            page.goto(url + "#/sae/0/feature/2")
+            page.wait_for_selector("#prefix-level")
+            assert "level 1 of 3" in page.locator("#prefix-level").inner_text()
+            page.goto(url + "#/sae/0/feature/40")
+            page.wait_for_selector("#prefix-level")
+            assert "level 3 of 3" in page.locator("#prefix-level").inner_text()
+            page.goto(url + "#/sae/0")
+            page.select_option("#sort", "id")
+            page.wait_for_selector("#feature-list .prefix-level")
+            assert page.locator("#feature-list .prefix-level").nth(5).inner_text() == "2 of 3"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -265,12 +265,15 @@ def test_lineage_co_activation_links_features_that_fire_together():
 
     generator = torch.Generator().manual_seed(1)
     lower, upper = torch.randn(32, 16, generator=generator), torch.randn(32, 16, generator=generator)
-    fires_lower = torch.rand(500, 32, generator=generator) < 0.05
-    fires_upper = torch.rand(500, 32, generator=generator) < 0.05
-    best = pair_lineage("a", "b", lower, upper, fires_lower, fires_upper)
-    fires_upper[:, 3] = fires_lower[:, best.parent[3]]  # upper 3 fires exactly where its best-cosine parent fires
+    fires_lower = torch.rand(2000, 32, generator=generator) < 0.05
+    fires_upper = torch.rand(2000, 32, generator=generator) < 0.05
+    unrelated = pair_lineage("a", "b", lower, upper, fires_lower, fires_upper)
+    assert unrelated.coactive_parent_fraction == 0.0 and unrelated.chance_coactive_parent_fraction == 0.0
+    fires_upper[:, 3] = fires_lower[:, 7]  # upper 3 fires exactly where lower 7 fires, whatever their directions
     pair = pair_lineage("a", "b", lower, upper, fires_lower, fires_upper)
-    assert pair.parent_jaccard[3] == 1.0 and [3, best.parent[3]] in [link[:2] for link in pair.links]
+    assert pair.coactive_parent[3] == 7 and pair.coactive_jaccard[3] == 1.0
+    assert [3, 7] in [link[:2] for link in pair.links] and pair.coactive_parent_fraction == pytest.approx(1 / 32)
+    assert pair.chance_coactive_parent_fraction == 0.0  # shuffling the tokens breaks the match
     with pytest.raises(InvalidInput, match="different widths"):
         pair_lineage("a", "b", lower, torch.randn(32, 8))
 
@@ -321,3 +324,41 @@ def test_interpret_records_the_layer_of_every_multilayer_example(multilayer_suit
     baseline = json.loads((out / "layers.1.resid_post" / "topk-w64-l0_4" / "interpret" / "features_00000.json").read_text())
     assert all("layer" not in e for r in baseline for e in r["top"]) and "hookpoints" not in json.loads(
         (out / "layers.1.resid_post" / "topk-w64-l0_4" / "interpret" / "summary.json").read_text())
+
+
+def test_a_multilayer_sae_trains_from_a_cache_holding_several_hookpoints(tmp_path):
+    from saescope.data.lm_config import LmDataConfig
+    from saescope.data.tokens import TextContexts
+    from saescope.lm.harvest import write_cache
+    from saescope.lm.stream import ModelActivationSource
+    from saescope.training.on_model import SaeSpec, train_on_model
+
+    loaded = tiny_loaded("llama", n_layers=3)
+    corpus = write_corpus(tmp_path / "c.txt")
+    hookpoints = ["layers.0.resid_post", "layers.1.resid_post", "layers.2.resid_post"]
+    source = ModelActivationSource(loaded, TextContexts(corpus, loaded.tokenizer, 32, part="all"), hookpoints, batch_contexts=4)
+    write_cache(source, tmp_path / "cache", 2000, shard_tokens=1000, progress=False)
+    results = train_on_model(loaded, ["layers.*.resid_post"], [SaeSpec("topk", width=64, target_l0=4, stacked=True)],
+                             TrainConfig(total_tokens=1024, batch_size=128, progress=False), LmDataConfig(eval_fraction=0.2),
+                             cache=str(tmp_path / "cache"), eval_tokens=128, out_dir=str(tmp_path / "out"))
+    sae, metrics = results["multilayer/topk-w64-l0_4"]
+    assert stacked_hookpoints(sae) == hookpoints and set(metrics["layers"]) == set(hookpoints)
+    assert sae.training_summary["n_steps"] == 8
+
+
+def test_one_layer_of_a_multilayer_sae_converts_to_saelens_and_the_whole_is_refused(tmp_path):
+    from saescope.io.checkpoint import save_sae
+    from saescope.io.interop import export_saelens, load_sae
+
+    sae = create_sae("topk", D, 48, k=3)
+    sae.normalization = stacked_normalization(["a", "b"], [2.0, 0.5], 1.0)
+    save_sae(sae, tmp_path / "ml")
+    with pytest.raises(InvalidInput, match="export one layer"):
+        export_saelens(saescope.load(tmp_path / "ml"), tmp_path / "whole")
+    layer = load_sae(tmp_path / "ml", hookpoint="b")
+    assert layer.cfg.hookpoint == "b" and not stacked_hookpoints(layer)
+    export_saelens(layer, tmp_path / "layer_b")
+    back = load_sae(tmp_path / "layer_b")
+    x = torch.randn(20, D)
+    with torch.no_grad():
+        assert torch.allclose(back(x), sae(0.5 * x) / 0.5, atol=1e-5)

@@ -110,7 +110,8 @@ def interpret_suite(
             ids, cosines = similar_features(sae.W_dec.detach(), saes[neighbour["path"]].W_dec.detach(), top=3)
             adjacent[neighbour["path"]] = (ids, cosines)
         written[sae_path] = write_interpretation(folder / sae_path, stats, logits, similar, adjacent, loaded.tokenizer, vocab_cache,
-                                                 hookpoints=reads[sae_path] if len(reads[sae_path]) > 1 else None)
+                                                 hookpoints=reads[sae_path] if len(reads[sae_path]) > 1 else None,
+                                                 prefixes=getattr(sae.cfg, "prefixes", None))
     seconds = time.perf_counter() - started
     return {"saes": written, "tokens": tokens_seen, "seconds": round(seconds, 1),
             "pass_seconds": round(harvest_seconds, 1)}

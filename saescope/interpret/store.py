@@ -40,8 +40,10 @@ def write_interpretation(
     tokenizer: Any,
     vocab_cache: dict[int, str] | None = None,
     hookpoints: list[str] | None = None,
+    prefixes: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Write the interpretation files; ``hookpoints`` names a multi-layer SAE's layers (examples then carry their layer)."""
+    """Write the interpretation files; ``hookpoints`` names a multi-layer SAE's layers (examples then carry their layer),
+    ``prefixes`` a Matryoshka SAE's nested dictionary sizes (pages then show each feature's level)."""
     out = Path(sae_folder) / "interpret"
     out.mkdir(parents=True, exist_ok=True)
     n_features = stats.top_values.shape[0]
@@ -116,6 +118,8 @@ def write_interpretation(
         "peak_tokens": peak_tokens,
         "top_logit": [ids[0] for ids in top_ids],
     }
+    if prefixes:
+        summary["prefixes"] = [int(p) for p in prefixes]
     if hookpoints:
         summary["hookpoints"] = list(hookpoints)
         summary["mean_layer"] = [_mean_layer(fires) for fires in layer_fires] if layer_fires is not None else None

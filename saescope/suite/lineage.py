@@ -83,7 +83,7 @@ def lineage_suite(
             "site": first["site"], "architecture": first["architecture"], "width": first["width"], "target_l0": first["target_l0"],
             "layers": [e["layer"] for e in group],
             "pairs": [p.summary() for p in pairs],
-            "chains": chains(pairs, cosine_threshold),
+            "chains": chains(pairs, cosine_threshold, jaccard_threshold),
         })
     bar.close()
     for sae_path, links in per_sae.items():

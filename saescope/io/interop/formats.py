@@ -27,6 +27,7 @@ from saescope.errors import InvalidInput, MissingFile
 from saescope.io.atomic import atomic_write, atomic_write_json, read_json
 from saescope.io.checkpoint import load_checked_tensors
 from saescope.saes import ARCHITECTURES, SparseAutoencoder, create_sae, get_architecture
+from saescope.saes.stacked import stacked_hookpoints
 
 GEMMA_SCOPE_SITES = {"res": "resid_post", "mlp": "mlp_out", "att": "attn_z"}
 SAELENS_TO_SAESCOPE = {"standard": "relu", "relu": "relu", "jumprelu": "jumprelu", "topk": "topk", "gated": "gated", "batchtopk": "batchtopk"}
@@ -157,6 +158,9 @@ def export_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
     if sae.saelens_architecture is None:
         exportable = sorted(name for name, cls in ARCHITECTURES.items() if cls.saelens_architecture)
         raise InvalidInput(f"{sae.architecture} SAEs have no SAELens equivalent; exportable: {exportable}")
+    if stacked_hookpoints(sae):
+        raise InvalidInput(f"a multi-layer SAE (over {len(stacked_hookpoints(sae))} hookpoints) has no SAELens equivalent; export one layer: "
+                           "`saescope convert SAE --hookpoint layers.N.resid_post --to saelens` (saescope.saes.stacked.at_hookpoint)")
     if sae.normalization and not sae.normalization.get("folded", True):
         raise InvalidInput("this SAE still expects normalised inputs; fold the input scale first (trained SAEs are folded when saved)")
     folder = Path(path)

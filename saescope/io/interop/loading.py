@@ -13,10 +13,15 @@ from pathlib import Path
 from saescope.errors import MissingDependency, MissingFile
 from saescope.io.interop.formats import detect_format, load_gemma_scope, load_saelens
 from saescope.saes import SparseAutoencoder
+from saescope.saes.stacked import at_hookpoint, stacked_hookpoints
 
 
 def load_sae(path: str | Path, device: str = "cpu", hookpoint: str | None = None) -> SparseAutoencoder:
-    """Load a saescope, SAELens or Gemma Scope SAE from a local path or a hub id."""
+    """Load a saescope, SAELens or Gemma Scope SAE from a local path or a hub id.
+
+    ``hookpoint`` records where the SAE reads; for a multi-layer SAE it picks one of its layers, and the
+    SAE returned takes that layer's raw activations.
+    """
     local = Path(path).expanduser()
     if local.exists():
         kind = detect_format(local)
@@ -38,6 +43,8 @@ def load_sae(path: str | Path, device: str = "cpu", hookpoint: str | None = None
             from saescope.io.interop.formats import gemma_scope_hookpoint
 
             sae.cfg.hookpoint = gemma_scope_hookpoint(source)
+    if hookpoint is not None and stacked_hookpoints(sae):
+        return at_hookpoint(sae, hookpoint).to(device).eval()  # one layer of a multi-layer SAE, its scale folded in
     if hookpoint is not None:
         sae.cfg.hookpoint = hookpoint
     return sae.to(device).eval()

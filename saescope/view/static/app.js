@@ -108,6 +108,12 @@ function layerBars(fires, hookpoints) {
   return svg;
 }
 
+// A Matryoshka SAE's feature belongs to the smallest nested dictionary (prefix) that holds it.
+function prefixLevel(prefixes, feature) {
+  const level = prefixes.findIndex((size) => feature < size);
+  return level < 0 ? prefixes.length : level + 1;
+}
+
 function lineageLinks(title, links, byPath) {
   if (!links || !links.length) return el("div", {}, el("span", { class: "muted", text: title + ": none above the thresholds" }));
   return el("div", { class: "lineage-" + title }, el("span", { class: "muted", text: title + ": " }),
@@ -156,13 +162,15 @@ async function saePage(n) {
     if (key !== "id") ids.sort((a, b) => summary[key][b] - summary[key][a]);
     count.textContent = `${ids.length} of ${summary.n_features} features`;
     const multi = Array.isArray(summary.mean_layer);
-    const headers = ["feature", "density", "max act.", "peaks on", "top logit"].concat(multi ? ["mean layer"] : []);
+    const nested = Array.isArray(summary.prefixes);
+    const headers = ["feature", "density", "max act.", "peaks on", "top logit"].concat(multi ? ["mean layer"] : [], nested ? ["prefix level"] : []);
     list.replaceChildren(el("tr", {}, ...headers.map((h) => el("th", { class: "left", text: h }))));
     for (const i of ids.slice(0, 300)) {
       const peaks = el("td", { class: "left" }, ...summary.peak_tokens[i].slice(0, 5).map((t) => el("span", { class: "chip", text: visible(text(t)) })));
       list.append(el("tr", {}, el("td", { class: "left" }, el("a", { href: `#/sae/${n}/feature/${i}`, text: "#" + i })), el("td", { text: pct(summary.density[i]) }),
         el("td", { text: fmt(summary.max[i]) }), peaks, el("td", { class: "left", text: visible(text(summary.top_logit[i])) }),
-        multi ? el("td", { text: summary.mean_layer[i] === null ? "–" : "L" + fmt(summary.mean_layer[i], 1) }) : null));
+        multi ? el("td", { text: summary.mean_layer[i] === null ? "–" : "L" + fmt(summary.mean_layer[i], 1) }) : null,
+        nested ? el("td", { class: "prefix-level", text: `${prefixLevel(summary.prefixes, i)} of ${summary.prefixes.length}` }) : null));
     }
   }
   for (const control of [sortBy, mode]) control.addEventListener("change", render);
@@ -291,6 +299,11 @@ async function featurePage(n, f) {
     ? el("div", { id: "layer-view" }, el("h2", { text: "Layers (multi-layer SAE): where this feature fires" }), layerBars(record.layer_fires, summary.hookpoints),
       el("p", { class: "muted", text: `mean layer ${summary.mean_layer && summary.mean_layer[f] !== null ? "L" + fmt(summary.mean_layer[f], 1) : "–"}; each example below is labelled with the layer it fired at` }))
     : null;
+  const level = Array.isArray(summary.prefixes)
+    ? el("p", { id: "prefix-level", class: "muted", text: `Matryoshka level ${prefixLevel(summary.prefixes, f)} of ${summary.prefixes.length}: ` +
+      `in the nested dictionary of the first ${summary.prefixes[prefixLevel(summary.prefixes, f) - 1]} latents ` +
+      `(prefixes ${summary.prefixes.join(" ⊂ ")}); level-1 features must reconstruct on their own, so they tend to be the broadest` })
+    : null;
   const family = lineage
     ? el("div", { id: "lineage" }, el("h2", { text: "Lineage (adjacent layers)" }),
       lineageLinks("parents", lineage.parents[String(f)], byPath), lineageLinks("children", lineage.children[String(f)], byPath))
@@ -299,7 +312,7 @@ async function featurePage(n, f) {
     el("h1", { text: `Feature #${f}` }),
     el("p", { class: "stats" }, el("span", { text: "density " + pct(record.density) }), el("span", { text: "max activation " + fmt(record.max) }),
       el("span", { text: "mean when active " + fmt(record.mean) }), el("span", { class: "muted", text: sae.path })),
-    layers,
+    level, layers,
     el("h2", { text: "Top activations" }),
     el("div", { id: "top-examples" }, ...(record.top.length ? record.top.map((e) => example(e, vocab, scale, summary.hookpoints)) : [el("p", { class: "muted", text: "This feature never fired on the interpreted tokens." })])),
     el("div", { class: "columns" },
