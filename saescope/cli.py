@@ -17,7 +17,10 @@ def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
     from saescope.synthetic.recovery import (
         RecoveryBenchConfig,
         format_rows,
+        format_spread,
+        run_over_seeds,
         run_recovery_benchmark,
+        seed_spread,
     )
 
     options: dict[str, Any] = {"progress": not args.json and sys.stderr.isatty() or args.progress}
@@ -32,6 +35,17 @@ def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
     if args.quick:
         options.update(steps=args.steps or 300, eval_tokens=16_384, d_sae=256, n_features=128, d_in=32)
     config = RecoveryBenchConfig(**options)
+    if args.seeds:
+        if args.seed is not None:
+            raise InvalidInput("give --seed or --seeds, not both")
+        rows = run_over_seeds(config, args.seeds)
+        summary = seed_spread(rows)
+        if args.json:
+            print(json.dumps({"rows": rows, "spread": summary}, indent=2))
+        else:
+            print(format_spread(summary))
+            print(f"\nmean [min–max] over seeds {args.seeds}; each seed draws new true features, SAE initialisations and data order")
+        return 0
     rows = run_recovery_benchmark(config)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -307,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--archs", nargs="+", help="architectures to compare (default: all)")
     synthetic.add_argument("--steps", type=int, help="training steps per variant (default 2000)")
     synthetic.add_argument("--seed", type=int, help="seed of the synthetic data and the SAEs (default 0)")
+    synthetic.add_argument("--seeds", type=int, nargs="+", help="run once per seed and report the mean and range of each figure")
     synthetic.add_argument("--quick", action="store_true", help="a small, fast setting (for smoke tests)")
     synthetic.add_argument("--progress", action="store_true", help="show progress bars even with --json")
     synthetic.set_defaults(func=_cmd_bench_synthetic)

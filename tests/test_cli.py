@@ -19,6 +19,21 @@ def test_bench_synthetic_quick_json(capsys):
         assert row["variant"] == "uniform" and 0 <= row["recovered"] <= 1 and 0 < row["mmcs"] <= 1
 
 
+def test_bench_synthetic_over_seeds_reports_each_seed_and_the_spread(capsys):
+    assert main(["bench", "synthetic", "--quick", "--json", "--steps", "60", "--variants", "uniform", "--archs", "topk", "--seeds", "0", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(row["seed"], row["arch"]) for row in report["rows"]] == [(0, "topk"), (1, "topk")]
+    (spread,) = report["spread"]
+    values = [row["mcc"] for row in report["rows"]]
+    assert spread["seeds"] == 2 and spread["mcc"] == {"mean": pytest.approx(sum(values) / 2), "min": min(values), "max": max(values)}
+    assert values[0] != values[1]  # a different seed is a different draw
+    from saescope.synthetic.recovery import format_spread
+
+    assert f"{spread['mcc']['mean']:6.3f} [{min(values):.3f}–{max(values):.3f}]" in format_spread(report["spread"])
+    with pytest.raises(SystemExit, match="--seeds: give distinct seeds"):
+        main(["bench", "synthetic", "--quick", "--seeds", "1", "1"])
+
+
 def test_bench_rejects_unknown_variant(capsys):
     with pytest.raises(SystemExit, match="unknown variant\\(s\\) \\['zip'\\]"):
         main(["bench", "synthetic", "--variants", "zip"])

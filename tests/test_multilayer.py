@@ -230,6 +230,8 @@ def test_a_multilayer_suite_trains_one_sae_over_every_layer_and_baselines(multil
     assert len(full["mass"]) == 64 and len(full["mass"][0]) == 3
     sae = saescope.load(out / paths[0])
     assert list(per_hookpoint(sae)) == entry["hookpoints"] and sae.cfg.hookpoint is None
+    assert "multi-layer 1 SAE(s) each over layers.0.resid_post" in saescope.describe(out)
+    assert "3 stacked (a multi-layer SAE)" in saescope.describe(out / paths[0])
 
 
 def test_eval_reports_a_multilayer_sae_layer_by_layer_with_its_figure(multilayer_suite):
@@ -362,3 +364,31 @@ def test_one_layer_of_a_multilayer_sae_converts_to_saelens_and_the_whole_is_refu
     x = torch.randn(20, D)
     with torch.no_grad():
         assert torch.allclose(back(x), sae(0.5 * x) / 0.5, atol=1e-5)
+
+
+def test_a_stacked_job_resumes_bit_identically(tmp_path):
+    data = stacked_data(3000)
+
+    def jobs():
+        torch.manual_seed(0)
+        return [create_job("jumprelu", D, 48, target_l0=3, reads=["a", "b", "c"], name="ml")]
+
+    config = TrainConfig(total_tokens=128 * 30, batch_size=128, progress=False, checkpoint_every=10, checkpoint_dir=str(tmp_path / "ckpt"),
+                         log_every=5)
+    reference = Trainer(jobs(), TrainConfig(**{**config.to_dict(), "checkpoint_every": None, "checkpoint_dir": None})).fit(DictSource(data))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_20(step, metrics):
+        if step == 20:
+            raise Interrupt
+
+    interrupted = Trainer(jobs(), config)
+    interrupted.add_callback(stop_at_20)
+    with pytest.raises(Interrupt):
+        interrupted.fit(DictSource(data))
+    resumed = Trainer(jobs(), config).fit(DictSource(data), resume=True)
+    assert resumed["ml"].normalization["hookpoint_multipliers"] == reference["ml"].normalization["hookpoint_multipliers"]
+    for name, tensor in reference["ml"].export_tensors().items():
+        assert torch.equal(resumed["ml"].export_tensors()[name], tensor), f"{name} differs after resume"

@@ -26,7 +26,7 @@ def _describe_suite(folder: Path) -> str:
     index = read_index(folder)
     plan = RunPlan.stored(index, folder)
     saes = index["saes"]
-    hookpoints = sorted({e["hookpoint"] for e in saes}, key=lambda h: (next(e["layer"] for e in saes if e["hookpoint"] == h), h))
+    hookpoints = sorted({h for e in saes for h in e.get("hookpoints") or [e["hookpoint"]]}, key=lambda h: (_layer(h), h))
     lines = [
         f"suite {folder} ({index.get('status')})",
         f"  model      {index.get('model')}",
@@ -35,6 +35,9 @@ def _describe_suite(folder: Path) -> str:
         f"  SAEs       {len(saes)}: architectures {sorted({e['architecture'] for e in saes})}, "
         f"widths {sorted({e['width'] for e in saes})}, target L0s {sorted({e['target_l0'] for e in saes})}",
     ]
+    stacked = [e for e in saes if e.get("hookpoints")]
+    if stacked:
+        lines.append(f"  multi-layer {len(stacked)} SAE(s) each over {_short_list(stacked[0]['hookpoints'])}")
     if index.get("train_seconds") is not None:
         lines.append(f"  trained in {index['train_seconds'] / 60:.1f} min")
     measured = [e for e in saes if e.get("metrics")]
@@ -57,6 +60,9 @@ def _describe_sae(folder: Path) -> str:
         f"  architecture {cfg.get('architecture')}, d_in {cfg.get('d_in')}, latents {cfg.get('d_sae')}",
         f"  hookpoint    {cfg.get('hookpoint')} of {cfg.get('model_id')}",
     ]
+    stacked = list(((cfg.get("normalization") or {}).get("hookpoint_multipliers") or {}))
+    if stacked:
+        lines[-1] = f"  hookpoints   {len(stacked)} stacked (a multi-layer SAE): {_short_list(stacked)} of {cfg.get('model_id')}"
     if cfg.get("target_l0") is not None:
         lines.append(f"  target L0    {cfg['target_l0']:g}")
     if training:
@@ -67,6 +73,11 @@ def _describe_sae(folder: Path) -> str:
         shown = [(k, metrics[k]) for k in ("l0", "fvu", "delta_lm_loss", "loss_recovered", "kl", "dead_fraction", "dense_fraction") if isinstance(metrics.get(k), (int, float))]
         lines.append("  metrics      " + ", ".join(f"{k} {v:.4g}" for k, v in shown))
     return "\n".join(lines)
+
+
+def _layer(hookpoint: str) -> int:
+    parts = hookpoint.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "layers" and parts[1].isdigit() else -1
 
 
 def _short_list(items: list[str], limit: int = 6) -> str:

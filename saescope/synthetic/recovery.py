@@ -121,3 +121,48 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             f"{row['recovered']:>9.1%} {row['mcc']:>6.3f} {row['f1']:>6.3f} {row['dead_fraction']:>6.1%}"
         )
     return "\n".join(lines)
+
+
+SPREAD_METRICS = ("l0", "fvu", "recovered", "mcc", "f1", "dead_fraction")
+
+
+def run_over_seeds(config: RecoveryBenchConfig, seeds: list[int]) -> list[dict[str, Any]]:
+    """``run_recovery_benchmark`` once per seed (data, SAE initialisation and data order all follow the seed); rows carry ``seed``."""
+    from dataclasses import replace
+
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise InvalidInput(f"--seeds: give distinct seeds, got {seeds}")
+    rows = []
+    for seed in seeds:
+        rows += [{"seed": seed, **row} for row in run_recovery_benchmark(replace(config, seed=seed))]
+    return rows
+
+
+def seed_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (variant, arch): the mean, min and max over seeds of each of ``SPREAD_METRICS``."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["variant"], row["arch"]), []).append(row)
+    summary = []
+    for (variant, arch), members in groups.items():
+        entry: dict[str, Any] = {"variant": variant, "arch": arch, "seeds": len(members)}
+        for key in SPREAD_METRICS:
+            values = [m[key] for m in members]
+            entry[key] = {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+        summary.append(entry)
+    return summary
+
+
+def format_spread(summary: list[dict[str, Any]]) -> str:
+    """mean [min–max] over seeds, one line per (variant, arch)."""
+    def cell(stat: dict[str, float], percent: bool) -> str:
+        if percent:
+            return f"{stat['mean']:6.1%} [{stat['min']:.0%}–{stat['max']:.0%}]"
+        return f"{stat['mean']:6.3f} [{stat['min']:.3f}–{stat['max']:.3f}]"
+
+    header = f"{'variant':<13} {'arch':<20} {'FVU':>21} {'recovered':>19} {'MCC':>21} {'F1':>21} {'dead':>19}"
+    lines = [header, "-" * len(header)]
+    for entry in summary:
+        lines.append(f"{entry['variant']:<13} {entry['arch']:<20} {cell(entry['fvu'], False):>21} {cell(entry['recovered'], True):>19} "
+                     f"{cell(entry['mcc'], False):>21} {cell(entry['f1'], False):>21} {cell(entry['dead_fraction'], True):>19}")
+    return "\n".join(lines)
