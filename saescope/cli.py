@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--device")
     steer.set_defaults(func=_cmd_steer)
 
-    demo = commands.add_parser("demo", help="train, evaluate and plot a small suite on the built-in model and corpus")
+    demo = commands.add_parser("demo", help="train, evaluate, plot, interpret and link a small suite on the built-in model and corpus")
     demo.add_argument("--out", default="demo-suite", help="where the suite goes (default demo-suite)")
     demo.add_argument("--tokens", type=int, help="training tokens (default: the demo's budget)")
     demo.set_defaults(func=_cmd_demo)

@@ -111,6 +111,8 @@ def _check_feature_page(page, feature):
     assert page.evaluate("window.__pwned") is None
     assert page.locator("main img[src='x'], main script").count() == 0
     assert page.locator("svg.hist rect").count() > 0 and page.locator("table.logits").count() == 2
+    # sections a page does not have (layers, prefix level, lineage) leave no stray text such as "null"
+    assert page.evaluate("Array.from(document.getElementById('app').childNodes).filter((n) => n.nodeType === 3).length") == 0
 
 
 def test_overview_to_feature_page(browser, server, suite, tmp_path):

@@ -44,7 +44,7 @@ const pct = (v) => (typeof v === "number" ? (100 * v).toFixed(v < 0.001 && v > 0
 const visible = (text) => text.replace(/\n/g, "↵").replace(/\t/g, "⇥");
 function setPage(crumbs, ...content) {
   const app = document.getElementById("app");
-  app.replaceChildren(...content);
+  app.replaceChildren(...content.filter((node) => node !== null && node !== undefined));
   const bar = document.getElementById("crumbs");
   bar.replaceChildren();
   for (const [label, href] of crumbs) bar.append(" › ", href ? el("a", { href, text: label }) : el("span", { text: label }));
