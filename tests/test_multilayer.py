@@ -392,3 +392,10 @@ def test_a_stacked_job_resumes_bit_identically(tmp_path):
     assert resumed["ml"].normalization["hookpoint_multipliers"] == reference["ml"].normalization["hookpoint_multipliers"]
     for name, tensor in reference["ml"].export_tensors().items():
         assert torch.equal(resumed["ml"].export_tensors()[name], tensor), f"{name} differs after resume"
+
+
+def test_the_example_multilayer_config_is_a_valid_plan():
+    from pathlib import Path
+
+    plan = RunPlan.from_file(Path(__file__).parent.parent / "examples" / "multilayer.yaml")
+    assert plan.sweep.multilayer and plan.sweep.hookpoints == ["layers.*.resid_post"] and len(plan.sweep.multilayer_baselines) == 5
