@@ -183,7 +183,7 @@ def test_training_from_the_cache_uses_the_same_api(loaded, tmp_path):
     reference = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
     assert metrics["clean_loss"] == pytest.approx(float(reference), rel=1e-4)
     assert metrics["spliced_loss"] > metrics["clean_loss"] and 0 < metrics["kl"]
-    with pytest.raises(ValueError, match="no hookpoint 'layers.5.resid_post' in this cache"):
+    with pytest.raises(ValueError, match="no hookpoint 'layers.5.resid_post' in the cache .*; it holds"):
         train_on_model(loaded, ["layers.5.resid_post"], [SaeSpec("topk", width=64, target_l0=4)], config, data, cache=str(tmp_path / "cache"))
 
 

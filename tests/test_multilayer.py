@@ -200,7 +200,7 @@ def test_multilayer_plan_errors_name_the_field(tmp_path):
     with pytest.raises(PlanError, match="multilayer: needs at least two hookpoints"):
         saescope.train(config, tmp_path / "out", progress=False, report=lambda line: None)
     config = tiny_suite_config(save_tiny_model(tmp_path / "model"), corpus, multilayer=True, multilayer_baselines=["layers.7.resid_post"])
-    with pytest.raises(PlanError, match="multilayer_baselines: hookpoint 'layers.7.resid_post' is not one of"):
+    with pytest.raises(PlanError, match="multilayer_baselines: no hookpoint 'layers.7.resid_post' in this run's hookpoints"):
         saescope.train(config, tmp_path / "out2", progress=False, report=lambda line: None)
 
 

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from saescope.errors import InvalidInput
 from saescope.saes import SparseAutoencoder
-from saescope.saes.stacked import input_multiplier, stacked_hookpoints
+from saescope.saes.stacked import read_multipliers, stacked_hookpoints
 
 LAYER_SPREAD_FILE = "layer_spread.json"
 """Where an SAE folder keeps its full ``LayerSpread`` (metrics.json keeps the summary)."""
@@ -90,7 +90,7 @@ def layer_spread(sae: SparseAutoencoder, activations: dict[str, Tensor], device:
         raise InvalidInput(f"layer_spread: the hookpoints' activations have different token counts {sorted(n_tokens)}; they must be the same tokens")
     n = n_tokens.pop()
     n_layers, d_sae = len(hookpoints), sae.d_sae
-    multipliers = torch.tensor([input_multiplier(sae, h) for h in hookpoints], device=device).view(n_layers, 1, 1)
+    multipliers = torch.tensor([m for _h, m in read_multipliers(sae)], device=device).view(n_layers, 1, 1)
     depth = torch.arange(n_layers, dtype=torch.float64, device=device).view(n_layers, 1, 1)
     mass = torch.zeros(n_layers, d_sae, dtype=torch.float64, device=device)
     fires = torch.zeros(n_layers, d_sae, dtype=torch.long, device=device)

@@ -112,21 +112,24 @@ def mean_over_layers(layers: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def save_metrics(folder: str | Path, values: dict[str, Any]) -> None:
     """Write ``metrics.json`` (headline metrics first); a multi-layer SAE's per-latent layer arrays go to ``layer_spread.json``."""
     folder = Path(folder)
-    values = dict(values)
-    spread = values.get("layer_spread")
-    if isinstance(spread, dict) and "mass" in spread:
-        atomic_write_json(folder / LAYER_SPREAD_FILE, spread)
-        values["layer_spread"] = LayerSpread(**spread).summary()
-    atomic_write_json(folder / "metrics.json", ordered_metrics(values), indent=2)
+    if _has_full_spread(values):
+        atomic_write_json(folder / LAYER_SPREAD_FILE, values["layer_spread"])
+    atomic_write_json(folder / "metrics.json", ordered_metrics(_summarised(values)), indent=2)
 
 
 def index_metrics(values: dict[str, Any]) -> dict[str, Any]:
     """The scalars a suite index keeps of an SAE's metrics (no histograms, per-layer tables or per-latent arrays)."""
-    kept = {k: v for k, v in values.items() if k not in ("density_histogram", "training", "layers", "feature_density")}
-    spread = kept.get("layer_spread")
-    if isinstance(spread, dict) and "mass" in spread:
-        kept["layer_spread"] = LayerSpread(**spread).summary()
-    return kept
+    return _summarised({k: v for k, v in values.items() if k not in ("density_histogram", "training", "layers", "feature_density")})
+
+
+def _has_full_spread(values: dict[str, Any]) -> bool:
+    spread = values.get("layer_spread")
+    return isinstance(spread, dict) and "mass" in spread
+
+
+def _summarised(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with a full ``LayerSpread`` replaced by its summary."""
+    return {**values, "layer_spread": LayerSpread(**values["layer_spread"]).summary()} if _has_full_spread(values) else values
 
 
 def ordered_metrics(values: dict[str, Any]) -> dict[str, Any]:

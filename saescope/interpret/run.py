@@ -22,7 +22,7 @@ from saescope.interpret.collect import FeatureCollector
 from saescope.interpret.directions import logit_effects, similar_features
 from saescope.interpret.store import write_interpretation
 from saescope.plan import RunPlan
-from saescope.saes.stacked import input_multiplier, stacked_hookpoints
+from saescope.saes.stacked import read_multipliers
 
 logger = logging.getLogger("saescope")
 
@@ -59,15 +59,14 @@ def interpret_suite(
     device_ = loaded.device
     entries = index["saes"]
     saes = {e["path"]: load(str(folder / e["path"])).to(device_).eval() for e in entries}
-    reads = {e["path"]: stacked_hookpoints(saes[e["path"]]) or [e["hookpoint"]] for e in entries}
-    points = {p.name: p for p in resolve_hookpoints(loaded.model, sorted({h for hs in reads.values() for h in hs}))}
+    reads = {e["path"]: read_multipliers(saes[e["path"]], e["hookpoint"]) for e in entries}
+    points = {p.name: p for p in resolve_hookpoints(loaded.model, sorted({h for pairs in reads.values() for h, _m in pairs}))}
     collectors = {p: FeatureCollector(sae.d_sae, top_k, n_samples, window, device=device_, seed=seed, n_layers=len(reads[p]))
                   for p, sae in saes.items()}
     # hookpoint -> [(sae path, layer index, input multiplier)]: a multi-layer SAE reads each of its layers in its common units
     by_hookpoint: dict[str, list[tuple[str, int, float]]] = {}
-    for path, hookpoints in reads.items():
-        for layer, hookpoint in enumerate(hookpoints):
-            multiplier = input_multiplier(saes[path], hookpoint) if len(hookpoints) > 1 else 1.0
+    for path, pairs in reads.items():
+        for layer, (hookpoint, multiplier) in enumerate(pairs):
             by_hookpoint.setdefault(hookpoint, []).append((path, layer, multiplier))
 
     context_size = plan.data.context_size
@@ -110,7 +109,7 @@ def interpret_suite(
             ids, cosines = similar_features(sae.W_dec.detach(), saes[neighbour["path"]].W_dec.detach(), top=3)
             adjacent[neighbour["path"]] = (ids, cosines)
         written[sae_path] = write_interpretation(folder / sae_path, stats, logits, similar, adjacent, loaded.tokenizer, vocab_cache,
-                                                 hookpoints=reads[sae_path] if len(reads[sae_path]) > 1 else None,
+                                                 hookpoints=[h for h, _m in reads[sae_path]] if len(reads[sae_path]) > 1 else None,
                                                  prefixes=getattr(sae.cfg, "prefixes", None))
     seconds = time.perf_counter() - started
     return {"saes": written, "tokens": tokens_seen, "seconds": round(seconds, 1),

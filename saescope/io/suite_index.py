@@ -50,3 +50,11 @@ def read_index(folder: str | Path) -> dict[str, Any]:
         if Path(folder).resolve() not in resolved.parents:
             raise InvalidInput(f"{path}: SAE path {entry['path']!r} points outside the suite folder")
     return index
+
+
+def layer_and_site(hookpoint: str) -> tuple[int, str]:
+    """(layer, site) of a canonical ``layers.L.<site>`` name; (-1, the name) for anything else."""
+    parts = hookpoint.split(".")
+    if len(parts) == 3 and parts[0] == "layers" and parts[1].isdigit():
+        return int(parts[1]), parts[2]
+    return -1, hookpoint

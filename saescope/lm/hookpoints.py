@@ -146,3 +146,17 @@ def resolve_hookpoints(model: nn.Module, names: str | list[str]) -> list[Hookpoi
         for point in matches:
             chosen[point.name] = point
     return sorted(chosen.values(), key=lambda p: p.order)
+
+
+def select_hookpoints(patterns: list[str], available: list[str], where: str) -> list[str]:
+    """The names of ``available`` that the names or globs ``patterns`` pick, by pattern then in ``available``'s order.
+
+    A pattern that picks nothing raises, naming ``where`` (a cache folder, this run) and what it holds.
+    """
+    chosen: list[str] = []
+    for raw in patterns:
+        matches = [h for h in available if fnmatch.fnmatchcase(h, canonical_name(raw))]
+        if not matches:
+            raise InvalidInput(f"no hookpoint {raw!r} in {where}; it holds {available}")
+        chosen += [m for m in matches if m not in chosen]
+    return chosen

@@ -49,6 +49,20 @@ def input_multiplier(sae: SparseAutoencoder, hookpoint: str) -> float:
     return float(multipliers[hookpoint])
 
 
+def read_multipliers(sae: SparseAutoencoder, hookpoint: str | None = None) -> list[tuple[str, float]]:
+    """[(hookpoint, input multiplier)] in layer order: every layer of a stacked SAE, else its one hookpoint (or ``hookpoint``) with 1.0.
+
+    Encoding ``multiplier * x`` puts every layer in the stacked SAE's common units, so activations compare across layers.
+    """
+    multipliers = (sae.normalization or {}).get(MULTIPLIERS_KEY) or {}
+    if multipliers:
+        return [(h, float(m)) for h, m in multipliers.items()]
+    own = hookpoint or sae.cfg.hookpoint
+    if own is None:
+        raise InvalidInput("this SAE records no hookpoint; give the hookpoint it reads")
+    return [(own, 1.0)]
+
+
 def at_hookpoint(sae: SparseAutoencoder, hookpoint: str) -> SparseAutoencoder:
     """A single-hookpoint SAE for raw activations of ``hookpoint``: the stacked SAE with that layer's scale folded in.
 

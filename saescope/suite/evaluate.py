@@ -17,7 +17,7 @@ from typing import Any
 
 from saescope.errors import InvalidInput
 from saescope.io.atomic import atomic_write_json
-from saescope.io.suite_index import read_index, write_index
+from saescope.io.suite_index import layer_and_site, read_index, write_index
 from saescope.plan import RunPlan
 
 COLUMNS = [
@@ -92,8 +92,6 @@ def _row(entry: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
 
 def layer_fields(hookpoint: str, path: str) -> dict[str, Any]:
     """What one layer's row of a multi-layer SAE says about itself: its hookpoint, layer and site, and the SAE it is a layer of."""
-    from saescope.suite.runner import layer_and_site
-
     layer, site = layer_and_site(hookpoint)
     return {"path": f"{path}@{hookpoint}", "hookpoint": hookpoint, "layer": layer, "site": site, "layer_of": path}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from saescope.errors import InvalidInput, MissingFile
-from saescope.io.suite_index import is_suite, read_index
+from saescope.io.suite_index import is_suite, layer_and_site, read_index
 from saescope.plan import RunPlan
 
 
@@ -26,7 +26,7 @@ def _describe_suite(folder: Path) -> str:
     index = read_index(folder)
     plan = RunPlan.stored(index, folder)
     saes = index["saes"]
-    hookpoints = sorted({h for e in saes for h in e.get("hookpoints") or [e["hookpoint"]]}, key=lambda h: (_layer(h), h))
+    hookpoints = sorted({h for e in saes for h in e.get("hookpoints") or [e["hookpoint"]]}, key=lambda h: (layer_and_site(h)[0], h))
     lines = [
         f"suite {folder} ({index.get('status')})",
         f"  model      {index.get('model')}",
@@ -73,11 +73,6 @@ def _describe_sae(folder: Path) -> str:
         shown = [(k, metrics[k]) for k in ("l0", "fvu", "delta_lm_loss", "loss_recovered", "kl", "dead_fraction", "dense_fraction") if isinstance(metrics.get(k), (int, float))]
         lines.append("  metrics      " + ", ".join(f"{k} {v:.4g}" for k, v in shown))
     return "\n".join(lines)
-
-
-def _layer(hookpoint: str) -> int:
-    parts = hookpoint.split(".")
-    return int(parts[1]) if len(parts) > 2 and parts[0] == "layers" and parts[1].isdigit() else -1
 
 
 def _short_list(items: list[str], limit: int = 6) -> str:

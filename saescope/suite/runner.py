@@ -19,6 +19,7 @@ from saescope.errors import InvalidInput
 from saescope.io.suite_index import (
     FORMAT,
     is_suite,
+    layer_and_site,
     read_index,
     sae_folder_name,
     write_index,
@@ -202,27 +203,29 @@ def _load_and_resolve(plan: RunPlan) -> tuple[Any, dict[str, int], str, float]:
 
 def _expand(plan: RunPlan, widths: dict[str, int]) -> list[PlannedSae]:
     """The sweep at the resolved hookpoints, one ``PlannedSae`` each; refuses combinations that cannot train."""
-    from saescope.lm.hookpoints import canonical_name
-    from saescope.training.on_model import MULTILAYER_FOLDER, matching
+    from saescope.lm.hookpoints import canonical_name, select_hookpoints
+    from saescope.training.on_model import (
+        MULTILAYER_FOLDER,
+        RUN_HOOKPOINTS,
+        stacked_width,
+    )
 
     sweep = plan.sweep
+    groups: list[tuple[str, int, tuple[str, ...]]] = []  # (folder, layer, hookpoints read)
+    baselines = list(widths)
     if sweep.multilayer:
-        if len(widths) < 2:
-            raise PlanError(f"{plan.source}: multilayer: needs at least two hookpoints, the plan resolves to {list(widths)}")
-        if len(set(widths.values())) > 1:
-            raise PlanError(f"{plan.source}: multilayer: the hookpoints have different widths {widths}; a multi-layer SAE reads one width")
-        stacked = tuple(widths)
-        sites = {layer_and_site(canonical_name(h))[1] for h in stacked}
-        groups = [(MULTILAYER_FOLDER, -1, sites.pop() if len(sites) == 1 else MULTILAYER_FOLDER, stacked)]
         try:
-            baselines = matching(sweep.multilayer_baselines, list(widths))
+            stacked_width(widths)
+        except InvalidInput as error:
+            raise PlanError(f"{plan.source}: {error}") from None
+        groups.append((MULTILAYER_FOLDER, -1, tuple(widths)))
+        try:
+            baselines = select_hookpoints(sweep.multilayer_baselines, list(widths), RUN_HOOKPOINTS)
         except InvalidInput as error:
             raise PlanError(f"{plan.source}: multilayer_baselines: {error}") from None
-    else:
-        groups, baselines = [], list(widths)
-    groups += [(h, *layer_and_site(canonical_name(h)), (h,)) for h in baselines]
+    groups += [(h, layer_and_site(canonical_name(h))[0], (h,)) for h in baselines]
     planned, seen = [], set()
-    for hookpoint, layer, _site, reads in groups:
+    for hookpoint, layer, reads in groups:
         d_in = widths[reads[0]]
         for arch in sweep.architectures:
             for width in sweep.widths:
@@ -240,13 +243,6 @@ def _expand(plan: RunPlan, widths: dict[str, int]) -> list[PlannedSae]:
                     seen.add(key)
                     planned.append(entry)
     return planned
-
-
-def layer_and_site(name: str) -> tuple[int, str]:
-    parts = name.split(".")
-    if len(parts) == 3 and parts[0] == "layers" and parts[1].isdigit():
-        return int(parts[1]), parts[2]
-    return -1, name
 
 
 def _entry(planned: PlannedSae) -> dict[str, Any]:

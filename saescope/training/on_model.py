@@ -22,6 +22,7 @@ from saescope.evaluation.on_model import evaluate_on_model, save_metrics
 from saescope.io.checkpoint import save_sae
 from saescope.jobs import SaeJob, create_job, sets_k
 from saescope.lm.cache_source import cache_source
+from saescope.lm.hookpoints import select_hookpoints
 from saescope.lm.models import LoadedModel, load_model
 from saescope.lm.stream import ModelActivationSource
 from saescope.plan import EvaluationPlan
@@ -73,31 +74,25 @@ class SaeSpec:
     def jobs(self, widths: dict[str, int], model_id: str) -> dict[str, SaeJob]:
         """This spec's jobs at the run's hookpoints ({hookpoint: d_in}), keyed by their folder under OUT."""
         if self.stacked:
-            if len(widths) < 2:
-                raise InvalidInput(f"{self.architecture}: a multi-layer SAE needs at least two hookpoints, got {list(widths)}")
-            if len(set(widths.values())) > 1:
-                raise InvalidInput(f"{self.architecture}: a multi-layer SAE reads vectors of one width, but the hookpoints have {widths}")
-            d_in = next(iter(widths.values()))
+            d_in = stacked_width(widths)
             key = f"{MULTILAYER_FOLDER}/{self.folder_name(d_in)}"
             return {key: self.build(d_in, list(widths), model_id, key)}
-        chosen = widths if self.hookpoints is None else {h: widths[h] for h in matching(self.hookpoints, list(widths))}
+        chosen = widths if self.hookpoints is None else {h: widths[h] for h in select_hookpoints(self.hookpoints, list(widths), RUN_HOOKPOINTS)}
         return {f"{h}/{self.folder_name(d_in)}": self.build(d_in, h, model_id, f"{h}/{self.folder_name(d_in)}") for h, d_in in chosen.items()}
 
 
 MULTILAYER_FOLDER = "multilayer"
 """Folder (under a suite) of the SAEs that read every hookpoint of the run."""
+RUN_HOOKPOINTS = "this run's hookpoints"
 
 
-def matching(patterns: list[str], available: list[str]) -> list[str]:
-    """The hookpoints of ``available`` that the names or globs ``patterns`` pick, in ``available``'s order."""
-    import fnmatch
-
-    from saescope.lm.hookpoints import canonical_name
-
-    for raw in patterns:
-        if not any(fnmatch.fnmatchcase(h, canonical_name(raw)) for h in available):
-            raise InvalidInput(f"hookpoint {raw!r} is not one of this run's hookpoints {available}")
-    return [h for h in available if any(fnmatch.fnmatchcase(h, canonical_name(raw)) for raw in patterns)]
+def stacked_width(widths: dict[str, int]) -> int:
+    """The d_in of a multi-layer SAE over ``widths`` ({hookpoint: d_in}); refuses fewer than two hookpoints or mixed widths."""
+    if len(widths) < 2:
+        raise InvalidInput(f"multilayer: needs at least two hookpoints, the run has {list(widths)}")
+    if len(set(widths.values())) > 1:
+        raise InvalidInput(f"multilayer: the hookpoints have different widths {widths}; a multi-layer SAE reads one width")
+    return next(iter(widths.values()))
 
 
 def train_on_model(

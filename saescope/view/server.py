@@ -118,7 +118,7 @@ class PromptInspector:
 
         from saescope.lm.capture import capture_dict
         from saescope.lm.hookpoints import resolve_hookpoints
-        from saescope.saes.stacked import input_multiplier, stacked_hookpoints
+        from saescope.saes.stacked import read_multipliers
 
         self._check(n, text)
         with self._lock:  # one model, shared by request threads
@@ -127,13 +127,13 @@ class PromptInspector:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"][: MAX_PROMPT_TOKENS - 1]
             bos = tokenizer.bos_token_id
             input_ids = torch.tensor([([bos] if bos is not None else []) + ids], device=loaded.device)
-            hookpoints = stacked_hookpoints(sae) or [self.data.entries[n]["hookpoint"]]
+            reads = read_multipliers(sae, self.data.entries[n]["hookpoint"])
+            hookpoints = [h for h, _m in reads]
             points = resolve_hookpoints(loaded.model, hookpoints)
             with torch.no_grad():
                 captured = capture_dict(loaded.model, points, input_ids)
                 # a multi-layer SAE: every layer in the SAE's common units, [layers, tokens, d_sae]
-                acts = torch.stack([sae.encode(captured[h][0].float() * (input_multiplier(sae, h) if len(hookpoints) > 1 else 1.0))
-                                    for h in hookpoints])
+                acts = torch.stack([sae.encode(captured[h][0].float() * m) for h, m in reads])
                 per_token = acts.permute(1, 0, 2).reshape(acts.shape[1], -1)
                 values, flat = per_token.topk(min(top, per_token.shape[1]), dim=1)
                 features, layers = flat % sae.d_sae, flat // sae.d_sae

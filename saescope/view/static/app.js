@@ -79,33 +79,40 @@ function layerNumber(hookpoints, index) {
   return match ? match[1] : String(index);
 }
 
-function layerBars(fires, hookpoints) {
-  const width = 420, height = 90, bar = width / fires.length, top = Math.max(1, ...fires);
+// One SVG bar chart for the activation histogram and the layer view: bar heights from ``scale``, a
+// hover title per bar, and a label under each end.
+function barChart(counts, { cls, height, scale, title, ends }) {
+  const width = 420, bar = width / counts.length, top = Math.max(1, ...counts);
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("class", "hist layers");
+  svg.setAttribute("class", cls);
   svg.setAttribute("width", width);
   svg.setAttribute("height", height + 18);
-  fires.forEach((c, i) => {
-    const h = c > 0 ? Math.max(1, (height * c) / top) : 0;
+  counts.forEach((c, i) => {
+    const h = c > 0 ? Math.max(1, height * scale(c, top)) : 0;
     const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
     rect.setAttribute("x", i * bar);
     rect.setAttribute("y", height - h);
     rect.setAttribute("width", Math.max(1, bar - 1));
     rect.setAttribute("height", h);
-    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
-    title.textContent = `${hookpoints[i]}: fires on ${c} tokens`;
-    rect.append(title);
+    const tip = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    tip.textContent = title(c, i);
+    rect.append(tip);
     svg.append(rect);
   });
-  for (const [x, i] of [[0, 0], [width - 24, fires.length - 1]]) {
+  for (const [x, label] of [[0, ends[0]], [width - 8 * ends[1].length, ends[1]]]) {
     const t = document.createElementNS("http://www.w3.org/2000/svg", "text");
     t.setAttribute("x", x);
     t.setAttribute("y", height + 14);
     t.setAttribute("font-size", "10");
-    t.textContent = "L" + layerNumber(hookpoints, i);
+    t.textContent = label;
     svg.append(t);
   }
   return svg;
+}
+
+function layerBars(fires, hookpoints) {
+  return barChart(fires, { cls: "hist layers", height: 90, scale: (c, top) => c / top, title: (c, i) => `${hookpoints[i]}: fires on ${c} tokens`,
+    ends: ["L" + layerNumber(hookpoints, 0), "L" + layerNumber(hookpoints, fires.length - 1)] });
 }
 
 // A Matryoshka SAE's feature belongs to the smallest nested dictionary (prefix) that holds it.
@@ -242,32 +249,9 @@ function steerPanel(n, f) {
 }
 
 function histogram(counts, edges) {
-  const width = 420, height = 110, bar = width / counts.length, top = Math.max(1, ...counts);
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("class", "hist");
-  svg.setAttribute("width", width);
-  svg.setAttribute("height", height + 18);
-  counts.forEach((c, i) => {
-    const h = c > 0 ? Math.max(1, (height * Math.log1p(c)) / Math.log1p(top)) : 0;
-    const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
-    rect.setAttribute("x", i * bar);
-    rect.setAttribute("y", height - h);
-    rect.setAttribute("width", Math.max(1, bar - 1));
-    rect.setAttribute("height", h);
-    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
-    title.textContent = `${c} tokens with activation 10^${edges[i].toFixed(2)}–10^${edges[i + 1].toFixed(2)}`;
-    rect.append(title);
-    svg.append(rect);
-  });
-  for (const [x, label] of [[0, "10^" + edges[0]], [width - 40, "10^" + edges[edges.length - 1]]]) {
-    const t = document.createElementNS("http://www.w3.org/2000/svg", "text");
-    t.setAttribute("x", x);
-    t.setAttribute("y", height + 14);
-    t.setAttribute("font-size", "10");
-    t.textContent = label;
-    svg.append(t);
-  }
-  return svg;
+  return barChart(counts, { cls: "hist", height: 110, scale: (c, top) => Math.log1p(c) / Math.log1p(top),
+    title: (c, i) => `${c} tokens with activation 10^${edges[i].toFixed(2)}–10^${edges[i + 1].toFixed(2)}`,
+    ends: ["10^" + edges[0], "10^" + edges[edges.length - 1]] });
 }
 
 async function featurePage(n, f) {
