@@ -32,38 +32,89 @@ def _output_tensor(output: Any) -> Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-def _register(module: nn.Module, point: Hookpoint, fn: Callable[[Tensor], Tensor | None]) -> torch.utils.hooks.RemovableHandle:
-    """Call ``fn`` on the hookpoint's tensor; a returned tensor replaces it."""
+def _wrap_output(output: Any, replaced: Tensor) -> Any:
+    if isinstance(output, tuple):
+        return (replaced, *output[1:])
+    if isinstance(output, list):
+        return [replaced, *output[1:]]
+    return replaced
+
+
+def _first_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _register(modules: dict[str, nn.Module], point: Hookpoint, fn: Callable[[Tensor], Tensor | None]) -> list[torch.utils.hooks.RemovableHandle]:
+    """Call ``fn`` on the hookpoint's tensor; a returned tensor replaces it.
+
+    A scaled site (Granite) reads ``scale × tensor`` and writes back ``replaced / scale``; a derived
+    site (``resid_mid``) reads ``base input + scale × tensor`` and writes back the difference, so the
+    block's own residual add produces exactly the replaced value.
+    """
+    module = modules[point.module_name]
+    handles = []
+    shape: dict[str, torch.Size] = {}
+    if point.rows_of is not None:
+
+        def keep_shape(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            shape["tokens"] = _first_input(args, kwargs).shape[:-1]
+
+        handles.append(modules[point.rows_of].register_forward_pre_hook(keep_shape, with_kwargs=True))
+
+    def unflatten(tensor: Tensor) -> Tensor:
+        return tensor.reshape(*shape["tokens"], tensor.shape[-1]) if shape and tensor.dim() == 2 else tensor
+
+    def flatten_like(replaced: Tensor, original: Tensor) -> Tensor:
+        return replaced.reshape(original.shape) if replaced.shape != original.shape else replaced
+
     if point.reads_input:
 
         def pre_hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            replaced = fn(args[0] if args else kwargs["hidden_states"])
+            original = _first_input(args, kwargs)
+            replaced = fn(unflatten(original))
             if replaced is None:
                 return None
+            replaced = flatten_like(replaced, original)
             if args:
                 return (replaced, *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": replaced}
 
-        return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        return handles
+
+    base: dict[str, Tensor] = {}
+    if point.base_module is not None:
+
+        def keep_base(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            base["input"] = _first_input(args, kwargs)
+
+        handles.append(modules[point.base_module].register_forward_pre_hook(keep_base, with_kwargs=True))
+    scale = point.scale
 
     def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
-        replaced = fn(_output_tensor(output))
+        tensor = _output_tensor(output)
+        offset = base.get("input")
+        value = unflatten(tensor * scale if scale != 1.0 else tensor)
+        if offset is not None:
+            value = offset + value
+        replaced = fn(value)
         if replaced is None:
             return None
-        if isinstance(output, tuple):
-            return (replaced, *output[1:])
-        if isinstance(output, list):
-            return [replaced, *output[1:]]
-        return replaced
+        if offset is not None:
+            replaced = replaced - offset
+        if scale != 1.0:
+            replaced = replaced / scale
+        return _wrap_output(output, flatten_like(replaced, tensor))
 
-    return module.register_forward_hook(hook)
+    handles.append(module.register_forward_hook(hook))
+    return handles
 
 
 @contextmanager
 def hooked(model: nn.Module, hooks: list[tuple[Hookpoint, Callable[[Tensor], Tensor | None]]]) -> Iterator[None]:
     """Attach hooks for the duration of a ``with`` block; they are always removed."""
     modules = dict(model.named_modules())
-    handles = [_register(modules[point.module_name], point, fn) for point, fn in hooks]
+    handles = [handle for point, fn in hooks for handle in _register(modules, point, fn)]
     try:
         yield
     finally:
