@@ -19,7 +19,7 @@ import torch
 
 from saescope.errors import InvalidInput
 from saescope.interpret.collect import FeatureCollector
-from saescope.interpret.directions import logit_effects, similar_features
+from saescope.interpret.directions import logit_effects, residual_directions, similar_features
 from saescope.interpret.store import write_interpretation
 from saescope.plan import RunPlan
 from saescope.saes.stacked import read_multipliers
@@ -102,7 +102,9 @@ def interpret_suite(
         sae_path = entry["path"]
         sae = saes[sae_path]
         stats = collectors[sae_path].finish()
-        logits = logit_effects(loaded.model, sae.W_dec.detach())
+        hookpoints = [h for h, _m in reads[sae_path]]
+        site_point = points[hookpoints[len(hookpoints) // 2]]  # a multi-layer SAE: its middle layer's projection
+        logits = logit_effects(loaded.model, residual_directions(loaded.model, site_point, sae.W_dec.detach()))
         similar = similar_features(sae.W_dec.detach())
         adjacent = {}
         for neighbour in _adjacent(entry, entries):
