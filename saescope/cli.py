@@ -130,9 +130,13 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 def _format_metrics(values: dict[str, Any]) -> str:
     parts = []
     for key, label, fmt in (("l0", "L0", ".1f"), ("fvu", "FVU", ".4f"), ("delta_lm_loss", "ΔLM loss", ".4f"),
-                            ("loss_recovered", "loss recovered", ".1%"), ("kl", "KL", ".4f"), ("dead_fraction", "dead", ".1%")):
+                            ("loss_recovered", "loss recovered", ".1%"), ("kl", "KL", ".4f")):
         if isinstance(values.get(key), (int, float)):
             parts.append(f"{label} {values[key]:{fmt}}")
+    if isinstance(values.get("dead_fraction"), (int, float)) and values.get("dead_window_tokens"):
+        parts.append(f"dead {values['dead_fraction']:.1%} (no firing in the last {int(values['dead_window_tokens']):,} training tokens)")
+    if isinstance(values.get("unfired_fraction"), (int, float)):
+        parts.append(f"unfired {values['unfired_fraction']:.1%} (in {int(values.get('n_tokens') or 0):,} evaluation tokens)")
     return ", ".join(parts)
 
 

@@ -94,7 +94,7 @@ def test_feature_choice_trains_without_dead_latents_and_its_threshold_rule_encod
         metrics = saescope.evaluate_sae(sae, held_out, description_length=False)
         # every latent chose tokens in every training batch; under the threshold rule on held-out data no
         # uniform latent is silent, and the Zipf tail (about 3 tokens a batch each) almost never is
-        assert metrics.dead_fraction == 0.0 if name == "uniform" else metrics.dead_fraction < 0.05, (name, metrics.dead_fraction)
+        assert metrics.unfired_fraction == 0.0 if name == "uniform" else metrics.unfired_fraction < 0.05, (name, metrics.unfired_fraction)
         assert (sae.threshold > 0).all(), name
         # the inference rule (per-latent threshold, one token at a time) keeps about the training budget
         assert 2.0 < metrics.l0 < 8.0 and metrics.fvu < 0.6, (name, metrics.l0, metrics.fvu)

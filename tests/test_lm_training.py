@@ -118,9 +118,13 @@ def test_train_on_model_writes_folders_with_metrics(loaded, corpus, tmp_path):
     for name in results:
         folder = tmp_path / "run" / name
         metrics = json.loads((folder / "metrics.json").read_text())
-        for key in ("l0", "fvu", "delta_lm_loss", "loss_recovered", "kl", "dead_fraction", "dense_fraction"):
+        for key in ("l0", "fvu", "delta_lm_loss", "loss_recovered", "kl", "dead_fraction", "unfired_fraction", "dense_fraction"):
             assert isinstance(metrics[key], float), key
         assert metrics["clean_loss"] > 0
         cfg = json.loads((folder / "cfg.json").read_text())
+        # dead comes from the training run's window (4096 / 5 tokens), unfired from the evaluation's own tokens
+        assert metrics["dead_window_tokens"] == 4096 // 5 == cfg["training"]["dead_window_tokens"]
+        assert metrics["dead_fraction"] == cfg["training"]["dead_fraction"]
+        assert metrics["n_tokens"] < 512 and metrics["unfired_fraction"] >= metrics["dead_fraction"] - 0.2
         assert cfg["hookpoint"] == "layers.1.resid_post" and cfg["model_id"] == "tiny-llama"
     assert results["layers.1.resid_post/topk-w64-l0_4"][1]["l0"] == pytest.approx(4.0)

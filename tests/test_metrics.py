@@ -57,7 +57,7 @@ def test_dead_and_dense_fractions():
     acts[:20, 2] = 1.0  # 20%: dense
     stats.update(torch.randn(100, 2), torch.randn(100, 2), acts)
     summary = stats.summary()
-    assert summary["dead_fraction"] == pytest.approx(0.25)
+    assert summary["unfired_fraction"] == pytest.approx(0.25)
     assert summary["dense_fraction"] == pytest.approx(0.5)
 
 
@@ -97,7 +97,8 @@ def test_evaluate_sae_on_a_perfect_sae_and_description_length():
     assert metrics.fvu == pytest.approx(0.0, abs=1e-12)
     assert metrics.l0 == pytest.approx(1.0)
     assert metrics.shrinkage == pytest.approx(1.0)
-    assert metrics.dead_fraction == 0.0
+    assert metrics.unfired_fraction == 0.0
+    assert metrics.dead_fraction is None and metrics.dead_window_tokens is None  # no training run recorded
     density = torch.bincount(idx, minlength=4).double() / n
     h_bool = -(density * density.log2() + (1 - density) * (1 - density).log2()).sum()
     # values 1 and 2 on (0, max=2] always fall in two distinct bins: ~1 bit when active
@@ -150,3 +151,22 @@ def test_ground_truth_measures_on_a_planted_dictionary():
     # latents 0-2 fire exactly on their feature's tokens; latent 3 fires only on e3 (√3/2 − 0.5 > 0, while
     # e0 gives 0.5 − 0.5 = 0); latent 4 never fires and scores 0: every mean is (1 + 1 + 1 + 1 + 0) / 5
     assert metrics.f1 == pytest.approx(4 / 5) and metrics.precision == pytest.approx(4 / 5) and metrics.recall == pytest.approx(4 / 5)
+
+
+def test_dead_comes_from_the_training_record_and_unfired_from_the_evaluation():
+    from saescope.evaluation.metrics import training_dead
+    from saescope.suite.evaluate import format_table
+
+    sae = _perfect_sae()
+    sae.training_summary = {"n_tokens": 5_000_000, "dead_window_tokens": 1_000_000, "dead_fraction": 0.25}
+    x = torch.zeros(100, 4)
+    x[:, 0] = 1.0  # only latent 0 fires in this short window
+    metrics = evaluate_sae(sae, x, description_length=False)
+    assert (metrics.dead_fraction, metrics.dead_window_tokens, metrics.unfired_fraction) == (0.25, 1_000_000, 0.75)
+    # an SAE saved before the split: the tracker's last reading; a window longer than the run is capped
+    sae.training_summary = {"n_tokens": 2000, "dead_window_tokens": 10_000_000, "final_train_metrics": {"dead_fraction": 0.5}}
+    assert training_dead(sae) == {"dead_fraction": 0.5, "dead_window_tokens": 2000}
+    table = format_table([{"path": "a", **metrics.to_dict()}])
+    assert "25.0%" in table and "75.0%" in table
+    assert table.splitlines()[-1] == ("dead: no firing in the training run's last 1,000,000 tokens; "
+                                      "unfired: no firing in the 100 evaluation tokens (rare latents included)")

@@ -9,8 +9,11 @@ N tokens, F latents):
 - FVU = Σ_t ‖x_t - x̂_t‖² / Σ_t ‖x_t - x̄‖², with x̄ the mean over the evaluation set. Variance is
   measured about the mean, not about zero: the latter inflates explained variance on residual
   streams with a large mean. Explained variance = 1 - FVU.
-- Feature density of latent i = fraction of tokens with f_i > 0. Dead: density 0 over the
-  evaluation set (its token count is reported with it). Dense: density > 10%.
+- Feature density of latent i = fraction of tokens with f_i > 0. Dense: density > 10%.
+- Dead: no firing over the training run's last ``dead_window_tokens`` tokens (10M at most, as in
+  Gemma Scope), from the trainer's tracker, recorded with the SAE (None for an SAE that records no
+  training run). Unfired: density 0 over the evaluation set, reported with its token count; an
+  evaluation window of a few thousand tokens calls many rare latents "unfired" that are not dead.
 - Shrinkage γ = E‖x̂‖² / E[x·x̂]  (Gated SAE paper, eq. 10); γ < 1 means reconstructions are shrunk.
 - Description length (MDL-SAE, Ayonrinde et al. 2024), in bits per token:
   DL = Σ_i [ H(p_i) + p_i·H_q,i ], where p_i is latent i's density, H(p) the binary entropy and H_q,i
@@ -122,7 +125,7 @@ class ReconstructionStats:
             "fvu": fvu_value,
             "explained_variance": 1.0 - fvu_value,
             "shrinkage": (self.sum_sq_recon / self.sum_dot).item() if self.sum_dot.item() != 0 else math.nan,
-            "dead_fraction": (density == 0).double().mean().item(),
+            "unfired_fraction": (density == 0).double().mean().item(),
             "dense_fraction": (density > DENSE_THRESHOLD).double().mean().item(),
             "feature_density": density.float().cpu(),
         }
@@ -138,8 +141,12 @@ class SaeMetrics:
     fvu: float
     explained_variance: float
     shrinkage: float
-    dead_fraction: float
+    unfired_fraction: float
+    """Never fired in these ``n_tokens`` evaluation tokens."""
     dense_fraction: float
+    dead_fraction: float | None = None
+    """Never fired in the training run's last ``dead_window_tokens`` tokens; None without a training record."""
+    dead_window_tokens: int | None = None
     description_length: float | None = None
     """Bits per token, or None if no quantisation met the tolerance (or it was not computed)."""
     description_length_bins: int | None = None
@@ -183,12 +190,22 @@ def evaluate_sae(
     if stats.n_tokens == 0:
         raise InvalidInput("evaluate_sae: no activations to evaluate")
     summary = stats.summary()
-    metrics = SaeMetrics(**summary)
+    metrics = SaeMetrics(**summary, **training_dead(sae))
     if description_length and source.reiterable:
         dl, bins = _description_length(sae, source, batch_size, stats, dl_fvu_tolerance, device)
         metrics.description_length, metrics.description_length_bins = dl, bins
     sae.train(was_training)
     return metrics
+
+
+def training_dead(sae: SparseAutoencoder) -> dict[str, Any]:
+    """The dead fraction and window the training run recorded with ``sae`` (None for both if it recorded none)."""
+    training = getattr(sae, "training_summary", None) or {}
+    dead = training.get("dead_fraction", (training.get("final_train_metrics") or {}).get("dead_fraction"))
+    window = training.get("dead_window_tokens")
+    if dead is None or window is None:
+        return {"dead_fraction": None, "dead_window_tokens": None}
+    return {"dead_fraction": float(dead), "dead_window_tokens": int(min(window, training.get("n_tokens") or window))}
 
 
 def _checked(x: Tensor, sae: SparseAutoencoder, device: torch.device) -> Tensor:

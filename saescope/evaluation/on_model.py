@@ -12,7 +12,7 @@ from torch import Tensor
 from saescope.data.lm_config import LmDataConfig
 from saescope.data.tokens import TextContexts, special_token_ids
 from saescope.errors import InvalidInput
-from saescope.evaluation.metrics import evaluate_sae
+from saescope.evaluation.metrics import evaluate_sae, training_dead
 from saescope.evaluation.multilayer import LAYER_SPREAD_FILE, LayerSpread, layer_spread
 from saescope.evaluation.splice import splice_evaluate
 from saescope.io.atomic import atomic_write_json
@@ -22,7 +22,7 @@ from saescope.lm.models import LoadedModel
 from saescope.saes import SparseAutoencoder
 from saescope.saes.stacked import is_stacked, per_hookpoint, stacked_hookpoints
 
-METRICS_ORDER = ("l0", "fvu", "delta_lm_loss", "loss_recovered", "kl", "dead_fraction", "dense_fraction", "clean_loss", "spliced_loss",
+METRICS_ORDER = ("l0", "fvu", "delta_lm_loss", "loss_recovered", "kl", "dead_fraction", "dead_window_tokens", "unfired_fraction", "dense_fraction", "clean_loss", "spliced_loss",
                  "zero_ablation_loss")
 
 
@@ -85,8 +85,9 @@ def evaluate_on_model(
             spread = layer_spread(sae, activations, device)
             results[name] = {
                 **mean_over_layers(layers),
-                # a latent of a multi-layer SAE is dead only if it fires at no layer
-                "dead_fraction": sum(v is None for v in spread.mean_layer) / sae.d_sae,
+                # a latent of a multi-layer SAE is unfired only if it fires at no layer
+                "unfired_fraction": sum(v is None for v in spread.mean_layer) / sae.d_sae,
+                **training_dead(sae),
                 "layers": layers,
                 "layer_spread": spread.to_dict(),
             }

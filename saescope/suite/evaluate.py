@@ -27,6 +27,7 @@ COLUMNS = [
     ("loss_recovered", "recov", "{:.1%}"),
     ("kl", "KL", "{:.4f}"),
     ("dead_fraction", "dead", "{:.1%}"),
+    ("unfired_fraction", "unfired", "{:.1%}"),
     ("dense_fraction", "dense", "{:.1%}"),
     ("description_length", "DL bits", "{:.1f}"),
 ]
@@ -107,7 +108,24 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             value = row.get(key)
             cells.append(f"{fmt.format(value) if isinstance(value, (int, float)) else '-':>8}")
         lines.append(f"{row['path']:<{name_width}} " + " ".join(cells))
-    return "\n".join(lines)
+    return "\n".join(lines + [window_note(rows)])
+
+
+def _span(values: list[int]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:,}" if low == high else f"{low:,}-{high:,}"
+
+
+def window_note(rows: list[dict[str, Any]]) -> str:
+    """What "dead" and "unfired" count over, from the rows' own windows."""
+    dead = [int(r["dead_window_tokens"]) for r in rows if r.get("dead_window_tokens")]
+    unfired = [int(r["n_tokens"]) for r in rows if r.get("n_tokens")]
+    parts = []
+    if dead:
+        parts.append(f"dead: no firing in the training run's last {_span(dead)} tokens")
+    if unfired:
+        parts.append(f"unfired: no firing in the {_span(unfired)} evaluation tokens (rare latents included)")
+    return "; ".join(parts)
 
 
 # -- helpers -----------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def _describe_sae(folder: Path) -> str:
     metrics_file = folder / "metrics.json"
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())
-        shown = [(k, metrics[k]) for k in ("l0", "fvu", "delta_lm_loss", "loss_recovered", "kl", "dead_fraction", "dense_fraction") if isinstance(metrics.get(k), (int, float))]
+        shown = [(k, metrics[k]) for k in ("l0", "fvu", "delta_lm_loss", "loss_recovered", "kl", "dead_fraction", "unfired_fraction", "dense_fraction") if isinstance(metrics.get(k), (int, float))]
         lines.append("  metrics      " + ", ".join(f"{k} {v:.4g}" for k, v in shown))
     return "\n".join(lines)
 

@@ -105,7 +105,7 @@ def _depth(rows: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    metrics = [("fvu", "FVU"), ("delta_lm_loss", "ΔLM loss (nats)"), ("dead_fraction", "dead fraction")]
+    metrics = [("fvu", "FVU"), ("delta_lm_loss", "ΔLM loss (nats)"), ("dead_fraction", "dead fraction (training window)")]
     sites = sorted({r["site"] for r in rows})
     figure, axes = plt.subplots(len(sites), len(metrics), figsize=(5 * len(metrics), 3.6 * len(sites)), squeeze=False)
     colours: dict[str, str] = {}
@@ -152,7 +152,7 @@ def _density(rows: list[dict[str, Any]], path: Path) -> Path:
             edges, counts = histogram["log10_density_edges"], histogram["counts"]
             style = ["-", "--", ":", "-."][index % 4]
             axis.stairs(counts, edges, color=_colour(row["architecture"], colours), linestyle=style,
-                        label=f"{row['architecture']} w{row['width']} L0 {row['target_l0']:g} ({histogram['dead']} dead)")
+                        label=f"{row['architecture']} w{row['width']} L0 {row['target_l0']:g} ({histogram['dead']} unfired)")
         axis.set_xlabel("log10 feature density")
         axis.set_ylabel("latents")
         axis.set_title(hookpoint)

@@ -75,7 +75,8 @@ def build_bench_jobs(config: RecoveryBenchConfig) -> dict[str, SaeJob]:
 
 def run_recovery_benchmark(config: RecoveryBenchConfig | None = None) -> list[dict[str, Any]]:
     """One row per (variant, architecture): arch, variant, l0, fvu, the ground-truth measures
-    (mmcs, recovered, mcc, uniqueness, precision, recall, f1; ``saescope.evaluation.ground_truth``) and dead_fraction."""
+    (mmcs, recovered, mcc, uniqueness, precision, recall, f1; ``saescope.evaluation.ground_truth``), dead_fraction
+    (no firing in the training run's dead window) and unfired_fraction (no firing on the held-out tokens)."""
     config = config or RecoveryBenchConfig()
     rows = []
     for variant in config.variants:
@@ -106,6 +107,7 @@ def run_recovery_benchmark(config: RecoveryBenchConfig | None = None) -> list[di
                     "fvu": metrics.fvu,
                     **truth.to_dict(),
                     "dead_fraction": metrics.dead_fraction,
+                    "unfired_fraction": metrics.unfired_fraction,
                     "train_seconds_all_archs": round(seconds, 1),
                 }
             )

@@ -154,6 +154,10 @@ class SaeTrainer:
         self._running = torch.zeros(4, dtype=torch.float32, device=self.device)
         self._running_steps = 0
 
+    def dead_fraction(self) -> float:
+        """Latents that fired in none of the last ``dead_window`` training tokens (one host sync)."""
+        return float((self.tokens_since_fired >= self.dead_window).float().mean())
+
     def read_metrics(self) -> dict[str, float]:
         """Means over the steps since the last call (one host sync); refreshes the dead-latent gate."""
         dead = self.tokens_since_fired >= self.dead_window

@@ -264,6 +264,7 @@ class Trainer:
                 "final_sparsity_coefficient": trainer.controller.value(),
                 "target_l0": trainer.objective.target_l0,
                 "dead_window_tokens": trainer.dead_window,
+                "dead_fraction": trainer.dead_fraction(),
                 "seed": config.seed,
                 "seconds": round(seconds, 3),
                 "tokens_per_second": round(tokens_this_run / max(seconds, 1e-9), 1),

@@ -41,6 +41,10 @@ function el(tag, attrs, ...children) {
 }
 const fmt = (v, digits = 3) => (typeof v === "number" ? (Math.abs(v) >= 1000 || (v !== 0 && Math.abs(v) < 0.001) ? v.toExponential(2) : v.toFixed(digits)) : "–");
 const pct = (v) => (typeof v === "number" ? (100 * v).toFixed(v < 0.001 && v > 0 ? 3 : 1) + "%" : "–");
+const COLUMN_NOTES = {
+  dead: "never fired in the training run's last dead-window tokens (up to 10M): the latents that are really dead",
+  unfired: "never fired in the evaluation tokens; a short window also counts rare latents",
+};
 const visible = (text) => text.replace(/\n/g, "↵").replace(/\t/g, "⇥");
 function setPage(crumbs, ...content) {
   const app = document.getElementById("app");
@@ -133,13 +137,13 @@ function lineageLinks(title, links, byPath) {
 async function overview() {
   const suite = await load("suite");
   const table = el("table", { id: "sae-table" });
-  table.append(el("tr", {}, ...["SAE", "arch", "width", "target L0", "L0", "FVU", "ΔLM loss", "loss rec.", "dead"].map((h, i) => el("th", { class: i < 2 ? "left" : "", text: h }))));
+  table.append(el("tr", {}, ...["SAE", "arch", "width", "target L0", "L0", "FVU", "ΔLM loss", "loss rec.", "dead", "unfired"].map((h, i) => el("th", { class: i < 2 ? "left" : "", text: h, title: COLUMN_NOTES[h] || "" }))));
   for (const sae of suite.saes) {
     const m = sae.metrics || {};
     const name = sae.interpreted ? el("a", { href: "#/sae/" + sae.n, text: sae.path }) : el("span", { text: sae.path + " (not interpreted)" });
     table.append(el("tr", {}, el("td", { class: "left" }, name), el("td", { class: "left", text: sae.architecture }), el("td", { text: String(sae.width) }),
       el("td", { text: String(sae.target_l0) }), el("td", { text: fmt(m.l0, 1) }), el("td", { text: fmt(m.fvu) }), el("td", { text: fmt(m.delta_lm_loss, 4) }),
-      el("td", { text: pct(m.loss_recovered) }), el("td", { text: pct(m.dead_fraction) })));
+      el("td", { text: pct(m.loss_recovered) }), el("td", { text: pct(m.dead_fraction) }), el("td", { text: pct(m.unfired_fraction) })));
   }
   const plots = el("div", { class: "plots" }, ...suite.plots.map((p) => el("img", { src: "plots/" + p, alt: p, title: p })));
   setPage([[suite.name, null]], el("h1", { text: "Suite " + suite.name }),
