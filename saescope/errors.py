@@ -17,6 +17,10 @@ class InvalidInput(SaescopeError, ValueError):
     """A bad argument, config field, data set or file content."""
 
 
+class WrongType(SaescopeError, TypeError):
+    """Data of the wrong type (integer activations, a config value that is not a number)."""
+
+
 class MissingFile(SaescopeError, FileNotFoundError):
     """A file or folder the user named does not exist."""
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -306,6 +306,23 @@ class RunPlan:
                 raise PlanError(f"{self.source}: dataset: {error}") from None
         elif not Path(self.data.cache, "manifest.json").is_file():
             raise PlanError(f"{self.source}: cache: {self.data.cache} holds no manifest.json; write one with `saescope cache`")
+
+    def with_absolute_paths(self) -> tuple[RunPlan, dict[str, str]]:
+        """This plan with local model, dataset, cache and array paths made absolute, and what was typed for each changed one."""
+        from saescope.io.paths import absolute_if_local
+
+        given: dict[str, str] = {}
+        sections = {"model": self.model, "data": self.data}
+        updates: dict[str, dict[str, Any]] = {"model": {}, "data": {}}
+        for section, name in (("model", "model"), ("data", "dataset"), ("data", "cache"), ("data", "array")):
+            typed = getattr(sections[section], name)
+            resolved = absolute_if_local(typed)
+            if resolved != typed:
+                updates[section][name] = resolved
+                given[name] = typed
+        if not given:
+            return self, {}
+        return replace(self, model=replace(self.model, **updates["model"]), data=replace(self.data, **updates["data"])), given
 
     @classmethod
     def stored(cls, index: dict[str, Any], folder: str | Path) -> RunPlan:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saescope.errors import InvalidInput
+from saescope.errors import InvalidInput, WrongType
 
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
@@ -61,9 +61,10 @@ class ArraySource:
 
     def __init__(self, array: Tensor | np.ndarray, name: str = "activations") -> None:
         if isinstance(array, np.ndarray) and array.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{name}: activations must be floating point, got numpy dtype {array.dtype}")
+            raise WrongType(f"{name}: activations must be floating point, got numpy dtype {array.dtype}; "
+                            f"save them as float32 (np.save(path, array.astype(np.float32)))")
         if isinstance(array, Tensor) and not array.is_floating_point():
-            raise TypeError(f"{name}: activations must be floating point, got {array.dtype}")
+            raise WrongType(f"{name}: activations must be floating point, got {array.dtype}; convert them with .float()")
         if array.ndim < 2:
             raise InvalidInput(f"{name}: activations must have shape [n_tokens, d_in] (or [..., d_in]), got {tuple(array.shape)}")
         self.array = array.reshape(-1, array.shape[-1])

@@ -19,7 +19,11 @@ import torch
 
 from saescope.errors import InvalidInput
 from saescope.interpret.collect import FeatureCollector
-from saescope.interpret.directions import logit_effects, residual_directions, similar_features
+from saescope.interpret.directions import (
+    logit_effects,
+    residual_directions,
+    similar_features,
+)
 from saescope.interpret.store import write_interpretation
 from saescope.plan import RunPlan
 from saescope.saes.stacked import read_multipliers

@@ -174,3 +174,19 @@ def replace_activation(model: nn.Module, point: Hookpoint, fn: Callable[[Tensor]
     """Within the block, the model continues from ``fn(activation)`` at ``point``."""
     with hooked(model, [(point, fn)]):
         yield
+
+
+def site_widths(model: nn.Module, hookpoints: list[Hookpoint]) -> dict[str, int]:
+    """The activation width at each hookpoint, from one forward over two fixed tokens (stops after the deepest)."""
+    parameter = next(model.parameters())
+    ids = torch.tensor([[1, 2]], device=parameter.device)
+    return {name: int(tensor.shape[-1]) for name, tensor in capture_dict(model, hookpoints, ids).items()}
+
+
+def check_widths(model: nn.Module, hookpoints: list[Hookpoint], expected: dict[str, tuple[str, int]]) -> None:
+    """Refuse SAEs whose d_in is not the width of their hookpoint: ``expected`` maps a label to (hookpoint, d_in)."""
+    widths = site_widths(model, hookpoints)
+    for label, (hookpoint, d_in) in expected.items():
+        if hookpoint in widths and widths[hookpoint] != d_in:
+            raise InvalidInput(f"{label}: the SAE expects d_in={d_in}, but {hookpoint} of {type(model).__name__} has width {widths[hookpoint]}; "
+                               "was it trained on another model or hookpoint? Pass the model it was trained on (--model) or its own hookpoint")

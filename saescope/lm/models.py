@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from saescope.errors import InvalidInput, MissingDependency, MissingFile
+from saescope.io.paths import absolute_if_local
 
 logger = logging.getLogger("saescope")
 
@@ -33,7 +34,7 @@ class LoadedModel:
     model: nn.Module
     tokenizer: Any
     model_id: str
-    """The name the user gave (built-in name, path or hub id), recorded in SAE configs."""
+    """The built-in name, hub id or absolute local path, recorded in SAE configs."""
 
     @property
     def device(self) -> torch.device:
@@ -88,9 +89,32 @@ def _from_pretrained(source: str | Path, dtype: torch.dtype, gguf_file: str | No
     except ImportError as error:  # pragma: no cover - transformers is a dependency
         raise MissingDependency("loading language models needs transformers: pip install 'transformers>=4.46' gguf accelerate") from error
     extra = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(str(source), **extra)
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, **extra)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), **extra)
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, **extra)
+    except OSError as error:
+        if Path(source).exists():
+            raise MissingFile(f"{source}: could not load the model ({str(error).splitlines()[0]})") from None
+        if _is_offline(error):
+            raise MissingFile(f"{source}: could not reach the Hugging Face hub (no network, a proxy, or HF_HUB_OFFLINE=1), and the model "
+                              "is not in the local hub cache; connect, or download it elsewhere and pass the model folder") from None
+        raise MissingFile(f"{source}: not a model on the Hugging Face hub or a local folder ({str(error).splitlines()[0]})") from None
     return model, tokenizer
+
+
+def _is_offline(error: BaseException) -> bool:
+    """True when loading failed because the hub could not be reached (not because the id is wrong)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)):
+            return True
+        text = str(seen).lower()
+        if "couldn't connect" in text or "offline mode" in text or "connection" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _load_builtin(name: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
@@ -158,4 +182,4 @@ def load_model(model: str, device: str | None = None, dtype: str | torch.dtype |
         network, tokenizer = _from_pretrained(model, torch_dtype)  # a hub id such as "google/gemma-2-2b"
     network = network.to(target).eval()
     network.requires_grad_(False)
-    return LoadedModel(network, tokenizer, model)
+    return LoadedModel(network, tokenizer, absolute_if_local(model) or model)

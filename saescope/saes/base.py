@@ -132,7 +132,19 @@ class SparseAutoencoder(nn.Module):
         return self.cfg.d_sae
 
     def encoder_input(self, x: Tensor) -> Tensor:
+        """The encoder's input (``x - b_dec`` where the architecture subtracts it); checks the shape first."""
+        if x.dim() != 2 or x.shape[1] != self.cfg.d_in:
+            raise InvalidInput(self._shape_advice(x))
         return x - self.b_dec if self.apply_b_dec_to_input else x
+
+    def _shape_advice(self, x: Tensor) -> str:
+        shape = tuple(x.shape)
+        if x.dim() > 2 and shape[-1] == self.cfg.d_in:
+            return (f"the SAE takes [n_tokens, d_in={self.cfg.d_in}] activations, got {shape}: "
+                    f"flatten the leading dimensions with x.reshape(-1, {self.cfg.d_in}) and reshape the result back")
+        where = f" (trained on {self.cfg.hookpoint})" if self.cfg.hookpoint else ""
+        return (f"the SAE{where} expects activations of width d_in={self.cfg.d_in}, got shape {shape}; "
+                f"was it trained on another hookpoint or model?")
 
     def pre_activations(self, x: Tensor) -> Tensor:
         """x @ W_enc + b_enc, fused into one addmm."""

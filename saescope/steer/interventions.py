@@ -100,10 +100,15 @@ class Steering:
         names = sorted({i.hookpoint for i in self.interventions})
         points = {p.name: p for p in resolve_hookpoints(model, names)}
         self._points = {}
+        expected = {}
         for intervention in self.interventions:
             point = points.get(intervention.hookpoint) or resolve_hookpoints(model, intervention.hookpoint)[0]
             self._points.setdefault(point.name, (point, []))[1].append(intervention)
             intervention.sae.to(next(model.parameters()).device).eval()
+            expected[f"feature {intervention.feature} at {intervention.hookpoint}"] = (point.name, intervention.sae.d_in)
+        from saescope.lm.capture import check_widths
+
+        check_widths(model, [point for point, _group in self._points.values()], expected)
         self.calls_seen: dict[str, int] = {}
         self.skip_first_position = skip_first_position
         """Leave position 0 of the prompt alone: the BOS token, whose state the model uses as an attention sink."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from saescope.errors import InvalidInput, MissingFile
+from saescope.errors import InvalidInput, MissingFile, WrongType
 from saescope.io.suite_index import sae_folder_name
 from saescope.plan import RunPlan, resolve_width
 
@@ -22,9 +22,15 @@ def load_array(path: str) -> Any:
     if not file.is_file():
         raise MissingFile(f"--data {path}: no such file")
     try:
-        return np.load(file, mmap_mode="r")
+        array = np.load(file, mmap_mode="r")
     except ValueError as error:
         raise InvalidInput(f"--data {path}: cannot read ({error})") from None
+    if not isinstance(array, np.ndarray):
+        raise InvalidInput(f"--data {path}: expected one array in a .npy file, found {type(array).__name__}")
+    if array.dtype.kind != "f":
+        raise WrongType(f"--data {path}: activations must be floating point, found {array.dtype}; "
+                        f"save them as float32: np.save(path, array.astype(np.float32))")
+    return array
 
 
 def train_on_array(plan: RunPlan, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:

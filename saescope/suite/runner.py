@@ -91,6 +91,7 @@ def _train_checked_suite(plan: RunPlan, out: str | Path, resume: bool, progress:
 
     if plan.data.array is not None:
         raise PlanError(f"{plan.source}: a suite trains on a model or a cache; train an array with saescope.train")
+    plan, given = plan.with_absolute_paths()  # so the suite works from any folder later
     model, data, training, sweep = plan.model, plan.data, plan.training, plan.sweep
     out = Path(out)
     checkpoint_dir = out / "checkpoint"
@@ -115,7 +116,7 @@ def _train_checked_suite(plan: RunPlan, out: str | Path, resume: bool, progress:
     _write_config_copy(out, plan)
     index = {
         "format": FORMAT, "version": 1, "status": "training", "saescope_version": __version__,
-        "model": model_id, "dataset": data.dataset, "config": plan.to_dict(),
+        "model": model_id, "dataset": data.dataset, "given": given, "config": plan.to_dict(),
         "estimate": {"memory_bytes": guess.memory_bytes, "seconds": round(guess.seconds, 1)},
         "saes": [_entry(p) for p in planned],
     }

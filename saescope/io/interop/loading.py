@@ -55,10 +55,20 @@ def _looks_like_hub_id(text: str) -> bool:
     return len(parts) >= 2 and not text.startswith((".", "/", "~")) and all(parts)
 
 
+def hub_unreachable(hub_id: str) -> str:
+    """The message for a hub id that cannot be fetched because the hub cannot be reached."""
+    return (f"{hub_id}: could not reach the Hugging Face hub (no network, a proxy, or HF_HUB_OFFLINE=1), and it is not in "
+            "the local hub cache; connect to the internet, or download it on a machine that can and pass the local folder")
+
+
 def _download(hub_id: str) -> tuple[Path, str]:
     try:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
     except ImportError as error:  # pragma: no cover - transformers depends on huggingface_hub
         raise MissingDependency("loading from the hub needs huggingface_hub (pip install huggingface_hub)") from error
     parts = hub_id.split("/")
@@ -68,11 +78,15 @@ def _download(hub_id: str) -> tuple[Path, str]:
         try:
             npz = hf_hub_download(repo, f"{prefix}params.npz")
             return Path(npz), "gemma_scope"
+        except LocalEntryNotFoundError:
+            raise  # no network: not "the file is missing"
         except EntryNotFoundError:
             cfg = hf_hub_download(repo, f"{prefix}cfg.json")
             hf_hub_download(repo, f"{prefix}sae_weights.safetensors")
             folder = Path(cfg).parent
             return folder, detect_format(folder)
+    except LocalEntryNotFoundError:
+        raise MissingFile(hub_unreachable(hub_id)) from None
     except RepositoryNotFoundError:
         raise MissingFile(f"{hub_id}: no such repository on the Hugging Face hub ({repo})") from None
     except EntryNotFoundError:
