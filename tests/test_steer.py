@@ -95,9 +95,8 @@ def test_errors(setup):
     with pytest.raises(ValueError, match="unit='max' needs max_activation"):
         Intervention(sae, 0, 1.0, unit="max")
     wide = create_sae("relu", 48, 16, hookpoint="layers.1.resid_post")
-    steering = Steering(loaded.model, [Intervention(wide, 0, 1.0)])
-    with pytest.raises(ValueError, match=r"have width 32, but the SAE expects d_in=48"):
-        _logits(loaded, torch.tensor([[5, 6]]), steering)
+    with pytest.raises(ValueError, match=r"the SAE expects d_in=48, but layers.1.resid_post of LlamaForCausalLM has width 32"):
+        Steering(loaded.model, [Intervention(wide, 0, 1.0)])  # refused before any forward is steered
     nowhere = create_sae("relu", 32, 16)
     with pytest.raises(ValueError, match="does not record its hookpoint"):
         Intervention(nowhere, 0, 1.0)

@@ -22,4 +22,7 @@ class LmDataConfig:
     eval_fraction: float = 0.05
     """Share of documents held out (by a hash of their text) for evaluation."""
     exclude_special: bool = True
-    """Leave BOS/EOS/pad positions out of training and scoring."""
+    """Leave BOS/EOS/pad positions and position 0 (the attention sink) out of training and scoring."""
+    outlier_norm_ratio: float | None = None
+    """Also drop training tokens whose activation norm at any hookpoint exceeds this multiple of the
+    batch's median (dictionary_learning's filter for sink-like outliers; 10 is a common choice). None keeps them."""

@@ -3,7 +3,9 @@
 Each context is ``[BOS] + (context_size − 1)`` tokens of a running stream in which documents are
 joined by EOS (or BOS when the tokenizer has no EOS), as SAELens and sparsify do. BOS, EOS and pad
 positions carry activations unlike any other token (huge norms at BOS in most models), so they are
-excluded from SAE training and evaluation by default (``trainable_mask``).
+excluded from SAE training and evaluation by default (``trainable_mask``), and so is position 0 of
+every context whatever its token: models use the first position as an attention sink, and
+Qwen-family tokenizers have no BOS, so without this rule their sink would be trained on and scored.
 
 Context order is shuffled deterministically from a seed: a full permutation per epoch for corpora
 held in memory, and within windows of contexts for streams that never fit in memory.
@@ -30,11 +32,11 @@ def special_token_ids(tokenizer: Any) -> list[int]:
 
 
 def trainable_mask(input_ids: Tensor, excluded_ids: list[int] | Tensor) -> Tensor:
-    """True where a position is an ordinary token (not BOS, EOS or pad)."""
+    """True where a position is an ordinary token: not BOS, EOS or pad, and not position 0 (the attention sink)."""
     excluded = torch.as_tensor(excluded_ids, dtype=input_ids.dtype, device=input_ids.device)
-    if excluded.numel() == 0:
-        return torch.ones_like(input_ids, dtype=torch.bool)
-    return ~torch.isin(input_ids, excluded)
+    mask = torch.ones_like(input_ids, dtype=torch.bool) if excluded.numel() == 0 else ~torch.isin(input_ids, excluded)
+    mask[..., 0] = False
+    return mask
 
 
 class TextContexts:

@@ -153,11 +153,12 @@ def capture(
             pass
 
 
-def masked_collector(store: dict[str, list[Tensor]], mask: Tensor) -> Consumer:
-    """A consumer that appends each hookpoint's rows at ``mask`` (flattened [b·s]) to ``store``, on the CPU."""
+def masked_collector(store: dict[str, list[Tensor]], mask: Tensor, to_cpu: bool = True) -> Consumer:
+    """A consumer that appends each hookpoint's rows at ``mask`` (flattened [b·s]) to ``store`` (on the CPU by default)."""
 
     def consume(point: Hookpoint, activation: Tensor) -> None:
-        store[point.name].append(activation.reshape(-1, activation.shape[-1])[mask].cpu())
+        rows = activation.reshape(-1, activation.shape[-1])[mask]
+        store[point.name].append(rows.cpu() if to_cpu else rows)
 
     return consume
 

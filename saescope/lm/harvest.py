@@ -63,11 +63,11 @@ def write_cache(
             if writer.n_tokens + pending_rows >= n_tokens:
                 break
             input_ids = input_ids.to(source.device)
-            flat = source.position_mask(input_ids)
-            capture(loaded.model, source.points, masked_collector(pending, flat), input_ids)
+            kept, rows = source.rows(input_ids)
+            for name, values in kept.items():
+                pending[name].append(values.cpu())
             digest.update(input_ids.cpu().numpy().tobytes())
             contexts_read += input_ids.shape[0]
-            rows = int(flat.sum())
             pending_rows += rows
             bar.update(rows)
             if pending_rows >= shard_tokens or writer.n_tokens + pending_rows >= n_tokens:

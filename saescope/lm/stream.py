@@ -19,6 +19,7 @@ from torch import Tensor
 from saescope.data.lm_config import LmDataConfig
 from saescope.data.shuffle_buffer import MultiShuffleBuffer
 from saescope.data.tokens import TextContexts, trainable_mask
+from saescope.errors import InvalidInput
 from saescope.lm.capture import capture, masked_collector
 from saescope.lm.hookpoints import Hookpoint, resolve_hookpoints
 from saescope.lm.models import LoadedModel
@@ -39,8 +40,10 @@ class ModelActivationSource:
         hookpoints: names, aliases or globs (see ``saescope.lm.hookpoints``).
         batch_contexts: contexts per LM forward.
         shuffle_buffer_tokens: tokens held per hookpoint for shuffling (0 disables the shuffle).
-        exclude_special: drop BOS/EOS/pad positions.
+        exclude_special: drop BOS/EOS/pad positions and position 0 (the attention sink).
         stop_early: end each forward after the deepest hookpoint.
+        outlier_norm_ratio: also drop tokens whose norm at any hookpoint exceeds this multiple of the
+            forward's median norm there (None keeps them).
     """
 
     reiterable = True
@@ -57,7 +60,11 @@ class ModelActivationSource:
         exclude_special: bool = True,
         stop_early: bool = True,
         buffer_dtype: torch.dtype = torch.float32,
+        outlier_norm_ratio: float | None = None,
     ) -> None:
+        if outlier_norm_ratio is not None and not outlier_norm_ratio > 1:
+            raise InvalidInput(f"outlier_norm_ratio must be a number above 1 (e.g. 10), got {outlier_norm_ratio!r}")
+        self.outlier_norm_ratio = outlier_norm_ratio
         self.loaded = model
         self.contexts = contexts
         self.points = resolve_hookpoints(model.model, hookpoints)
@@ -89,15 +96,20 @@ class ModelActivationSource:
             return torch.ones(input_ids.numel(), dtype=torch.bool, device=input_ids.device)
         return trainable_mask(input_ids, self.contexts.excluded_ids).reshape(-1)
 
-    def _forward_into(self, buffer: MultiShuffleBuffer, input_ids: Tensor) -> int:
+    def rows(self, input_ids: Tensor) -> tuple[dict[str, Tensor], int]:
+        """One forward: each hookpoint's kept rows ``{name: [n, d]}`` (the same positions for all) and n."""
         flat_mask = self.position_mask(input_ids)
-        n_rows = int(flat_mask.sum())
+        found: dict[str, list[Tensor]] = {name: [] for name in self.names}
+        capture(self.loaded.model, self.points, masked_collector(found, flat_mask, to_cpu=False), input_ids, stop_early=self.stop_early)
+        rows = {name: parts[0] for name, parts in found.items()}
+        if self.outlier_norm_ratio is not None:
+            rows = drop_norm_outliers(rows, self.outlier_norm_ratio)
+        return rows, int(next(iter(rows.values())).shape[0])
 
-        def consume(point: Hookpoint, activation: Tensor) -> None:
-            rows = activation.reshape(-1, activation.shape[-1])[flat_mask]
-            buffer.add(point.name, rows)
-
-        capture(self.loaded.model, self.points, consume, input_ids, stop_early=self.stop_early)
+    def _forward_into(self, buffer: MultiShuffleBuffer, input_ids: Tensor) -> int:
+        rows, n_rows = self.rows(input_ids)
+        for name, values in rows.items():
+            buffer.add(name, values)
         buffer.commit(n_rows)
         return n_rows
 
@@ -126,10 +138,20 @@ class ModelActivationSource:
         chunks: dict[str, list[Tensor]] = {name: [] for name in self.names}
         got = 0
         for input_ids in self.contexts.iter_batches(self.batch_contexts, shuffle=False):
-            input_ids = input_ids.to(self.device)
-            mask = self.position_mask(input_ids)
-            capture(self.loaded.model, self.points, masked_collector(chunks, mask), input_ids, stop_early=self.stop_early)
-            got += int(mask.sum())
+            rows, n_rows = self.rows(input_ids.to(self.device))
+            for name, values in rows.items():
+                chunks[name].append(values.cpu())
+            got += n_rows
             if got >= n_tokens:
                 break
         return {name: torch.cat(parts)[:n_tokens].float() for name, parts in chunks.items()}
+
+
+def drop_norm_outliers(rows: dict[str, Tensor], ratio: float) -> dict[str, Tensor]:
+    """Keep the rows whose norm is at most ``ratio`` × the median norm at every hookpoint (one mask for all)."""
+    keep: Tensor | None = None
+    for values in rows.values():
+        norms = values.float().norm(dim=1)
+        ok = norms <= ratio * norms.median()
+        keep = ok if keep is None else keep & ok
+    return rows if keep is None else {name: values[keep] for name, values in rows.items()}

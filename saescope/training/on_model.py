@@ -141,6 +141,7 @@ def train_on_model(
         source = ModelActivationSource(
             loaded, contexts, hookpoints, batch_contexts=data.batch_contexts,
             shuffle_buffer_tokens=data.shuffle_buffer_tokens, exclude_special=data.exclude_special,
+            outlier_norm_ratio=data.outlier_norm_ratio,
         )
         widths = dict(source.d_in)
     torch.manual_seed(train.seed)  # SAE initialisation
