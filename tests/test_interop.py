@@ -101,7 +101,7 @@ def test_saelens_folders(tmp_path, arch, apply_b_dec):
     save_file(p, str(tmp_path / "sae_weights.safetensors"))
     assert detect_format(tmp_path) == "saelens"
     sae = saescope.load(tmp_path)
-    assert sae.cfg.hookpoint == "blocks.3.hook_resid_post" and sae.cfg.model_id == "gpt2"
+    assert sae.cfg.hookpoint == "layers.3.resid_post" and sae.cfg.model_id == "gpt2"  # TransformerLens names map onto saescope's sites
     _check(sae, arch, p, apply_b_dec, k=5)
     # Saved in saescope's own format and loaded back: identical behaviour, flag included.
     save_sae(sae, tmp_path / "ours")
@@ -134,7 +134,9 @@ def test_export_to_saelens_round_trips(tmp_path, arch):
     cfg = json.loads((folder / "cfg.json").read_text())
     assert cfg["architecture"] == {"relu": "standard", "batchtopk": "jumprelu", "feature_choice": "jumprelu", "mutual_choice": "jumprelu",
                                   "matryoshka": "jumprelu"}.get(arch, arch)
-    assert cfg["metadata"]["hook_name"] == "layers.2.mlp_out" and cfg["normalize_activations"] == "none"
+    assert cfg["metadata"]["hook_name"] == "blocks.2.hook_mlp_out" and cfg["metadata"]["saescope_hookpoint"] == "layers.2.mlp_out"
+    assert cfg["metadata"]["sae_lens_version"] == "6.0.0" and cfg["metadata"]["model_name"] == "tiny" and cfg["normalize_activations"] == "none"
+    assert saescope.load(folder).cfg.hookpoint == "layers.2.mlp_out"
     loaded = saescope.load(folder)
     x = torch.randn(50, 12) * 2
     with torch.no_grad():
@@ -157,7 +159,10 @@ def test_bad_files_give_clear_messages(tmp_path):
     lens.mkdir()
     (lens / "cfg.json").write_text(json.dumps({"architecture": "transcoder", "d_in": 4, "d_sae": 8}))
     save_file({"W_enc": np.zeros((4, 8), np.float32)}, str(lens / "sae_weights.safetensors"))
-    with pytest.raises(ValueError, match="SAELens architecture 'transcoder' is not supported"):
+    with pytest.raises(ValueError, match="SAELens architecture 'transcoder' cannot be loaded: a transcoder reads one site and writes another; saescope does not support transcoders yet"):
+        saescope.load(lens)
+    (lens / "cfg.json").write_text(json.dumps({"architecture": "abstopk", "d_in": 4, "d_sae": 8, "k": 2}))
+    with pytest.raises(ValueError, match="AbsTopK keeps the k largest .* non-negative"):
         saescope.load(lens)
     (lens / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": 4, "d_sae": 8, "normalize_activations": "expected_average_only_in"}))
     with pytest.raises(ValueError, match="normalize_activations='expected_average_only_in' needs a dataset-dependent scale"):
@@ -215,9 +220,71 @@ def test_convert_command(tmp_path, capsys):
     assert main(["convert", str(folder), str(tmp_path / "lens"), "--to", "saelens"]) == 0
     assert "jumprelu, d_in 12, 40 latents" in capsys.readouterr().out
     cfg = json.loads((tmp_path / "lens" / "cfg.json").read_text())
-    assert cfg["apply_b_dec_to_input"] is False and cfg["metadata"]["hook_name"] == "layers.7.resid_post"
+    assert cfg["apply_b_dec_to_input"] is False and cfg["metadata"]["hook_name"] == "blocks.7.hook_resid_post"
     _check(saescope.load(tmp_path / "lens"), "jumprelu", p, apply_b_dec=False)
     assert main(["convert", str(tmp_path / "lens"), str(tmp_path / "ours")]) == 0
     _check(saescope.load(tmp_path / "ours"), "jumprelu", p, apply_b_dec=False)
     with pytest.raises(SystemExit, match="no such SAE folder or file"):
         main(["convert", str(tmp_path / "missing"), str(tmp_path / "x")])
+
+
+def _rescaled_numpy_encode(p, x, k, apply_b_dec=True, threshold=None):
+    """SAELens v6 TopK/BatchTopK with rescale_acts_by_decoder_norm (written from its formulas, not from saescope)."""
+    norms = np.linalg.norm(p["W_dec"], axis=1)
+    pre = ((x - p["b_dec"]) if apply_b_dec else x) @ p["W_enc"] + p["b_enc"]
+    pre = pre * norms
+    if threshold is not None:
+        return _relu(pre) * (pre > threshold)
+    out = np.zeros_like(pre)
+    idx = np.argsort(-pre, axis=1)[:, :k]
+    rows = np.arange(pre.shape[0])[:, None]
+    out[rows, idx] = _relu(pre[rows, idx])
+    return out
+
+
+def _rescaled_numpy_decode(p, f):
+    return (f / np.linalg.norm(p["W_dec"], axis=1)) @ p["W_dec"] + p["b_dec"]
+
+
+def test_saelens_topk_trained_with_rescale_acts_by_decoder_norm_loads_exactly(tmp_path):
+    """SAELens's TopK training default: the decoder norms are folded in on load, with the same outputs."""
+    p = _params("standard")
+    p["W_dec"] *= np.random.default_rng(3).uniform(0.05, 3.0, size=(40, 1)).astype(np.float32)  # far from unit rows
+    cfg = {"architecture": "topk", "d_in": 12, "d_sae": 40, "k": 5, "apply_b_dec_to_input": True, "rescale_acts_by_decoder_norm": True,
+           "metadata": {"sae_lens_version": "6.54.12", "hook_name": "blocks.8.hook_resid_pre", "model_name": "gpt2-small"}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    save_file(p, str(tmp_path / "sae_weights.safetensors"))
+    sae = saescope.load(tmp_path)
+    assert sae.cfg.hookpoint == "layers.8.resid_pre"  # gpt2-small-res-jb's site, now a saescope site
+    x = np.random.default_rng(4).normal(size=(64, 12)).astype(np.float32) * 2
+    expected = _rescaled_numpy_encode(p, x, 5)
+    with torch.no_grad():
+        got = sae.encode(torch.from_numpy(x)).numpy()
+        reconstruction = sae(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(reconstruction, _rescaled_numpy_decode(p, expected), rtol=1e-5, atol=1e-4)
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(40), atol=1e-5)
+
+
+def test_saelens_matryoshka_batchtopk_loads_as_a_matryoshka_with_its_levels(tmp_path):
+    p = _params("standard")
+    tensors = dict(p, topk_threshold=np.array(0.6, dtype=np.float32))
+    cfg = {"architecture": "matryoshka_batchtopk", "d_in": 12, "d_sae": 40, "k": 4.0, "matryoshka_widths": [8, 20],
+           "apply_b_dec_to_input": False, "rescale_acts_by_decoder_norm": True, "metadata": {"sae_lens_version": "6.54.12"}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    save_file(tensors, str(tmp_path / "sae_weights.safetensors"))
+    sae = saescope.load(tmp_path)
+    assert sae.architecture == "matryoshka" and sae.cfg.prefixes == [8, 20, 40]
+    x = np.random.default_rng(5).normal(size=(64, 12)).astype(np.float32)
+    with torch.no_grad():
+        got = sae.encode(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, _rescaled_numpy_encode(p, x, 4, apply_b_dec=False, threshold=0.6), rtol=1e-5, atol=1e-4)
+
+
+def test_attn_z_exports_with_the_hook_z_reshape():
+    import tempfile
+
+    sae = create_sae("jumprelu", 16, 32, hookpoint="layers.4.attn_z", model_id="google/gemma-2-2b")
+    with tempfile.TemporaryDirectory() as folder:
+        cfg = json.loads((export_saelens(sae, folder) / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "blocks.4.attn.hook_z" and cfg["reshape_activations"] == "hook_z"

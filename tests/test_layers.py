@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "saescope.data": 0,
     "saescope.io.atomic": 0,
     "saescope.io.suite_index": 0,
+    "saescope.io.paths": 0,
     "saescope.saes": 1,
     "saescope.lm": 1,
     "saescope.objectives": 2,

@@ -198,6 +198,15 @@ def canonical_name(name: str) -> str:
     return name
 
 
+def transformer_lens_name(name: str) -> str | None:
+    """The TransformerLens hook name of a canonical ``layers.L.<site>`` (``blocks.L.hook_resid_post``), or None."""
+    match = re.fullmatch(r"layers\.(\d+)\.(\w+)", name)
+    if not match:
+        return None
+    alias = next((tl for tl, site in _TRANSFORMER_LENS.items() if site == match.group(2) and tl != "hook_z"), None)
+    return f"blocks.{match.group(1)}.{alias}" if alias else None
+
+
 def _describe(points: dict[str, Hookpoint]) -> str:
     n_layers = max(p.layer for p in points.values()) + 1
     sites = [s for s in SITES if any(p.site == s for p in points.values())]

@@ -7,8 +7,15 @@ already folded in. The hookpoint comes from the path (``layer_L/width_W/average_
 repository's site suffix (``-res``, ``-mlp``, ``-att``).
 
 SAELens v6: ``cfg.json`` + ``sae_weights.safetensors``; architectures ``standard`` (ReLU),
-``jumprelu``, ``topk``, ``gated`` and ``batchtopk`` (which SAELens itself saves as ``jumprelu``
-with the global threshold broadcast); ``apply_b_dec_to_input`` subtracts ``b_dec`` before encoding.
+``jumprelu``, ``topk``, ``gated``, ``batchtopk`` and ``matryoshka_batchtopk`` (which SAELens itself
+saves as ``jumprelu`` with the global threshold broadcast); ``apply_b_dec_to_input`` subtracts
+``b_dec`` before encoding. SAELens's TopK family trains with ``rescale_acts_by_decoder_norm``
+(pre-activations times each decoder row's norm, activations divided by it before decoding); loading
+folds that in exactly: W_enc and b_enc times the norms, W_dec rows divided by them. Hook names are
+TransformerLens's (``blocks.8.hook_resid_pre``) and map onto saescope's sites both ways; an export
+writes ``metadata.sae_lens_version`` so SAELens reads it as a v6 config and keeps the hook and model.
+AbsTopK (signed activations) and transcoders (one site in, another out) have no saescope equivalent
+yet and are refused by name.
 
 Both map onto saescope's own classes with identical tensors, so ``encode``/``decode`` give the
 published formulas exactly (tested against an independent numpy implementation).
@@ -26,11 +33,22 @@ import torch
 from saescope.errors import InvalidInput, MissingFile
 from saescope.io.atomic import atomic_write, atomic_write_json, read_json
 from saescope.io.checkpoint import load_checked_tensors
+from saescope.lm.hookpoints import canonical_name, transformer_lens_name
 from saescope.saes import ARCHITECTURES, SparseAutoencoder, create_sae, get_architecture
 from saescope.saes.stacked import stacked_hookpoints
 
 GEMMA_SCOPE_SITES = {"res": "resid_post", "mlp": "mlp_out", "att": "attn_z"}
-SAELENS_TO_SAESCOPE = {"standard": "relu", "relu": "relu", "jumprelu": "jumprelu", "topk": "topk", "gated": "gated", "batchtopk": "batchtopk"}
+SAELENS_TO_SAESCOPE = {"standard": "relu", "relu": "relu", "jumprelu": "jumprelu", "topk": "topk", "gated": "gated", "batchtopk": "batchtopk",
+                       "matryoshka_batchtopk": "matryoshka"}
+SAELENS_FORMAT_VERSION = "6.0.0"
+"""The SAELens config format an export follows (v6: architecture fields at the top, the rest under metadata)."""
+_UNSUPPORTED_SAELENS = {
+    "abstopk": "AbsTopK keeps the k largest |pre-activations| with their sign; saescope's architectures are non-negative",
+    "transcoder": "a transcoder reads one site and writes another; saescope does not support transcoders yet",
+    "skip_transcoder": "a skip transcoder reads one site and writes another; saescope does not support transcoders yet",
+    "jumprelu_transcoder": "a transcoder reads one site and writes another; saescope does not support transcoders yet",
+    "jumprelu_skip_transcoder": "a transcoder reads one site and writes another; saescope does not support transcoders yet",
+}
 _GEMMA_PATH = re.compile(r"layer_(\d+)/width_(\w+)/average_l0_(\d+)")
 
 
@@ -101,6 +119,9 @@ def load_saelens(path: str | Path) -> SparseAutoencoder:
         raise MissingFile(f"{weights_file}: missing; a SAELens folder holds cfg.json and sae_weights.safetensors")
     cfg = _saelens_cfg(cfg_file)
     arch = cfg["architecture"]
+    if arch in _UNSUPPORTED_SAELENS or "transcoder" in str(arch):
+        reason = _UNSUPPORTED_SAELENS.get(arch, "saescope does not support transcoders yet")
+        raise InvalidInput(f"{cfg_file}: SAELens architecture {arch!r} cannot be loaded: {reason}; supported: {sorted(SAELENS_TO_SAESCOPE)}")
     if arch not in SAELENS_TO_SAESCOPE:
         raise InvalidInput(f"{cfg_file}: SAELens architecture {arch!r} is not supported; supported: {sorted(SAELENS_TO_SAESCOPE)}")
     norm = cfg.get("normalize_activations", "none")
@@ -113,19 +134,22 @@ def load_saelens(path: str | Path) -> SparseAutoencoder:
         raise InvalidInput(f"{weights_file}: cannot read weights ({error})") from None
     d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
     metadata = cfg.get("metadata") or {}
-    hookpoint = metadata.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+    hook_name = metadata.get("saescope_hookpoint") or metadata.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
     model_id = metadata.get("model_name") or cfg.get("model_name")
-    options: dict[str, Any] = {"hookpoint": hookpoint, "model_id": model_id}
+    options: dict[str, Any] = {"hookpoint": canonical_name(hook_name) if hook_name else None, "model_id": model_id}
     ours = SAELENS_TO_SAESCOPE[arch]
     if "k" in get_architecture(ours).config_class.field_names():
         k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
         if k is None:
             raise InvalidInput(f"{cfg_file}: a {arch} config needs k")
-        options["k"] = int(k)
-        if cfg.get("rescale_acts_by_decoder_norm"):
-            raise InvalidInput(f"{cfg_file}: rescale_acts_by_decoder_norm=true is a training-time setting; save the SAE for inference with SAELens first")
-    if ours == "batchtopk" and "topk_threshold" in tensors and "threshold" not in tensors:
+        options["k"] = int(round(float(k)))
+    if ours == "matryoshka":
+        widths = [int(w) for w in cfg.get("matryoshka_widths") or []]
+        options["prefixes"] = widths if widths and widths[-1] == d_sae else [*widths, d_sae]
+    if ours in ("batchtopk", "matryoshka") and "topk_threshold" in tensors and "threshold" not in tensors:
         tensors["threshold"] = tensors.pop("topk_threshold").float().reshape(-1).expand(d_sae).clone()
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        tensors = _fold_decoder_norms(tensors, weights_file)
     sae = create_sae(ours, d_in, d_sae, **options)
     sae.apply_b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", True))
     load_checked_tensors(sae, tensors, weights_file, "cfg.json")
@@ -133,6 +157,24 @@ def load_saelens(path: str | Path) -> SparseAutoencoder:
     sae.normalization = {"method": "none", "folded": True, "note": f"loaded from SAELens ({arch})"}
     sae.training_summary = {"source": "saelens", "path": str(path), "architecture": arch}
     return sae
+
+
+def _fold_decoder_norms(tensors: dict[str, torch.Tensor], weights_file: Path) -> dict[str, torch.Tensor]:
+    """SAELens's rescale_acts_by_decoder_norm folded in: the same activations and reconstructions with unit decoder rows.
+
+    SAELens computes pre = (x @ W_enc + b_enc) * n and x̂ = (f / n) @ W_dec + b_dec with n the decoder
+    row norms; W_enc·n, b_enc·n and W_dec/n give pre and x̂ with no rescaling at all.
+    """
+    if any(name not in tensors for name in ("W_enc", "b_enc", "W_dec")):
+        raise InvalidInput(f"{weights_file}: rescale_acts_by_decoder_norm needs W_enc, b_enc and W_dec")
+    norms = tensors["W_dec"].float().norm(dim=1)
+    if not bool((norms > 0).all()):
+        raise InvalidInput(f"{weights_file}: a decoder row has norm 0, so rescale_acts_by_decoder_norm cannot be folded in")
+    folded = dict(tensors)
+    folded["W_enc"] = tensors["W_enc"].float() * norms
+    folded["b_enc"] = tensors["b_enc"].float() * norms
+    folded["W_dec"] = tensors["W_dec"].float() / norms[:, None]
+    return folded
 
 
 def _saelens_cfg(cfg_file: Path) -> dict[str, Any]:
@@ -166,13 +208,24 @@ def export_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().float().contiguous().cpu() for name, t in sae.export_tensors().items()}
+    hookpoint = sae.cfg.hookpoint
     cfg: dict[str, Any] = {
         "architecture": sae.saelens_architecture,
         "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32", "device": "cpu",
         "apply_b_dec_to_input": bool(sae.apply_b_dec_to_input),
-        "normalize_activations": "none", "reshape_activations": "none",
-        "metadata": {"model_name": sae.cfg.model_id, "hook_name": sae.cfg.hookpoint, "sae_lens_training_version": None,
-                     "exported_by": f"saescope {__version__}"},
+        "normalize_activations": "none",
+        # TransformerLens hands hook_z over as [..., n_heads, d_head]; SAELens flattens it for such SAEs
+        "reshape_activations": "hook_z" if hookpoint and hookpoint.endswith(".attn_z") else "none",
+        "metadata": {
+            "sae_lens_version": SAELENS_FORMAT_VERSION,
+            "sae_lens_training_version": None,
+            "model_name": sae.cfg.model_id,
+            "hook_name": (transformer_lens_name(hookpoint) or hookpoint) if hookpoint else None,
+            "hook_head_index": None,
+            "prepend_bos": True,
+            "saescope_hookpoint": hookpoint,
+            "exported_by": f"saescope {__version__}",
+        },
     }
     if sae.saelens_architecture == "topk":
         cfg["k"] = int(sae.cfg.k)
