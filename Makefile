@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo synthetic bench clean
+.PHONY: test test-saelens demo synthetic bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,15 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Optional: interop against the real SAELens package, installed beside (not into) .venv without its
+# heavy dependency tree (torch and transformers come from .venv); tests/test_saelens_real.py skips without it.
+SAELENS_DIR := .saelens
+SAELENS_PACKAGES := sae-lens==6.54.12 transformer-lens==2.18.0 einops jaxtyping better-abc typeguard simple-parsing \
+	docstring-parser wandb platformdirs protobuf opentelemetry-api
+test-saelens: $(STAMP)
+	test -d $(SAELENS_DIR)/sae_lens || $(BIN)/python -m pip install -q --no-deps --target $(SAELENS_DIR) $(SAELENS_PACKAGES)
+	PYTHONPATH=$(SAELENS_DIR) $(BIN)/python -m pytest -q tests/test_saelens_real.py tests/test_interop.py
+
 demo: $(STAMP)
 	$(BIN)/saescope demo --out demo-suite
 
@@ -30,4 +39,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache demo-suite
+	rm -rf $(VENV) $(SAELENS_DIR) build *.egg-info .pytest_cache demo-suite

@@ -5,7 +5,13 @@ import json
 
 import pytest
 import torch
-from lm_helpers import save_tiny_model, tiny_loaded, tiny_suite_config, tiny_tokenizer, write_corpus
+from lm_helpers import (
+    save_tiny_model,
+    tiny_loaded,
+    tiny_suite_config,
+    tiny_tokenizer,
+    write_corpus,
+)
 
 from saescope.data.tokens import TextContexts, trainable_mask
 from saescope.lm.stream import ModelActivationSource, drop_norm_outliers

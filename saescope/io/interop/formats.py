@@ -143,6 +143,13 @@ def load_saelens(path: str | Path) -> SparseAutoencoder:
         if k is None:
             raise InvalidInput(f"{cfg_file}: a {arch} config needs k")
         options["k"] = int(round(float(k)))
+    details = metadata.get("training_architecture_details") or {}
+    if ours == "jumprelu" and metadata.get("training_architecture") == "matryoshka_batchtopk" and "threshold" in tensors \
+            and bool((tensors["threshold"] == tensors["threshold"].reshape(-1)[0]).all()):
+        # SAELens saves a trained Matryoshka BatchTopK for inference as a JumpReLU with its global threshold
+        ours = "matryoshka"
+        cfg = {**cfg, "matryoshka_widths": details.get("matryoshka_widths")}
+        options["k"] = int(round(float(details.get("k") or 1)))
     if ours == "matryoshka":
         widths = [int(w) for w in cfg.get("matryoshka_widths") or []]
         options["prefixes"] = widths if widths and widths[-1] == d_sae else [*widths, d_sae]
