@@ -57,3 +57,21 @@ def test_a_gemma_2_shaped_suite_with_attn_z_and_mlp_post_saes_interprets(tmp_pat
     row = sae.W_dec.detach()[7] @ block.self_attn.o_proj.weight.detach().T * (1 + block.post_attention_layernorm.weight.detach())
     logits = (row * (1 + model.model.norm.weight.detach())) @ model.lm_head.weight.detach().T
     assert [token for token, _value in record["logits"]["top"]] == logits.topk(10).indices.tolist()
+
+
+def test_logit_effects_of_every_site_of_every_family_run():
+    """No crash in interpretation's direction maths for any site of any family (issue 12, item 3)."""
+    from model_zoo import FAMILIES
+
+    from saescope.lm.capture import site_widths
+
+    for family in sorted(FAMILIES):
+        model = zoo_model(family)
+        points = [p for p in available_hookpoints(model).values() if p.layer == 1]
+        widths = site_widths(model, points)
+        for point in points:
+            rows = torch.randn(3, widths[point.name], generator=torch.Generator().manual_seed(0))
+            directions = residual_directions(model, point, rows)
+            assert directions.shape == (3, 32), (family, point.name)
+            ids, values, _, _ = logit_effects(model, directions, top=4)
+            assert ids.shape == (3, 4) and torch.isfinite(values).all(), (family, point.name)

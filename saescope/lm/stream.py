@@ -20,15 +20,9 @@ from saescope.data.lm_config import LmDataConfig
 from saescope.data.shuffle_buffer import MultiShuffleBuffer
 from saescope.data.tokens import TextContexts, trainable_mask
 from saescope.errors import InvalidInput
-from saescope.lm.capture import capture, masked_collector
-from saescope.lm.hookpoints import Hookpoint, resolve_hookpoints
+from saescope.lm.capture import capture, masked_collector, site_widths
+from saescope.lm.hookpoints import resolve_hookpoints
 from saescope.lm.models import LoadedModel
-
-
-def hookpoint_width(model: torch.nn.Module, point: Hookpoint, sample_ids: Tensor) -> int:
-    widths: dict[str, int] = {}
-    capture(model, [point], lambda p, t: widths.__setitem__(p.name, t.shape[-1]), sample_ids)
-    return widths[point.name]
 
 
 class ModelActivationSource:
@@ -75,8 +69,7 @@ class ModelActivationSource:
         self.stop_early = stop_early
         self.buffer_dtype = buffer_dtype
         self.device = model.device
-        probe = torch.zeros(1, min(4, contexts.context_size), dtype=torch.long, device=self.device)
-        self.d_in = {p.name: hookpoint_width(model.model, p, probe) for p in self.points}
+        self.d_in = site_widths(model.model, self.points)
         self.contexts_read = 0
         """Contexts consumed so far in the current ``iter_batches`` (resume state)."""
         self._resume_from = 0

@@ -176,11 +176,9 @@ def _check_output_folder(out: Path, plan: RunPlan, resume: bool, checkpoint_dir:
 
 def _load_and_resolve(plan: RunPlan) -> tuple[Any, dict[str, int], str, float]:
     """The loaded model (None when a cache is used and nothing is evaluated), {hookpoint: d_in}, model id, depth fraction."""
-    import torch
-
+    from saescope.lm.capture import site_widths
     from saescope.lm.hookpoints import resolve_hookpoints
     from saescope.lm.models import load_model
-    from saescope.lm.stream import hookpoint_width
 
     model = plan.model
     if plan.data.cache is not None:
@@ -196,8 +194,7 @@ def _load_and_resolve(plan: RunPlan) -> tuple[Any, dict[str, int], str, float]:
     assert model.model is not None
     loaded = load_model(model.model, device=model.device, dtype=model.dtype)
     points = resolve_hookpoints(loaded.model, plan.sweep.hookpoints)
-    probe = torch.tensor([[loaded.tokenizer.bos_token_id or 0, 1, 2, 3]], device=loaded.device)
-    widths = {p.name: hookpoint_width(loaded.model, p, probe) for p in points}
+    widths = site_widths(loaded.model, points)
     deepest = max(p.layer for p in points)
     return loaded, widths, loaded.model_id, (deepest + 1) / max(loaded.n_layers, 1)
 
