@@ -228,7 +228,8 @@ def _cmd_view(args: argparse.Namespace) -> int:
         target = export_site(args.path, args.export)
         print(f"static browser written to {target}; open {Path(target).resolve() / 'index.html'} in a browser")
         return 0
-    serve(args.path, host=args.host, port=args.port, prompts=not args.no_model, device=args.device)
+    serve(args.path, host=args.host, port=args.port, prompts=not args.no_model, device=args.device,
+          allow_hosts=tuple(args.allow_host or ()), allow_remote=args.allow_remote)
     return 0
 
 
@@ -398,7 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     view = commands.add_parser("view", help="browse a suite's features in a local web app (or --export a static site)")
     view.add_argument("path", help="suite folder (run saescope interpret on it first)")
     view.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    view.add_argument("--port", type=int, default=8765)
+    view.add_argument("--port", type=int, default=8765, help="port to listen on (0 picks a free one; default 8765)")
+    view.add_argument("--allow-host", action="append", metavar="NAME",
+                      help="also answer requests addressed to this host name (default: the bound address and localhost only)")
+    view.add_argument("--allow-remote", action="store_true", help="needed with a --host that is not loopback: the model becomes reachable")
     view.add_argument("--no-model", action="store_true", help="do not load the model (no prompt panel)")
     view.add_argument("--export", metavar="DIR", help="write a static site that works offline from file:// instead of serving")
     view.add_argument("--device", help="cuda or cpu for the prompt panel")

@@ -1,8 +1,11 @@
 """Interpretation of a tiny suite, the read-only server and the static export (HTTP level; browser tests are separate)."""
 
+import http.client
 import json
+import re
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -115,6 +118,13 @@ def _status(url, data=None, method=None, headers=None):
         return error.code, json.loads(error.read() or b"null")
 
 
+def _headers(server, **extra):
+    """JSON headers with the launch token that the served page carries."""
+    page = _get(server + "/")[2].decode()
+    token = re.search(r'window.SAESCOPE_TOKEN = "([^"]+)"', page).group(1)
+    return {"Content-Type": "application/json", "X-Saescope-Token": token, **extra}
+
+
 def test_server_serves_keys_plots_and_prompts(server):
     status, kind, body = _get(server + "/")
     assert status == 200 and kind.startswith("text/html") and b"app.js" in body
@@ -124,7 +134,7 @@ def test_server_serves_keys_plots_and_prompts(server):
     status, _kind, body = _get(server + "/api/data?key=sae/1/features/0")
     assert len(json.loads(body)) == 64
     status, result = _status(server + "/api/prompt", json.dumps({"sae": 1, "text": "A list is a mutable sequence"}).encode(), "POST",
-                             {"Content-Type": "application/json"})
+                             _headers(server))
     assert status == 200 and result["tokens"] and all(len(t["features"]) <= 5 for t in result["tokens"])
     assert "".join(t["text"] for t in result["tokens"]) == "A list is a mutable sequence"
 
@@ -136,10 +146,10 @@ def test_server_is_read_only_and_bounded(server):
     assert _status(server + "/api/data?key=suite", data=b"x", method="PUT")[0] == 405
     assert _status(server + "/api/data?key=suite", method="DELETE")[0] == 405
     too_big = json.dumps({"sae": 0, "text": "x" * 20_000}).encode()
-    assert _status(server + "/api/prompt", too_big, "POST", {"Content-Type": "application/json"})[0] == 413
-    status, body = _status(server + "/api/prompt", json.dumps({"sae": 7, "text": "hi"}).encode(), "POST")
+    assert _status(server + "/api/prompt", too_big, "POST", _headers(server))[0] == 413
+    status, body = _status(server + "/api/prompt", json.dumps({"sae": 7, "text": "hi"}).encode(), "POST", _headers(server))
     assert status == 400 and "sae must be an index" in body["error"]
-    status, body = _status(server + "/api/prompt", json.dumps({"sae": 0, "text": "y" * 2_500}).encode(), "POST")
+    status, body = _status(server + "/api/prompt", json.dumps({"sae": 0, "text": "y" * 2_500}).encode(), "POST", _headers(server))
     assert status == 400 and "longer than 2000" in body["error"]
 
 
@@ -160,12 +170,92 @@ def test_static_export_has_every_key_as_a_script(interpreted, tmp_path):
 
 def test_server_steer_endpoint(server):
     body = json.dumps({"sae": 1, "feature": 0, "strength": 3, "kind": "add", "text": "A list is", "max_new_tokens": 5}).encode()
-    status, result = _status(server + "/api/steer", body, "POST", {"Content-Type": "application/json"})
+    status, result = _status(server + "/api/steer", body, "POST", _headers(server))
     assert status == 200 and set(result) >= {"unsteered", "steered", "max_activation"}
     assert result["steered"]["perplexity"] > 0
     for bad, message in (({"sae": 1, "feature": 999, "strength": 1, "text": "x"}, "feature 999 does not exist"),
                          ({"sae": 1, "feature": 0, "strength": 1, "text": "x", "max_new_tokens": 500}, "max_new_tokens must be in 1..40"),
                          ({"sae": 1, "feature": 0, "strength": "big", "text": "x"}, "strength must be a number"),
                          ({"sae": 1, "feature": 0, "strength": 1, "kind": "boost", "text": "x"}, "kind must be one of")):
-        status, result = _status(server + "/api/steer", json.dumps(bad).encode(), "POST")
+        status, result = _status(server + "/api/steer", json.dumps(bad).encode(), "POST", _headers(server))
         assert status == 400 and message in result["error"], bad
+
+
+def _raw(server, request: bytes) -> tuple[int, dict]:
+    """Send raw bytes and read the status and JSON body (the connection must get an answer)."""
+    host, port = server.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.connect()
+    connection.sock.sendall(request)
+    response = http.client.HTTPResponse(connection.sock)
+    response.begin()
+    body = response.read()
+    connection.close()
+    return response.status, json.loads(body or b"null")
+
+
+def test_the_server_answers_only_its_own_tab(server):
+    """DNS rebinding and cross-site POSTs are refused; the served page's token and origin are accepted (issue 13)."""
+    port = server.rsplit(":", 1)[1]
+    status, body = _raw(server, b"GET /api/data?key=suite HTTP/1.1\r\nHost: attacker.example\r\n\r\n")
+    assert status == 403 and "not this server's (a DNS-rebinding guard)" in body["error"]
+    assert _raw(server, f"GET /api/data?key=suite HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())[0] == 200
+    payload = json.dumps({"sae": 1, "feature": 0, "strength": 1, "text": "A list", "max_new_tokens": 2}).encode()
+    cross_site = {"Content-Type": "text/plain", "Origin": "http://evil.example"}
+    status, body = _status(server + "/api/steer", payload, "POST", cross_site)
+    assert status == 403 and "cross-origin request from http://evil.example refused" in body["error"]
+    status, body = _status(server + "/api/steer", payload, "POST", {"Content-Type": "text/plain"})  # no token: a page that cannot read ours
+    assert status == 403 and "X-Saescope-Token" in body["error"]
+    status, body = _status(server + "/api/steer", payload, "POST", _headers(server, **{"X-Saescope-Token": "guessed"}))
+    assert status == 403
+    assert _status(server + "/api/steer", payload, "POST", _headers(server, Origin=f"http://127.0.0.1:{port}"))[0] == 200
+
+
+def test_malformed_requests_get_an_answer_not_a_dropped_connection(server):
+    headers = _headers(server)
+    for key in ("sae/" + "9" * 5000 + "/summary", "sae/0/features/" + "1" * 5000, "sae/0/summary\n"):
+        assert _status(server + "/api/data?key=" + urllib.parse.quote(key))[0] == 404, key[:30]
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    for body, expected in ((deep, "nested too deeply"), (b'{"sae": 0, "text": "caf\xe9"}', "UTF-8 JSON"),
+                           (json.dumps({"sae": 1, "feature": True, "strength": 1, "text": "x"}).encode(), "feature must be an integer"),
+                           (json.dumps({"sae": True, "text": "x"}).encode(), "sae must be an index"),
+                           (b'{"sae": 1, "feature": 0, "strength": 1, "text": "x", "max_new_tokens": Infinity}', "max_new_tokens must be in 1..40")):
+        path = "/api/prompt" if b'"sae": true' in body or b"caf" in body else "/api/steer"
+        status, result = _status(server + path, body[:16_000] if body is deep else body, "POST", headers)
+        assert status in (400, 413) and (status == 413 or expected in result["error"]), (expected, result)
+
+
+def test_binding_beyond_loopback_needs_a_flag(interpreted):
+    suite, _ = interpreted
+    with pytest.raises(ValueError, match="--host 0.0.0.0: the browser would be reachable from the network.*--allow-remote"):
+        make_server(suite, host="0.0.0.0", port=0, prompts=False)
+    with pytest.raises(ValueError, match="--port 70000: must be in 0..65535"):
+        make_server(suite, port=70000, prompts=False)
+    httpd = make_server(suite, host="0.0.0.0", port=0, prompts=False, allow_remote=True, allow_hosts=("myhost.lan",))
+    try:
+        assert httpd.request_queue_size >= 64 and {"myhost.lan", "localhost"} <= httpd.guard.names()
+    finally:
+        httpd.server_close()
+
+
+def test_a_stalled_connection_is_closed(interpreted, monkeypatch):
+    import socket
+    import time
+
+    import saescope.view.server as server_module
+
+    monkeypatch.setattr(server_module, "IDLE_TIMEOUT_SECONDS", 1)
+    suite, _ = interpreted
+    httpd = make_server(suite, port=0, prompts=False)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        stalled = socket.create_connection(("127.0.0.1", httpd.server_address[1]), timeout=10)
+        stalled.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never the blank line
+        started = time.monotonic()
+        assert stalled.recv(1024) == b""  # the server hangs up
+        assert time.monotonic() - started < 5
+        stalled.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -18,7 +18,7 @@ from saescope.io.suite_index import read_index
 from saescope.plan import RunPlan
 from saescope.suite.lineage import LINEAGE_FILE
 
-_KEY = re.compile(r"^sae/(\d+)/(summary|vocab|lineage|features/(\d+))$")
+_KEY = re.compile(r"sae/([0-9]{1,9})/(summary|vocab|lineage|features/([0-9]{1,12}))")
 
 
 class SuiteData:
@@ -46,7 +46,7 @@ class SuiteData:
         """The JSON value behind ``key``; KeyError for anything unknown or missing."""
         if key == "suite":
             return self._suite()
-        match = _KEY.match(key)
+        match = _KEY.fullmatch(key)
         if not match:
             raise KeyError(key)
         n = int(match.group(1))

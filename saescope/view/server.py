@@ -11,7 +11,10 @@ Bound to 127.0.0.1 by default. It answers only:
                                 feature's max activation; at most ``MAX_STEER_TOKENS`` new tokens)
 
 Request bodies are capped at ``MAX_BODY`` bytes and prompts at ``MAX_PROMPT_CHARS`` characters;
-anything else is 404, 405 or 413. Nothing is ever written.
+anything else is 404, 405 or 413. Nothing is ever written. Only the user's own tab is answered
+(``saescope.view.guard``: Host, Origin and a launch token); every failure is a JSON ``{"error": ...}``
+with a 4xx/5xx status, never a dropped connection; idle connections time out after
+``IDLE_TIMEOUT_SECONDS`` and up to ``LISTEN_BACKLOG`` connections wait to be accepted.
 """
 
 from __future__ import annotations
@@ -29,12 +32,15 @@ from urllib.parse import parse_qs, urlparse
 from saescope.errors import InvalidInput
 from saescope.plan import RunPlan
 from saescope.view.data import SuiteData
+from saescope.view.guard import TOKEN_HEADER, RequestGuard, is_loopback
 
 logger = logging.getLogger("saescope")
 MAX_BODY = 16_384
 MAX_PROMPT_CHARS = 2_000
 MAX_PROMPT_TOKENS = 256
 MAX_STEER_TOKENS = 40
+IDLE_TIMEOUT_SECONDS = 30
+LISTEN_BACKLOG = 128
 STATIC_FILES = {"/": ("index.html", "text/html"), "/index.html": ("index.html", "text/html"),
                 "/app.js": ("app.js", "text/javascript"), "/app.css": ("app.css", "text/css")}
 
@@ -74,9 +80,11 @@ class PromptInspector:
         )
 
         self._check(n, text)
-        if not isinstance(strength, (int, float)) or not -1000 <= strength <= 1000:
+        if isinstance(feature, bool) or not isinstance(feature, int):
+            raise InvalidInput(f"feature must be an integer index, got {feature!r}")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not -1000 <= strength <= 1000:
             raise InvalidInput("strength must be a number in [-1000, 1000]")
-        if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_STEER_TOKENS:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_STEER_TOKENS:
             raise InvalidInput(f"max_new_tokens must be in 1..{MAX_STEER_TOKENS}")
         with self._lock:
             loaded, sae = self._model_and_sae(n)
@@ -106,7 +114,7 @@ class PromptInspector:
         return hookpoints[len(hookpoints) // 2]
 
     def _check(self, n: Any, text: Any) -> None:
-        if not isinstance(n, int) or not 0 <= n < len(self.data.entries):
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < len(self.data.entries):
             raise InvalidInput(f"sae must be an index in 0..{len(self.data.entries) - 1}")
         if not isinstance(text, str) or not text.strip():
             raise InvalidInput("text must be a non-empty string")
@@ -148,9 +156,10 @@ class PromptInspector:
         return {"sae": n, "tokens": tokens} | ({"hookpoints": hookpoints} if len(hookpoints) > 1 else {})
 
 
-def make_handler(data: SuiteData, inspector: PromptInspector | None):
+def make_handler(data: SuiteData, inspector: PromptInspector | None, guard: RequestGuard):
     class Handler(BaseHTTPRequestHandler):
         server_version = "saescope"
+        timeout = IDLE_TIMEOUT_SECONDS  # a stalled client releases its thread
 
         def log_message(self, format: str, *args: Any) -> None:
             logger.debug("view: " + format, *args)
@@ -170,28 +179,49 @@ def make_handler(data: SuiteData, inspector: PromptInspector | None):
         def _error(self, status: int, message: str) -> None:
             self._json(status, {"error": message})
 
+        def _guarded(self, answer: Any) -> None:
+            """Refuse foreign hosts, then answer; any failure becomes a JSON error, never a dropped connection."""
+            problem = guard.host_problem(self.headers.get("Host"))
+            if problem:
+                self._error(HTTPStatus.FORBIDDEN, problem)
+                return
+            try:
+                answer()
+            except Exception as error:  # noqa: BLE001 - the connection must always get an answer
+                logger.warning("view: %s %s failed: %s: %s", self.command, self.path[:200], type(error).__name__, error)
+                self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(error).__name__}); see the server's log")
+
         def do_GET(self) -> None:
+            self._guarded(self._get)
+
+        def do_POST(self) -> None:
+            self._guarded(self._post)
+
+        def _get(self) -> None:
             url = urlparse(self.path)
             if url.path in STATIC_FILES:
                 name, kind = STATIC_FILES[url.path]
-                self._send(HTTPStatus.OK, static_text(name).encode("utf-8"), f"{kind}; charset=utf-8")
+                text = static_text(name)
+                if name == "index.html":  # the launch token, readable only by pages this server serves
+                    text = text.replace("<!--STATIC-->", f"<script>window.SAESCOPE_TOKEN = {json.dumps(guard.token)};</script>")
+                self._send(HTTPStatus.OK, text.encode("utf-8"), f"{kind}; charset=utf-8")
                 return
             if url.path == "/api/data":
                 key = parse_qs(url.query).get("key", [""])[0]
                 try:
                     self._json(HTTPStatus.OK, data.get(key))
-                except KeyError:
+                except (KeyError, ValueError):
                     self._error(HTTPStatus.NOT_FOUND, "no such data")
                 return
             if url.path.startswith("/plots/"):
                 try:
                     self._send(HTTPStatus.OK, data.plot_file(url.path[len("/plots/"):]).read_bytes(), "image/png")
-                except KeyError:
+                except (KeyError, ValueError, OSError):
                     self._error(HTTPStatus.NOT_FOUND, "no such plot")
                 return
             self._error(HTTPStatus.NOT_FOUND, "not found")
 
-        def do_POST(self) -> None:
+        def _post(self) -> None:
             path = urlparse(self.path).path
             if path not in ("/api/prompt", "/api/steer"):
                 self._error(HTTPStatus.NOT_FOUND, "not found")
@@ -204,43 +234,75 @@ def make_handler(data: SuiteData, inspector: PromptInspector | None):
                 self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body must be at most {MAX_BODY} bytes")
                 self.close_connection = True
                 return
+            body = self.rfile.read(length)
+            problem = guard.post_problem(self.headers.get("Origin"), self.headers.get(TOKEN_HEADER))
+            if problem:
+                self._error(HTTPStatus.FORBIDDEN, problem)
+                return
             if inspector is None:
                 self._error(HTTPStatus.SERVICE_UNAVAILABLE, "prompt inspection is off (saescope view --no-model)")
                 return
             try:
-                request = json.loads(self.rfile.read(length) or b"{}")
+                try:
+                    request = json.loads(body.decode("utf-8") or "{}")
+                except UnicodeDecodeError:
+                    raise InvalidInput("the request body must be UTF-8 JSON") from None
+                except RecursionError:
+                    raise InvalidInput("the request body is nested too deeply") from None
                 if not isinstance(request, dict):
                     raise InvalidInput("the request body must be a JSON object")
                 if path == "/api/prompt":
                     result = inspector.inspect(request.get("sae"), request.get("text"))
                 else:
                     result = inspector.steer(request.get("sae"), request.get("feature"), request.get("strength"), request.get("kind", "add"),
-                                             request.get("text"), int(request.get("max_new_tokens", 30)))
-            except (ValueError, TypeError, AttributeError, json.JSONDecodeError) as error:
+                                             request.get("text"), request.get("max_new_tokens", 30))
+            except (ValueError, TypeError, AttributeError, OverflowError) as error:
                 self._error(HTTPStatus.BAD_REQUEST, str(error))
                 return
             self._json(HTTPStatus.OK, result)
 
         def _refuse(self) -> None:
-            self._error(HTTPStatus.METHOD_NOT_ALLOWED, "read-only server")
+            self._guarded(lambda: self._error(HTTPStatus.METHOD_NOT_ALLOWED, "read-only server"))
 
         do_PUT = do_DELETE = do_PATCH = _refuse
 
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = LISTEN_BACKLOG  # the default 5 resets connections under a burst of requests
+    daemon_threads = True
+
+
 def make_server(folder: str | Path, host: str = "127.0.0.1", port: int = 8765, prompts: bool = True,
-                device: str | None = None, loaded: Any = None) -> ThreadingHTTPServer:
+                device: str | None = None, loaded: Any = None, allow_hosts: tuple[str, ...] = (),
+                allow_remote: bool = False) -> ThreadingHTTPServer:
+    """The browser server for the suite at ``folder``; binding anywhere but loopback needs ``allow_remote``."""
+    if not is_loopback(host) and not allow_remote:
+        raise InvalidInput(f"--host {host}: the browser would be reachable from the network, with the prompt and steer panels running "
+                           "the model for anyone who connects; pass --allow-remote as well if that is what you want")
+    if not 0 <= port <= 65535:
+        raise InvalidInput(f"--port {port}: must be in 0..65535 (0 picks a free port)")
     data = SuiteData(folder)
     inspector = PromptInspector(data, device=device, loaded=loaded) if prompts else None
-    server = ThreadingHTTPServer((host, port), make_handler(data, inspector))
-    server.daemon_threads = True
+    handler_guard = RequestGuard(host, port, tuple(allow_hosts))
+    try:
+        server = _Server((host, port), make_handler(data, inspector, handler_guard))
+    except OSError as error:
+        raise InvalidInput(f"--host {host} --port {port}: cannot listen there ({error.strerror or error}); choose another port") from None
+    handler_guard.port = server.server_address[1]
+    server.guard = handler_guard  # type: ignore[attr-defined]
     return server
 
 
-def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8765, prompts: bool = True, device: str | None = None) -> None:
-    server = make_server(folder, host, port, prompts, device)
+def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8765, prompts: bool = True, device: str | None = None,
+          allow_hosts: tuple[str, ...] = (), allow_remote: bool = False) -> None:
+    server = make_server(folder, host, port, prompts, device, allow_hosts=allow_hosts, allow_remote=allow_remote)
     address = f"http://{host}:{server.server_address[1]}/"
+    if not is_loopback(host):
+        logger.warning("saescope view is listening on %s: anyone who can reach this machine can browse the suite and run the model", host)
+        print(f"warning: listening on {host}, reachable from the network; requests must name an allowed host "
+              f"({', '.join(sorted(server.guard.names()))})", flush=True)  # type: ignore[attr-defined]
     print(f"saescope view: {Path(folder)} at {address}  (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

@@ -41,6 +41,7 @@ function el(tag, attrs, ...children) {
 }
 const fmt = (v, digits = 3) => (typeof v === "number" ? (Math.abs(v) >= 1000 || (v !== 0 && Math.abs(v) < 0.001) ? v.toExponential(2) : v.toFixed(digits)) : "–");
 const pct = (v) => (typeof v === "number" ? (100 * v).toFixed(v < 0.001 && v > 0 ? 3 : 1) + "%" : "–");
+const POST_HEADERS = { "Content-Type": "application/json", "X-Saescope-Token": window.SAESCOPE_TOKEN || "" };
 const COLUMN_NOTES = {
   dead: "never fired in the training run's last dead-window tokens (up to 10M): the latents that are really dead",
   unfired: "never fired in the evaluation tokens; a short window also counts rare latents",
@@ -205,7 +206,7 @@ function promptPanel(n) {
   run.addEventListener("click", async () => {
     result.replaceChildren(el("p", { class: "muted", text: "Running the model…" }));
     try {
-      const response = await fetch("api/prompt", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ sae: n, text: box.value }) });
+      const response = await fetch("api/prompt", { method: "POST", headers: POST_HEADERS, body: JSON.stringify({ sae: n, text: box.value }) });
       const body = await response.json();
       if (!response.ok) throw new Error(body.error || "request failed");
       result.replaceChildren(...body.tokens.map((token) => el("div", { class: "prompt-token" }, el("div", { class: "text", text: visible(token.text) }),
@@ -236,7 +237,7 @@ function steerPanel(n, f) {
   run.addEventListener("click", async () => {
     result.replaceChildren(el("p", { class: "muted", text: "Generating twice with the same seed…" }));
     try {
-      const response = await fetch("api/steer", { method: "POST", headers: { "Content-Type": "application/json" },
+      const response = await fetch("api/steer", { method: "POST", headers: POST_HEADERS,
         body: JSON.stringify({ sae: n, feature: f, strength: Number(strength.value), kind: kind.value, text: box.value }) });
       const body = await response.json();
       if (!response.ok) throw new Error(body.error || "request failed");
