@@ -13,6 +13,34 @@ from typing import Any
 from saescope.errors import InvalidInput, SaescopeError
 
 
+def _number(kind: type, low: float | None = None, low_inclusive: bool = True, high: float | None = None) -> Any:
+    """An argparse type that refuses non-finite and out-of-range values, so 0 never silently means 'default'."""
+    import math
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if low is not None and (value < low or (value == low and not low_inclusive)):
+            raise argparse.ArgumentTypeError(f"must be {'at least' if low_inclusive else 'greater than'} {low:g}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int = _number(int, 1)
+non_negative_int = _number(int, 0)
+finite_float = _number(float)
+positive_float = _number(float, 0, low_inclusive=False)
+fraction = _number(float, 0, high=1)
+
+
 def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
     from saescope.synthetic.recovery import (
         RecoveryBenchConfig,
@@ -114,6 +142,9 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     from saescope.lm.stream import ModelActivationSource
 
     check_dataset(args.dataset)
+    for flag, value, least in (("--batch-contexts", args.batch_contexts, 1), ("--context-size", args.context_size, 2)):
+        if not isinstance(value, int) or value < least:
+            raise InvalidInput(f"{flag}: must be an integer of at least {least}, got {value!r}")
     if (Path(args.out) / "manifest.json").exists() and not args.resume:
         raise InvalidInput(f"{args.out}: a cache already exists here; pass --resume to continue it or choose another folder")
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
@@ -324,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--json", action="store_true", help="print rows as JSON")
     synthetic.add_argument("--variants", nargs="+", help="uniform, zipf, hierarchical, synthsae (default: all)")
     synthetic.add_argument("--archs", nargs="+", help="architectures to compare (default: all)")
-    synthetic.add_argument("--steps", type=int, help="training steps per variant (default 2000)")
+    synthetic.add_argument("--steps", type=positive_int, help="training steps per variant (default 2000)")
     synthetic.add_argument("--seed", type=int, help="seed of the synthetic data and the SAEs (default 0)")
     synthetic.add_argument("--seeds", type=int, nargs="+", help="run once per seed and report the mean and range of each figure")
     synthetic.add_argument("--quick", action="store_true", help="a small, fast setting (for smoke tests)")
@@ -338,19 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="a run plan (YAML or JSON), nested by section or flat; see examples/suite.yaml")
     train.add_argument("--out", required=True, help="output folder: suite.json plus <hookpoint>/<arch>-w<width>-l0_<target>/ per SAE")
     train.add_argument("--resume", action="store_true", help="continue a killed run from OUT/checkpoint")
-    train.add_argument("--interpret", type=int, metavar="TOKENS", help="after training a suite, run saescope interpret over this many tokens")
-    train.add_argument("--expansion", type=float, nargs="+", help="widths as latents per input dimension (8 means 8 x d_in)")
-    train.add_argument("--k", type=int, help="active latents per token for topk/batchtopk (instead of round(target L0))")
-    train.add_argument("--sparsity-coefficient", type=float, help="a fixed λ for jumprelu/relu/gated (with no target L0 controller)")
+    train.add_argument("--interpret", type=positive_int, metavar="TOKENS", help="after training a suite, run saescope interpret over this many tokens")
+    train.add_argument("--expansion", type=positive_float, nargs="+", help="widths as latents per input dimension (8 means 8 x d_in)")
+    train.add_argument("--k", type=positive_int, help="active latents per token for topk/batchtopk (instead of round(target L0))")
+    train.add_argument("--sparsity-coefficient", type=positive_float, help="a fixed λ for jumprelu/relu/gated (with no target L0 controller)")
     add_plan_arguments(train)
     train.set_defaults(func=_cmd_train)
 
     cache = commands.add_parser("cache", help="write a model's activations to disk (sharded, resumable)")
     cache.add_argument("--hookpoints", nargs="+", required=True, help="e.g. layers.10.resid_post 'layers.*.mlp_out'")
-    cache.add_argument("--tokens", type=int, required=True, help="tokens to store (BOS/EOS/pad excluded)")
+    cache.add_argument("--tokens", type=positive_int, required=True, help="tokens to store (BOS/EOS/pad excluded)")
     cache.add_argument("--out", required=True, help="cache folder")
     cache.add_argument("--storage-dtype", default="float32", choices=["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"])
-    cache.add_argument("--shard-tokens", type=int, default=SHARD_TOKENS, help=f"tokens per shard (default {SHARD_TOKENS})")
+    cache.add_argument("--shard-tokens", type=positive_int, default=SHARD_TOKENS, help=f"tokens per shard (default {SHARD_TOKENS})")
     cache.add_argument("--part", default="train", choices=["train", "eval", "all"], help="which documents: training part, held-out part or all")
     cache.add_argument("--resume", action="store_true", help="continue a killed run")
     cache.add_argument("--corpus-order", action="store_true", help="read contexts in corpus order instead of a seeded random order")
@@ -362,11 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="measure every SAE of a suite (table, eval.json, eval.csv, plots), or one SAE on an array")
     evaluate.add_argument("path", help="suite folder (suite.json), or an SAE folder with --data")
     evaluate.add_argument("--data", help="with an SAE folder: .npy array of activations")
-    evaluate.add_argument("--eval-tokens", type=int, help="held-out tokens (default: the suite's)")
+    evaluate.add_argument("--eval-tokens", type=positive_int, help="held-out tokens (default: the suite's)")
     evaluate.add_argument("--recompute", action="store_true", help="measure again even where training already did")
     evaluate.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     evaluate.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    evaluate.add_argument("--batch-size", type=int, default=defaults(evaluate_sae)["batch_size"], help="vectors per batch with --data (default %(default)s)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=defaults(evaluate_sae)["batch_size"], help="vectors per batch with --data (default %(default)s)")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=_cmd_eval)
 
@@ -376,9 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     interpret = commands.add_parser("interpret", help="top activations, histograms, logit effects and similar features for every SAE of a suite")
     interpret.add_argument("path", help="suite folder")
-    interpret.add_argument("--tokens", type=int, default=defaults(interpret_suite)["tokens"], help="tokens of text to run (default %(default)s)")
-    interpret.add_argument("--top-k", type=int, default=defaults(interpret_suite)["top_k"], help="top activating examples per feature (default %(default)s)")
-    interpret.add_argument("--window", type=int, default=defaults(interpret_suite)["window"],
+    interpret.add_argument("--tokens", type=positive_int, default=defaults(interpret_suite)["tokens"], help="tokens of text to run (default %(default)s)")
+    interpret.add_argument("--top-k", type=positive_int, default=defaults(interpret_suite)["top_k"], help="top activating examples per feature (default %(default)s)")
+    interpret.add_argument("--window", type=non_negative_int, default=defaults(interpret_suite)["window"],
                            help="tokens shown either side of each example's peak (default %(default)s)")
     interpret.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     interpret.set_defaults(func=_cmd_interpret)
@@ -388,10 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     lineage = commands.add_parser("lineage", help="link features of per-layer SAEs across adjacent layers (decoder cosine and co-activation)")
     lineage.add_argument("path", help="suite folder with SAEs at several layers of one site")
-    lineage.add_argument("--tokens", type=int, default=defaults(lineage_suite)["tokens"],
+    lineage.add_argument("--tokens", type=non_negative_int, default=defaults(lineage_suite)["tokens"],
                          help="held-out tokens for co-activation; 0: decoder cosines only, no model (default %(default)s)")
-    lineage.add_argument("--cosine", type=float, default=COSINE_THRESHOLD, help="decoder cosine of a clear parent (default %(default)s)")
-    lineage.add_argument("--jaccard", type=float, default=JACCARD_THRESHOLD,
+    lineage.add_argument("--cosine", type=fraction, default=COSINE_THRESHOLD, help="decoder cosine of a clear parent (default %(default)s)")
+    lineage.add_argument("--jaccard", type=fraction, default=JACCARD_THRESHOLD,
                          help="co-activation (Jaccard) that makes a link strong on its own (default %(default)s)")
     lineage.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     lineage.set_defaults(func=_cmd_lineage)
@@ -399,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     view = commands.add_parser("view", help="browse a suite's features in a local web app (or --export a static site)")
     view.add_argument("path", help="suite folder (run saescope interpret on it first)")
     view.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    view.add_argument("--port", type=int, default=8765, help="port to listen on (0 picks a free one; default 8765)")
+    view.add_argument("--port", type=_number(int, 0, high=65535), default=8765, help="port to listen on (0 picks a free one; default 8765)")
     view.add_argument("--allow-host", action="append", metavar="NAME",
                       help="also answer requests addressed to this host name (default: the bound address and localhost only)")
     view.add_argument("--allow-remote", action="store_true", help="needed with a --host that is not loopback: the model becomes reachable")
@@ -418,13 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     steer = commands.add_parser("steer", help="generate with and without SAE features added, clamped or ablated, side by side")
     steer.add_argument("--sae", required=True, help="SAE folder (saescope or SAELens), Gemma Scope params.npz, or hub id")
     steer.add_argument("--feature", type=int, nargs="+", required=True, help="feature index (several apply together)")
-    steer.add_argument("--value", type=float, nargs="+", default=[0.0], help="one value, or one per feature")
+    steer.add_argument("--value", type=finite_float, nargs="+", default=[0.0], help="one value, or one per feature")
     steer.add_argument("--kind", choices=["add", "clamp", "ablate"], default="add")
     steer.add_argument("--unit", choices=["raw", "max"], default="raw", help="max: value in multiples of the feature's maximum activation (needs saescope interpret)")
     steer.add_argument("--positions", choices=["all", "prompt", "generated"], default="all")
     steer.add_argument("--prompt", required=True)
-    steer.add_argument("--max-new-tokens", type=int, default=40)
-    steer.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
+    steer.add_argument("--max-new-tokens", type=positive_int, default=40)
+    steer.add_argument("--temperature", type=_number(float, 0), default=0.7, help="0 for greedy decoding")
     steer.add_argument("--seed", type=int, default=0)
     steer.add_argument("--model", help="default: the model the SAE records")
     steer.add_argument("--hookpoint", help="default: the hookpoint the SAE records")
@@ -433,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="train, evaluate, plot, interpret and link a small suite on the built-in model and corpus")
     demo.add_argument("--out", default="demo-suite", help="where the suite goes (default demo-suite)")
-    demo.add_argument("--tokens", type=int, help="training tokens (default: the demo's budget)")
+    demo.add_argument("--tokens", type=positive_int, help="training tokens (default: the demo's budget)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

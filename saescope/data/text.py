@@ -24,33 +24,50 @@ from saescope.errors import InvalidInput, MissingDependency, MissingFile
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
+def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file; a NUL byte or invalid UTF-8 stops with the byte offset.
+
+    Decoding with replacement would train on mojibake without a word (a Latin-1 or binary file).
+    """
+    offset = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            nul = raw.find(b"\x00")
+            if nul >= 0:
+                raise InvalidInput(f"{path}: a NUL byte at byte {offset + nul} (line {number}): this looks like a binary file, not text")
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise InvalidInput(f"{path}: not UTF-8 at byte {offset + error.start} (line {number}); convert the file to UTF-8 "
+                                   "(e.g. iconv -f latin1 -t utf-8)") from None
+            offset += len(raw)
+
+
 def _txt_documents(path: Path) -> Iterator[str]:
     paragraph: list[str] = []
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if line.strip():
-                paragraph.append(line)
-            elif paragraph:
-                yield "".join(paragraph).strip()
-                paragraph = []
+    for _number, line in _utf8_lines(path):
+        if line.strip():
+            paragraph.append(line)
+        elif paragraph:
+            yield "".join(paragraph).strip()
+            paragraph = []
     if paragraph:
         yield "".join(paragraph).strip()
 
 
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InvalidInput(f"{path}:{number}: not valid JSON ({error.msg})") from error
-            if not isinstance(record, dict) or text_field not in record:
-                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise InvalidInput(f"{path}:{number}: no field {text_field!r} (found {keys}); pass --text-field")
-            if record[text_field]:
-                yield str(record[text_field])
+    for number, line in _utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InvalidInput(f"{path}:{number}: not valid JSON ({error.msg})") from error
+        if not isinstance(record, dict) or text_field not in record:
+            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise InvalidInput(f"{path}:{number}: no field {text_field!r} (found {keys}); pass --text-field")
+        if record[text_field]:
+            yield str(record[text_field])
 
 
 def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:

@@ -54,9 +54,17 @@ def cache_root() -> Path:
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidInput(f"device={device!r} was requested but CUDA is not available; use --device cpu")
-    return torch.device(device)
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidInput(f"--device {device}: not a device; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInput(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise InvalidInput(f"--device {device}: saescope runs on cpu, cuda or mps")
+    return parsed
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:

@@ -68,6 +68,7 @@ def train_on_array(plan: RunPlan, out: str | Path, resume: bool = False, progres
         checkpoint_every=checkpoint_every, checkpoint_dir=str(checkpoint_dir) if checkpoint_every or resume else None,
         **({} if training.sparsity_proportional_gain is None else {"sparsity_proportional_gain": training.sparsity_proportional_gain}),
     )
+    config.resolved_device()  # a bad --device is the flag's fault, not the array's: refuse it before the array is named
     try:
         return train_saes(data, jobs, config, out_dir=str(out), resume=resume)
     except InvalidInput as error:

@@ -84,11 +84,10 @@ class TrainConfig:
         return max(self.batch_size, min(10_000_000, self.total_tokens // 5))
 
     def resolved_device(self) -> str:
-        if self.device is not None:
-            return self.device
-        import torch
+        """The device to train on: ``device`` checked (a clear error for 'tpu' or an absent CUDA), else cuda when available."""
+        from saescope.lm.models import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return str(resolve_device(self.device))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
