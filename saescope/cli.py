@@ -91,7 +91,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from saescope.suite import train
 
     plan = plan_from_args(args, _train_extras(args))
-    result = train(plan, args.out, resume=args.resume, progress=True, report=lambda line: print(line, file=sys.stderr))
+    result = train(plan, args.out, resume=args.resume, progress=True, report=lambda line: print(line, file=sys.stderr), overwrite=args.overwrite)
     _print_trained(plan, args, result)
     return 0
 
@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--config", help="a run plan (YAML or JSON), nested by section or flat; see examples/suite.yaml")
     train.add_argument("--out", required=True, help="output folder: suite.json plus <hookpoint>/<arch>-w<width>-l0_<target>/ per SAE")
-    train.add_argument("--resume", action="store_true", help="continue a killed run from OUT/checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue a killed run from OUT/checkpoint (or restart one that stopped before it)")
+    train.add_argument("--overwrite", action="store_true", help="replace an earlier saescope output in --out (never anything else)")
     train.add_argument("--interpret", type=positive_int, metavar="TOKENS", help="after training a suite, run saescope interpret over this many tokens")
     train.add_argument("--expansion", type=positive_float, nargs="+", help="widths as latents per input dimension (8 means 8 x d_in)")
     train.add_argument("--k", type=positive_int, help="active latents per token for topk/batchtopk (instead of round(target L0))")

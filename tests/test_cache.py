@@ -195,3 +195,17 @@ def test_bad_cache_paths(tmp_path):
         CachedActivations(tmp_path)
     with pytest.raises(ValueError, match="cache dtype must be one of"):
         cache_module.storage_dtype_name("int8")
+
+
+def test_a_second_cache_writer_is_refused_and_a_complete_cache_does_not_pretend_to_grow(loaded, tmp_path):
+    from saescope.io.lock import output_lock
+
+    corpus = write_corpus(tmp_path / "c.txt")
+    with output_lock(tmp_path / "cache", "activation cache"):
+        with pytest.raises(FileExistsError, match="another saescope run is writing here"):
+            write_cache(_source(loaded, corpus), tmp_path / "cache", 1000, shard_tokens=400, progress=False)
+    manifest = write_cache(_source(loaded, corpus), tmp_path / "cache", 1000, shard_tokens=400, progress=False)
+    assert manifest["complete"] and manifest["n_tokens"] >= 1000
+    assert write_cache(_source(loaded, corpus), tmp_path / "cache", 1000, shard_tokens=400, resume=True, progress=False)["n_tokens"] == manifest["n_tokens"]
+    with pytest.raises(ValueError, match=r"the cache is complete with .* tokens, fewer than the 10,000,000 asked for .* write a new one"):
+        write_cache(_source(loaded, corpus), tmp_path / "cache", 10_000_000, shard_tokens=400, resume=True, progress=False)

@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "saescope.io.atomic": 0,
     "saescope.io.suite_index": 0,
     "saescope.io.paths": 0,
+    "saescope.io.lock": 0,
     "saescope.saes": 1,
     "saescope.lm": 1,
     "saescope.objectives": 2,

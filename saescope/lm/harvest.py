@@ -47,11 +47,23 @@ def write_cache(
     smaller than the corpus is a random sample of it). Readers shuffle tokens again. Returns the
     final manifest.
     """
+    from saescope.io.lock import output_lock
+
+    with output_lock(path, "activation cache"):
+        return _write_locked_cache(source, path, n_tokens, dtype, shard_tokens, resume, metadata, progress, shuffle, seed)
+
+
+def _write_locked_cache(source: Any, path: str | os.PathLike, n_tokens: int, dtype: str, shard_tokens: int, resume: bool,
+                        metadata: dict[str, Any] | None, progress: bool, shuffle: bool, seed: int) -> dict[str, Any]:
     loaded, contexts = source.loaded, source.contexts
     meta = {"model": loaded.model_id, "dataset": contexts.dataset, "context_size": contexts.context_size,
             "context_order": f"shuffled(seed={seed})" if shuffle else "corpus", **(metadata or {})}
     writer = CacheWriter(path, source.d_in, dtype, meta, resume=resume)
     if writer.manifest.get("complete"):
+        if n_tokens > writer.manifest["n_tokens"]:
+            raise InvalidInput(f"{path}: the cache is complete with {writer.manifest['n_tokens']:,} tokens, fewer than the {n_tokens:,} asked for "
+                               "(the corpus ran out, or it was written with a smaller --tokens); a complete cache does not grow: "
+                               "write a new one with the larger --tokens")
         return writer.manifest
     pending: dict[str, list[Tensor]] = {name: [] for name in source.names}
     pending_rows = 0

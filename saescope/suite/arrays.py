@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from saescope.errors import InvalidInput, MissingFile, WrongType
+from saescope.errors import AlreadyExists, InvalidInput, MissingFile, WrongType
 from saescope.io.suite_index import sae_folder_name
 from saescope.plan import RunPlan, resolve_width
 
@@ -33,8 +33,27 @@ def load_array(path: str) -> Any:
     return array
 
 
-def train_on_array(plan: RunPlan, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train every (architecture, width, target L0) of ``plan.sweep`` on ``plan.data.array``; returns {name: sae}."""
+def train_on_array(plan: RunPlan, out: str | Path, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Train every (architecture, width, target L0) of ``plan.sweep`` on ``plan.data.array``; returns {name: sae}.
+
+    ``out`` is locked while training; an existing non-empty ``out`` needs ``resume`` or ``overwrite``.
+    """
+    from saescope.io.lock import clear_output, output_lock
+
+    if resume and overwrite:
+        raise InvalidInput("--resume and --overwrite: give one (continue the run, or replace it)")
+    target = Path(out)
+    with output_lock(target, "array training"):
+        holds = [p for p in target.iterdir() if p.name != ".saescope.lock"]
+        if overwrite:
+            clear_output(target)
+        elif holds and not resume:
+            raise AlreadyExists(f"--out {out}: the folder is not empty; choose another folder, pass --overwrite to replace "
+                                "what is there, or --resume to continue a checkpointed run")
+        return _train_locked_array(plan, target, resume, progress)
+
+
+def _train_locked_array(plan: RunPlan, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
     import torch
 
     from saescope.io.trainer_state import has_trainer_state

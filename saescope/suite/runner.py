@@ -54,6 +54,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     report: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train any plan: on an array (returns {name: sae}) or on a model or a cache (returns the suite index).
 
@@ -64,8 +65,8 @@ def train(
     if plan.data.array is not None:
         from saescope.suite.arrays import train_on_array
 
-        return train_on_array(plan, out, resume=resume, progress=progress)
-    return _train_checked_suite(plan, out, resume, progress, report)
+        return train_on_array(plan, out, resume=resume, progress=progress, overwrite=overwrite)
+    return _train_checked_suite(plan, out, resume, progress, report, overwrite)
 
 
 def train_suite(
@@ -74,28 +75,45 @@ def train_suite(
     resume: bool = False,
     progress: bool = True,
     report: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train every SAE of ``config`` into ``out`` and return the suite index (``suite.json``).
 
-    With ``resume=True`` a run killed after a checkpoint continues from it (same config).
+    With ``resume=True`` a run killed after a checkpoint continues from it (same config); one stopped
+    before its first checkpoint starts again in the same folder. ``overwrite=True`` replaces an
+    earlier saescope output in ``out``. The folder is locked while the suite trains.
     """
-    return _train_checked_suite(as_plan(config), out, resume, progress, report)
+    return _train_checked_suite(as_plan(config), out, resume, progress, report, overwrite)
 
 
-def _train_checked_suite(plan: RunPlan, out: str | Path, resume: bool, progress: bool, report: Callable[[str], None]) -> dict[str, Any]:
-    """``train_suite`` once the plan is read and its dataset or cache is known to exist."""
-    from saescope._version import __version__
-    from saescope.evaluation.on_model import index_metrics
-    from saescope.training import TrainConfig
-    from saescope.training.on_model import SaeSpec, train_on_model
+def _train_checked_suite(plan: RunPlan, out: str | Path, resume: bool, progress: bool, report: Callable[[str], None],
+                         overwrite: bool = False) -> dict[str, Any]:
+    """``train_suite`` once the plan is read: holds the folder's lock for the whole run."""
+    from saescope.io.lock import clear_output, output_lock
 
     if plan.data.array is not None:
         raise PlanError(f"{plan.source}: a suite trains on a model or a cache; train an array with saescope.train")
+    if resume and overwrite:
+        raise PlanError("--resume and --overwrite: give one (continue the run, or replace it)")
+    with output_lock(out, "suite training"):
+        if overwrite:
+            clear_output(out)
+        return _train_locked_suite(plan, Path(out), resume, progress, report)
+
+
+def _train_locked_suite(plan: RunPlan, out: Path, resume: bool, progress: bool, report: Callable[[str], None]) -> dict[str, Any]:
+    """The suite's training, with ``out`` locked."""
+    from saescope._version import __version__
+    from saescope.evaluation.on_model import index_metrics
+    from saescope.io.trainer_state import has_trainer_state
+    from saescope.training import TrainConfig
+    from saescope.training.on_model import SaeSpec, train_on_model
+
     plan, given = plan.with_absolute_paths()  # so the suite works from any folder later
     model, data, training, sweep = plan.model, plan.data, plan.training, plan.sweep
-    out = Path(out)
     checkpoint_dir = out / "checkpoint"
-    _check_output_folder(out, plan, resume, checkpoint_dir)
+    _check_output_folder(out, plan, resume, checkpoint_dir, report)
+    resume = resume and has_trainer_state(checkpoint_dir)  # stopped before its first checkpoint: start again here
 
     loaded, widths, model_id, forward_fraction = _load_and_resolve(plan)
     planned = _expand(plan, widths)
@@ -158,20 +176,27 @@ def _train_checked_suite(plan: RunPlan, out: str | Path, resume: bool, progress:
 
 
 # -- steps ---------------------------------------------------------------------------------------------
-def _check_output_folder(out: Path, plan: RunPlan, resume: bool, checkpoint_dir: Path) -> None:
+def _check_output_folder(out: Path, plan: RunPlan, resume: bool, checkpoint_dir: Path, report: Callable[[str], None] = print) -> None:
     from saescope.io.trainer_state import has_trainer_state
 
+    unfinished = is_suite(out) and read_index(out).get("status") != "complete"
     if resume:
-        if not has_trainer_state(checkpoint_dir):
-            if is_suite(out) and read_index(out).get("status") == "complete":
-                raise PlanError(f"--resume: the suite in {out} is already complete; nothing to resume")
-            raise PlanError(f"--resume: no checkpoint in {checkpoint_dir}; start the run without --resume")
         saved = out / CONFIG_COPY
         if saved.is_file() and RunPlan.from_file(saved).to_dict() != plan.to_dict():
             raise PlanError(f"--resume: the config differs from the one this run started with ({saved}); resume with that config")
-        return
-    if is_suite(out) or has_trainer_state(checkpoint_dir):
-        raise PlanError(f"--out {out}: already holds a suite; choose another folder, or pass --resume to continue a killed run")
+        if has_trainer_state(checkpoint_dir):
+            return
+        if is_suite(out) and not unfinished:
+            raise PlanError(f"--resume: the suite in {out} is already complete; nothing to resume")
+        if unfinished:
+            report(f"{out}: the run stopped before its first checkpoint; starting it again from step 0 in the same folder")
+            return
+        raise PlanError(f"--resume: no run to continue in {out} (no suite.json, no checkpoint); start the run without --resume")
+    if unfinished or has_trainer_state(checkpoint_dir):
+        raise PlanError(f"--out {out}: holds an unfinished suite; pass --resume to continue it (from its last checkpoint, or from the "
+                        "start if it stopped before one), or --overwrite to start over")
+    if is_suite(out):
+        raise PlanError(f"--out {out}: already holds a suite; choose another folder, or pass --overwrite to replace it")
 
 
 def _load_and_resolve(plan: RunPlan) -> tuple[Any, dict[str, int], str, float]:
