@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from saescope.errors import InvalidInput, SaescopeError
+from saescope.errors import Interrupted, InvalidInput, SaescopeError
 
 
 def _number(kind: type, low: float | None = None, low_inclusive: bool = True, high: float | None = None) -> Any:
@@ -476,5 +476,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
+    except Interrupted as error:
+        print(f"\n{error}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except SaescopeError as error:
         raise SystemExit(f"error: {error}") from None

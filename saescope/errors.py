@@ -47,3 +47,7 @@ class MissingDependency(SaescopeError, ImportError):
 
 class PortInUse(SaescopeError, OSError):
     """The browser server could not bind its address."""
+
+
+class Interrupted(SaescopeError):
+    """The user pressed Ctrl-C; the message says what was saved and how to continue."""

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from saescope.data import as_source
-from saescope.errors import InvalidInput
+from saescope.errors import Interrupted, InvalidInput
 from saescope.io.trainer_state import (
     has_trainer_state,
     load_trainer_state,
@@ -28,6 +28,7 @@ from saescope.jobs import ReadSpec, SaeJob, default_objective
 from saescope.saes import SparseAutoencoder
 from saescope.saes.stacked import stacked_normalization
 from saescope.training.config import TrainConfig
+from saescope.training.interrupt import stop_at_step_boundary
 from saescope.training.progress import ProgressReporter
 from saescope.training.sae_trainer import SaeTrainer
 
@@ -123,29 +124,32 @@ class Trainer:
         started = last_log_time = time.perf_counter()
         last_log_step = step = start_step
         try:
-            for step in range(start_step, total_steps):
-                batch = next(batches, None)
-                if batch is None:
-                    logger.warning("the data ran out after %d of %d steps; stopping early", step, total_steps)
-                    break
-                for trainer, x, layer_index in self._route(batch, step):
-                    trainer.train_step(x, step, layer_index)
-                done = step + 1
-                is_last = done == total_steps
-                if done % config.log_every == 0 or is_last:
-                    metrics = {t.name: t.read_metrics() for t in self.trainers}
-                    now = time.perf_counter()
-                    speed = (done - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
-                    reporter.report(done, done - last_log_step, done * config.batch_size, speed, metrics)
-                    last_log_time, last_log_step = now, done
-                    self._last_metrics = metrics
-                if config.checkpoint_every and (done % config.checkpoint_every == 0 or is_last):
-                    self._save_checkpoint(done)
-                if done % config.log_every == 0 or is_last:
-                    for callback in self.callbacks:
-                        callback(done, metrics)
-            else:
-                step = total_steps
+            with stop_at_step_boundary() as stop:
+                for step in range(start_step, total_steps):
+                    batch = next(batches, None)
+                    if batch is None:
+                        logger.warning("the data ran out after %d of %d steps; stopping early", step, total_steps)
+                        break
+                    for trainer, x, layer_index in self._route(batch, step):
+                        trainer.train_step(x, step, layer_index)
+                    done = step + 1
+                    is_last = done == total_steps
+                    if done % config.log_every == 0 or is_last:
+                        metrics = {t.name: t.read_metrics() for t in self.trainers}
+                        now = time.perf_counter()
+                        speed = (done - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
+                        reporter.report(done, done - last_log_step, done * config.batch_size, speed, metrics)
+                        last_log_time, last_log_step = now, done
+                        self._last_metrics = metrics
+                    if config.checkpoint_every and (done % config.checkpoint_every == 0 or is_last):
+                        self._save_checkpoint(done)
+                    if done % config.log_every == 0 or is_last:
+                        for callback in self.callbacks:
+                            callback(done, metrics)
+                    if stop.requested and not is_last:
+                        self._stop_after(done, total_steps)
+                else:
+                    step = total_steps
         finally:
             reporter.close()
         steps_done = min(total_steps, step)
@@ -153,6 +157,15 @@ class Trainer:
             raise InvalidInput("no training steps ran: the activation source produced no batches")
         self._fitted = True
         return self._finish(steps_done, start_step, time.perf_counter() - started)
+
+    def _stop_after(self, done: int, total_steps: int) -> None:
+        """Ctrl-C arrived during step ``done``: save a checkpoint at this step boundary and stop with one line."""
+        if self.config.checkpoint_dir:
+            self._save_checkpoint(done)
+            raise Interrupted(f"stopped by Ctrl-C after step {done:,} of {total_steps:,}; a checkpoint is saved in "
+                              f"{self.config.checkpoint_dir}: run the same command with --resume to continue")
+        raise Interrupted(f"stopped by Ctrl-C after step {done:,} of {total_steps:,}; nothing was saved "
+                          "(this run keeps no checkpoint: give --checkpoint-every N to make runs resumable)")
 
     # -- routing ------------------------------------------------------------------------------------
     def _route(self, batch: Tensor | Mapping[str, Tensor], where: int | str) -> list[tuple[SaeTrainer, Tensor, Tensor | None]]:
