@@ -49,7 +49,21 @@ def test_missing_folder_and_files(tmp_path, saved):
 def test_truncated_weights(saved):
     weights = saved / "sae_weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:300])
+    with pytest.raises(ValueError, match="its SHA-256 does not match the one in .*cfg.json"):
+        saescope.load(saved)
+    cfg = json.loads((saved / "cfg.json").read_text())
+    del cfg["weights_sha256"]  # a folder from before checksums: still caught by the reader
+    (saved / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="truncated or corrupt"):
+        saescope.load(saved)
+
+
+def test_a_flipped_byte_in_the_weights_is_caught(saved):
+    weights = saved / "sae_weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x40  # inside a tensor's data: the file still parses, the values are wrong
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="its SHA-256 does not match"):
         saescope.load(saved)
 
 
@@ -94,3 +108,39 @@ def test_folders_from_saescope_0_1_load_with_their_training_settings_as_provenan
     (saved / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"cfg.json: invalid config: unknown JumpReLUConfig fields \['tresholdd'\]"):
         saescope.load(saved)
+
+
+def test_a_checkpoint_with_nan_is_refused_on_resume(tmp_path):
+    import numpy as np
+    from safetensors.torch import load_file, save_file
+
+    from saescope.io.atomic import file_sha256
+    from saescope.io.trainer_state import STATE_JSON
+
+    np.save(tmp_path / "acts.npy", np.random.default_rng(0).normal(size=(2048, 8)).astype(np.float32))
+    plan = {"data": {"array": str(tmp_path / "acts.npy")}, "training": {"tokens": 2048, "batch_size": 256, "checkpoint_every": 4},
+            "sweep": {"architectures": ["topk"], "widths": [16], "target_l0s": [2]}}
+    saescope.train(plan, tmp_path / "run", progress=False)
+    state = tmp_path / "run" / "checkpoint"
+    info = json.loads((state / STATE_JSON).read_text())
+    tensors = load_file(str(state / info["tensors_file"]))
+    name = next(n for n in tensors if n.endswith("W_dec"))
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, str(state / info["tensors_file"]))
+    info["tensors_sha256"] = file_sha256(state / info["tensors_file"])  # a consistent file that holds a NaN
+    (state / STATE_JSON).write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"holds NaN or inf in .*W_dec.*start again without --resume"):
+        saescope.train(plan, tmp_path / "run", resume=True, progress=False)
+
+
+def test_resuming_on_other_data_is_refused_with_the_difference(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "acts.npy", rng.normal(size=(2048, 8)).astype(np.float32))
+    plan = {"data": {"array": str(tmp_path / "acts.npy")}, "training": {"tokens": 2048, "batch_size": 256, "checkpoint_every": 4},
+            "sweep": {"architectures": ["topk"], "widths": [16], "target_l0s": [2]}}
+    saescope.train(plan, tmp_path / "run", progress=False)
+    np.save(tmp_path / "acts.npy", (3 + 5 * rng.normal(size=(2048, 8))).astype(np.float32))  # same shape, other data
+    with pytest.raises(ValueError, match=r"the checkpoint was written on other data \(sample_sha256: .* → .*\); resume with the data it started on"):
+        saescope.train(plan, tmp_path / "run", resume=True, progress=False)

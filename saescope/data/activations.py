@@ -83,6 +83,16 @@ class ArraySource:
     def head(self, n_tokens: int) -> Tensor:
         return self._rows(slice(0, min(n_tokens, self.n_tokens)))
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed run checks it is reading the same data: shape and a hash of the first and last rows."""
+        import hashlib
+
+        edge = min(256, self.n_tokens)
+        digest = hashlib.sha256()
+        for rows in (slice(0, edge), slice(self.n_tokens - edge, self.n_tokens)):
+            digest.update(self._rows(rows).numpy().tobytes())
+        return {"rows": self.n_tokens, "d_in": self.d_in, "sample_sha256": digest.hexdigest()[:16]}
+
     def iter_batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, start_batch: int = 0, loop: bool = False) -> Iterator[Tensor]:
         per_epoch = self.n_tokens // batch_size
         if per_epoch == 0:

@@ -184,6 +184,7 @@ class CachedActivations:
             raise InvalidInput("as_dict=False needs exactly one hookpoint")
         self.dtype = self.manifest["dtype"]
         self.shards_in_memory = max(1, shards_in_memory)
+
         self.n_shards = len(self.manifest["shard_digests"])
         if self.n_shards == 0:
             raise InvalidInput(f"{self.path}: the cache holds no shards yet")
@@ -229,6 +230,11 @@ class CachedActivations:
             for start in range(0, full, batch_size):
                 yield {name: r[start : start + batch_size] for name, r in rows.items()}
             carry = {name: r[full:] for name, r in rows.items()}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed run checks: the same cache contents (its shard digests) and hookpoints."""
+        shards = hashlib.sha256("".join(self.manifest["shard_digests"]).encode()).hexdigest()[:16]
+        return {"cache_tokens": self.manifest["n_tokens"], "hookpoints": sorted(self.hookpoints), "shards_sha256": shards}
 
     def iter_batches(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, start_batch: int = 0, loop: bool = False) -> Iterator[Tensor | dict[str, Tensor]]:
         if self.n_tokens < batch_size:

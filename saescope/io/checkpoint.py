@@ -17,11 +17,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from saescope.errors import InvalidInput, MissingFile
-from saescope.io.atomic import atomic_write, atomic_write_json, read_json
+from saescope.io.atomic import atomic_write, atomic_write_json, file_sha256, read_json
 from saescope.saes import SparseAutoencoder, get_architecture
 
 CONFIG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae_weights.safetensors"
+WEIGHTS_CHECKSUM_KEY = "weights_sha256"
 _PROVENANCE_KEYS = ("architecture", "saescope_version", "dtype", "apply_b_dec_to_input", "normalization", "training", "context_size", "dataset")
 
 
@@ -43,6 +44,7 @@ def save_sae(sae: SparseAutoencoder, path: str | os.PathLike, **extra: Any) -> P
         **extra,
     }
     atomic_write(folder / WEIGHTS_NAME, lambda path: save_file(tensors, str(path)))
+    cfg[WEIGHTS_CHECKSUM_KEY] = file_sha256(folder / WEIGHTS_NAME)  # written last: a kill between the two files is caught on load
     atomic_write_json(folder / CONFIG_NAME, cfg, indent=2, default=_json_default)
     return folder
 
@@ -64,6 +66,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SparseA
     cfg = read_json(cfg_path, hint="the file is corrupt, re-save the SAE")
     if not isinstance(cfg, dict) or "architecture" not in cfg:
         raise InvalidInput(f"{cfg_path}: no 'architecture' key; is this a saescope SAE folder?")
+    expected = cfg.pop(WEIGHTS_CHECKSUM_KEY, None)
+    if expected is not None and file_sha256(weights_path) != expected:
+        raise InvalidInput(f"{weights_path}: its SHA-256 does not match the one in {cfg_path}: the weights changed or were corrupted "
+                           "after saving (or a save was interrupted); re-save or retrain the SAE")
     try:
         sae_class = get_architecture(cfg["architecture"])
     except ValueError as error:

@@ -10,7 +10,6 @@ changed on disk afterwards is refused by its checksum.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,18 +20,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from saescope.errors import InvalidInput
-from saescope.io.atomic import atomic_write, atomic_write_json
+from saescope.io.atomic import atomic_write, atomic_write_json, file_sha256
 
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS_PATTERN = "trainer_state.*.safetensors"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_trainer_state(folder: str | os.PathLike, info: dict[str, Any], tensors: dict[str, Tensor]) -> None:
@@ -40,7 +31,7 @@ def save_trainer_state(folder: str | os.PathLike, info: dict[str, Any], tensors:
     folder.mkdir(parents=True, exist_ok=True)
     name = f"trainer_state.{int(info['step']):09d}.safetensors"
     atomic_write(folder / name, lambda path: save_file(tensors, str(path)))
-    atomic_write_json(folder / STATE_JSON, {**info, "tensors_file": name, "tensors_sha256": _sha256(folder / name)}, indent=1)
+    atomic_write_json(folder / STATE_JSON, {**info, "tensors_file": name, "tensors_sha256": file_sha256(folder / name)}, indent=1)
     for stale in folder.glob(STATE_TENSORS_PATTERN):
         if stale.name != name:
             stale.unlink(missing_ok=True)
@@ -60,10 +51,14 @@ def load_trainer_state(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[
         raise InvalidInput(f"{json_path}: cannot read the trainer state ({error!r}); delete the folder to start afresh") from None
     if not tensor_path.is_file():
         raise InvalidInput(f"{tensor_path}: missing, but {json_path} names it; delete the folder to start afresh")
-    if _sha256(tensor_path) != info.get("tensors_sha256"):
+    if file_sha256(tensor_path) != info.get("tensors_sha256"):
         raise InvalidInput(f"{tensor_path}: its checksum does not match {json_path} (the file changed on disk); delete the folder to start afresh")
     try:
         tensors = load_file(str(tensor_path))
     except (SafetensorError, OSError) as error:
         raise InvalidInput(f"{tensor_path}: cannot read the trainer state ({error}); delete the folder to start afresh") from None
+    broken = sorted(name for name, tensor in tensors.items() if tensor.is_floating_point() and not bool(tensor.isfinite().all()))
+    if broken:
+        raise InvalidInput(f"{tensor_path}: holds NaN or inf in {broken[:3]}{' …' if len(broken) > 3 else ''}; the run diverged before this "
+                           "checkpoint, so resuming would only continue a broken model: start again without --resume (try a lower lr)")
     return info, tensors

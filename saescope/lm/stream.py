@@ -75,6 +75,11 @@ class ModelActivationSource:
         self._resume_from = 0
 
     # -- resume ---------------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed run checks: the same model, corpus, context size and hookpoints."""
+        return {"model": self.loaded.model_id, "dataset": self.contexts.dataset, "context_size": self.contexts.context_size,
+                "hookpoints": list(self.names)}
+
     def resume_state(self) -> dict[str, Any]:
         return {"contexts_read": self.contexts_read}
 

@@ -291,10 +291,14 @@ class Trainer:
         for trainer in self.trainers:
             tensors.update({f"{trainer.name}::{k}": v for k, v in trainer.state_tensors().items()})
             infos.append(trainer.state_info())
-        info = {"step": step, "train_config": self.config.to_dict(), "saes": infos}
+        info = {"step": step, "train_config": self.config.to_dict(), "saes": infos, "data": self._data_fingerprint()}
         if hasattr(self._source, "resume_state"):
             info["source"] = self._source.resume_state()
         save_trainer_state(self.config.checkpoint_dir, info, tensors)
+
+    def _data_fingerprint(self) -> dict[str, Any] | None:
+        fingerprint = getattr(self._source, "fingerprint", None)
+        return fingerprint() if callable(fingerprint) else None
 
     def _load_checkpoint(self) -> int:
         folder = Path(self.config.checkpoint_dir)
@@ -303,6 +307,11 @@ class Trainer:
         for key in ("total_tokens", "batch_size", "seed", "shuffle"):
             if saved[key] != getattr(self.config, key):
                 raise InvalidInput(f"{folder}: checkpoint has {key}={saved[key]!r} but this run has {getattr(self.config, key)!r}; use the same settings to resume")
+        saved_data, data = info.get("data"), self._data_fingerprint()
+        if saved_data and data and saved_data != data:
+            changed = sorted(k for k in set(saved_data) | set(data) if saved_data.get(k) != data.get(k))
+            raise InvalidInput(f"{folder}: the checkpoint was written on other data ({', '.join(f'{k}: {saved_data.get(k)!r} → {data.get(k)!r}' for k in changed)}); "
+                               "resume with the data it started on, or start afresh without --resume")
         if [s["name"] for s in info["saes"]] != [t.name for t in self.trainers]:
             raise InvalidInput(f"{folder}: checkpoint holds SAEs {[s['name'] for s in info['saes']]}, this run has {[t.name for t in self.trainers]}")
         for trainer, sae_info in zip(self.trainers, info["saes"]):
