@@ -9,6 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from lm_helpers import save_tiny_model, tiny_suite_config, write_corpus
 
@@ -160,7 +161,7 @@ def test_info_describes_suites_and_saes(trained_suite, tmp_path):
 
 def test_existing_suite_is_not_overwritten_and_resume_needs_a_checkpoint(trained_suite, model_dir, corpus):
     out, _index = trained_suite
-    with pytest.raises(SuiteConfigError, match="already holds a suite; choose another folder, or pass --resume"):
+    with pytest.raises(SuiteConfigError, match="already holds a suite; choose another folder, or pass --overwrite"):
         train_suite(small_config(model_dir, corpus), out, progress=False, report=lambda line: None)
     with pytest.raises(SuiteConfigError, match="already complete; nothing to resume"):
         train_suite(small_config(model_dir, corpus), out, resume=True, progress=False, report=lambda line: None)
@@ -215,12 +216,19 @@ def test_resume_after_kill(model_dir, corpus, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert read_index(out)["status"] == "training"
-    with pytest.raises(SuiteConfigError, match="already holds a suite"):
+    with pytest.raises(SuiteConfigError, match="holds an unfinished suite; pass --resume"):
         train_suite(config, out, progress=False, report=lambda line: None)
     index = train_suite(config, out, resume=True, progress=False, report=lambda line: None)
     assert index["status"] == "complete"
     cfg = json.loads((out / index["saes"][0]["path"] / "cfg.json").read_text())
     assert cfg["training"]["n_steps"] == 24 and cfg["training"]["n_tokens"] == 256 * 24
+    # the text position and the shuffle buffer were checkpointed: the killed-and-resumed suite equals an uninterrupted one
+    straight = train_suite(config, tmp_path / "straight", progress=False, report=lambda line: None)
+    from safetensors.numpy import load_file
+
+    resumed_weights = load_file(str(out / index["saes"][0]["path"] / "sae_weights.safetensors"))
+    straight_weights = load_file(str(tmp_path / "straight" / straight["saes"][0]["path"] / "sae_weights.safetensors"))
+    assert all(np.array_equal(resumed_weights[name], straight_weights[name]) for name in straight_weights)
 
 
 def test_resume_refuses_a_changed_config(model_dir, corpus, tmp_path):

@@ -73,6 +73,8 @@ class ModelActivationSource:
         self.contexts_read = 0
         """Contexts consumed so far in the current ``iter_batches`` (resume state)."""
         self._resume_from = 0
+        self._buffer: MultiShuffleBuffer | None = None
+        self._restored_buffer: dict[str, Tensor] | None = None
 
     # -- resume ---------------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
@@ -81,11 +83,22 @@ class ModelActivationSource:
                 "hookpoints": list(self.names)}
 
     def resume_state(self) -> dict[str, Any]:
-        return {"contexts_read": self.contexts_read}
+        """Where the stream stands: contexts consumed and rows waiting in the shuffle buffer."""
+        return {"contexts_read": self.contexts_read, "buffer_rows": self._buffer.size if self._buffer is not None else 0}
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Continue after the contexts a checkpointed run had read (its shuffle buffer is not replayed)."""
+    def resume_tensors(self) -> dict[str, Tensor]:
+        """The shuffle buffer's waiting rows and its generator state, so a resumed run draws exactly the same batches."""
+        if self._buffer is None:
+            return {}
+        buffer = self._buffer
+        tensors = {f"buffer::{name}": rows[: buffer.size].detach().cpu().clone() for name, rows in buffer.buffers.items()}
+        tensors["buffer_rng"] = buffer.generator.get_state()
+        return tensors
+
+    def restore(self, state: dict[str, Any], tensors: dict[str, Tensor] | None = None) -> None:
+        """Continue after the contexts a checkpointed run had read, with its shuffle buffer as it was (when saved)."""
         self._resume_from = int(state.get("contexts_read", 0))
+        self._restored_buffer = tensors if tensors and "buffer_rng" in tensors else None
 
     # -- reading --------------------------------------------------------------------------------
     def position_mask(self, input_ids: Tensor) -> Tensor:
@@ -116,8 +129,14 @@ class ModelActivationSource:
         max_rows = self.batch_contexts * self.contexts.context_size
         fill = max(self.shuffle_buffer_tokens, batch_size) if shuffle else batch_size
         buffer = MultiShuffleBuffer(self.d_in, fill + max_rows, seed=seed, dtype=self.buffer_dtype, device=self.device)
+        self._buffer = buffer
         start = self._resume_from
         self.contexts_read = start
+        if self._restored_buffer is not None:
+            self._load_buffer(buffer, self._restored_buffer)
+            self._restored_buffer = None
+            while buffer.size >= fill:  # where the checkpointed generator stood: between two takes
+                yield self._take(buffer, batch_size, shuffle)
         for input_ids in self.contexts.iter_batches(self.batch_contexts, seed=seed, shuffle=shuffle, loop=loop, start=start):
             self._forward_into(buffer, input_ids.to(self.device))
             self.contexts_read += input_ids.shape[0]
@@ -125,6 +144,18 @@ class ModelActivationSource:
                 yield self._take(buffer, batch_size, shuffle)
         while buffer.size >= batch_size:  # drain; the ragged tail is dropped
             yield self._take(buffer, batch_size, shuffle)
+
+    def _load_buffer(self, buffer: MultiShuffleBuffer, saved: dict[str, Tensor]) -> None:
+        rows = {name: saved[f"buffer::{name}"] for name in self.names if f"buffer::{name}" in saved}
+        if set(rows) != set(self.names):
+            raise InvalidInput(f"the checkpoint's shuffle buffer holds {sorted(rows)}, this run reads {self.names}; resume with the same hookpoints")
+        size = int(next(iter(rows.values())).shape[0])
+        if size > buffer.capacity:
+            raise InvalidInput(f"the checkpoint's shuffle buffer holds {size} rows, more than this run's {buffer.capacity}; resume with the same settings")
+        for name, values in rows.items():
+            buffer.buffers[name][:size].copy_(values.to(buffer.buffers[name].device, buffer.buffers[name].dtype))
+        buffer.size = size
+        buffer.generator.set_state(saved["buffer_rng"])
 
     @staticmethod
     def _take(buffer: MultiShuffleBuffer, batch_size: int, shuffle: bool) -> dict[str, Tensor]:

@@ -7,7 +7,8 @@ The estimates are deliberately simple and on the safe side:
   masks, activations and their gradients; rows = batch × hookpoints read); the shuffle buffer holds ``shuffle_buffer_tokens`` rows
   of every hookpoint twice; the normalisation sample holds every hookpoint's vectors (at most 1 GiB);
   the model holds its parameters.
-- disk: weights of every SAE, plus a checkpoint of 4 copies when checkpointing.
+- disk: weights of every SAE, plus a checkpoint of 4 copies when checkpointing (and, from a live
+  model, the shuffle buffer's waiting rows, saved so that a resumed run draws the same batches).
 - time: FLOPs (10·d_in·d_sae per token per SAE step, 2 × the parameters the forward runs through
   per token, and one full forward per SAE for the ΔLM evaluation) divided by a matmul throughput
   measured here in a fraction of a second, at 60% efficiency (what the training step reaches,
@@ -129,7 +130,8 @@ def estimate(
 
     memory = state + transients + buffer + eval_acts + model_bytes + min(NORMALIZATION_SAMPLE_BYTES, 4 * tokens * d_total)
     weights = sum(4 * s.n_params for s in saes)
-    disk = weights + (4 * weights if checkpointing else 0)  # activations are never written
+    waiting_rows = 4 * shuffle_buffer_tokens * d_total if live_model else 0
+    disk = weights + (4 * weights + waiting_rows if checkpointing else 0)  # activations are written only as the buffer's rows
     flops = tokens * sum(10 * len(s.hookpoints) * s.d_in * s.width for s in saes)
     if live_model:
         flops += tokens * 2 * model_params * forward_fraction

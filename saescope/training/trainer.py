@@ -72,6 +72,10 @@ def as_jobs(items: Sequence[SaeJob | SparseAutoencoder] | Mapping[str, SaeJob | 
     return jobs
 
 
+SOURCE_PREFIX = "source::"
+"""Checkpoint tensors of the activation source (a live model's shuffle buffer), apart from the SAEs'."""
+
+
 class Trainer:
     """Train several SAE jobs on the same activation batches.
 
@@ -294,6 +298,8 @@ class Trainer:
         info = {"step": step, "train_config": self.config.to_dict(), "saes": infos, "data": self._data_fingerprint()}
         if hasattr(self._source, "resume_state"):
             info["source"] = self._source.resume_state()
+        if hasattr(self._source, "resume_tensors"):
+            tensors.update({f"{SOURCE_PREFIX}{k}": v for k, v in self._source.resume_tensors().items()})
         save_trainer_state(self.config.checkpoint_dir, info, tensors)
 
     def _data_fingerprint(self) -> dict[str, Any] | None:
@@ -318,7 +324,11 @@ class Trainer:
             prefix = f"{trainer.name}::"
             trainer.load_state(sae_info, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         if "source" in info and hasattr(self._source, "restore"):
-            self._source.restore(info["source"])
+            source_tensors = {k[len(SOURCE_PREFIX):]: v for k, v in tensors.items() if k.startswith(SOURCE_PREFIX)}
+            if source_tensors:
+                self._source.restore(info["source"], source_tensors)
+            else:
+                self._source.restore(info["source"])
         logger.info("resumed from %s at step %d", folder, info["step"])
         return int(info["step"])
 
