@@ -209,3 +209,17 @@ def test_a_second_cache_writer_is_refused_and_a_complete_cache_does_not_pretend_
     assert write_cache(_source(loaded, corpus), tmp_path / "cache", 1000, shard_tokens=400, resume=True, progress=False)["n_tokens"] == manifest["n_tokens"]
     with pytest.raises(ValueError, match=r"the cache is complete with .* tokens, fewer than the 10,000,000 asked for .* write a new one"):
         write_cache(_source(loaded, corpus), tmp_path / "cache", 10_000_000, shard_tokens=400, resume=True, progress=False)
+
+
+def test_a_shard_that_disagrees_with_the_manifest_is_named(loaded, tmp_path):
+    corpus = write_corpus(tmp_path / "c.txt")
+    write_cache(_source(loaded, corpus), tmp_path / "cache", 1000, shard_tokens=400, progress=False)
+    manifest = read_manifest(tmp_path / "cache")
+    shard = tmp_path / "cache" / manifest["hookpoints"]["layers.1.mlp_out"]["shards"][1]["file"]
+    np.save(shard, np.load(shard)[:-7])  # rows lost (or another writer's shard)
+    with pytest.raises(ValueError, match=r"shard_00001.npy: holds shape \[.*\], but .*manifest.json lists .*the cache is damaged"):
+        list(CachedActivations(tmp_path / "cache").iter_batches(64, shuffle=False))
+    np.save(shard, np.load(shard).astype(np.float64)[:0])
+    (tmp_path / "cache" / manifest["hookpoints"]["layers.1.mlp_out"]["shards"][0]["file"]).write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="shard_00000.npy: cannot read this cache shard"):
+        CachedActivations(tmp_path / "cache").head(10)

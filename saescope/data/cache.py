@@ -197,8 +197,21 @@ class CachedActivations:
         self.d_in = widths[chosen[0]] if self.single else widths
 
     def _shard(self, name: str, index: int) -> Tensor:
-        file = self.path / self.manifest["hookpoints"][name]["shards"][index]["file"]
-        return _from_numpy(np.load(file, mmap_mode="r"), self.dtype)
+        """One shard, checked against the manifest (rows, width, dtype) so a damaged or foreign file is named, not trained on."""
+        entry = self.manifest["hookpoints"][name]["shards"][index]
+        file = self.path / entry["file"]
+        try:
+            array = np.load(file, mmap_mode="r")
+        except (OSError, ValueError) as error:
+            raise InvalidInput(f"{file}: cannot read this cache shard ({error}); the cache is damaged: write it again") from None
+        expected = (int(entry["n_tokens"]), int(self.manifest["hookpoints"][name]["d"]))
+        if array.shape != expected:
+            raise InvalidInput(f"{file}: holds shape {list(array.shape)}, but {self.path / MANIFEST} lists {list(expected)}; "
+                               "the cache is damaged (or two writers mixed it): write it again")
+        stored = "uint16" if self.dtype == "bfloat16" else ("float16" if self.dtype == "float16" else "float32")
+        if array.dtype != np.dtype(stored):
+            raise InvalidInput(f"{file}: holds {array.dtype}, but the cache stores {self.dtype}; the cache is damaged: write it again")
+        return _from_numpy(array, self.dtype)
 
     def _pack(self, rows: dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
         return rows[self.hookpoints[0]] if self.single else rows
