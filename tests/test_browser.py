@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,19 @@ def test_a_matryoshka_feature_page_shows_its_prefix_level(browser, tmp_path):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_another_site_in_the_browser_cannot_run_the_model(browser, server, tmp_path, caplog):
+    """A page from another origin sends the cross-site POST a real attack would send; the server refuses it (issue 13)."""
+    import logging
+
+    attacker = tmp_path / "attacker.html"
+    attacker.write_text("<!doctype html><title>elsewhere</title>")
+    body = json.dumps({"sae": 1, "feature": 0, "strength": 5, "text": "A list is", "max_new_tokens": 3})
+    with caplog.at_level(logging.DEBUG, logger="saescope"), page_for(browser, "cross_site", tmp_path) as page:
+        page.goto(attacker.as_uri())
+        page.evaluate("""([url, body]) => fetch(url, {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"}, body})
+                         .then(() => "sent", () => "blocked")""", [server + "api/steer", body])
+        time.sleep(0.5)
+    answered = [r.getMessage() for r in caplog.records if "api/steer" in r.getMessage()]
+    assert answered and all('" 403 ' in line for line in answered), answered
