@@ -42,6 +42,7 @@ _LAZY = {
     "evaluate_suite": "saescope.suite",
     "describe": "saescope.suite",
     "export_saelens": "saescope.io.interop",
+    "calibrate_threshold": "saescope.evaluation.calibrate",
 }
 
 
