@@ -198,7 +198,7 @@ def _cmd_eval_array(args: argparse.Namespace) -> int:
     from saescope.suite.arrays import load_array
 
     sae = load(args.path)
-    metrics = evaluate_sae(sae, load_array(args.data), batch_size=args.batch_size)
+    metrics = evaluate_sae(sae, load_array(args.data, args.data_key, args.metadata_columns or ()), batch_size=args.batch_size)
     values = metrics.to_dict()
     if args.json:
         print(json.dumps(values, indent=2))
@@ -393,7 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="measure every SAE of a suite (table, eval.json, eval.csv, plots), or one SAE on an array")
     evaluate.add_argument("path", help="suite folder (suite.json), or an SAE folder with --data")
-    evaluate.add_argument("--data", help="with an SAE folder: .npy array of activations")
+    evaluate.add_argument("--data", help="with an SAE folder: the vectors (.npy, .npz, .csv, .parquet, .h5ad or a folder of .npy shards)")
+    evaluate.add_argument("--data-key", help="which array of --data (.npz name; .h5ad X, layers/NAME or obsm/NAME)")
+    evaluate.add_argument("--metadata-columns", nargs="+", help="numeric columns of a .csv/.parquet --data that are metadata, as in training")
     evaluate.add_argument("--eval-tokens", type=positive_int, help="held-out tokens (default: the suite's)")
     evaluate.add_argument("--recompute", action="store_true", help="measure again even where training already did")
     evaluate.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

@@ -60,7 +60,11 @@ class DataPlan(LmDataConfig):
     cache: str | None = None
     """Train from an activation cache (``saescope cache``) instead of the live model."""
     array: str | None = field(default=None, metadata={"flag": "--data"})
-    """Train on a .npy array of vectors [n_vectors, d_in] instead of a model (any vectors, not only an LM's)."""
+    """Train on vectors instead of a model: .npy, .npz, .csv, .parquet, .h5ad or a folder of .npy shards [n_vectors, d_in]."""
+    data_key: str | None = None
+    """Which array of --data: an .npz array name, or for .h5ad X, layers/<name> or obsm/<name> (e.g. obsm/X_pca)."""
+    metadata_columns: list[str] = field(default_factory=list)
+    """Numeric columns of a .csv/.parquet --data kept as metadata rather than trained on (e.g. a cluster id)."""
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -293,10 +297,14 @@ class RunPlan:
     def check_sources(self) -> None:
         """The dataset or cache must exist (run before training; a stored plan is read without it)."""
         if self.data.array is not None:
-            if not Path(self.data.array).is_file():
-                raise MissingFile(f"{self.source}: --data {self.data.array}: no such file")
-            if Path(self.data.array).suffix != ".npy":
-                raise PlanError(f"{self.source}: --data {self.data.array}: expected a .npy array of shape [n_vectors, d_in]")
+            from saescope.data.vectors import VECTOR_SUFFIXES
+
+            array = Path(self.data.array)
+            if not array.exists():
+                raise MissingFile(f"{self.source}: --data {self.data.array}: no such file or folder")
+            if array.is_file() and array.suffix.lower() not in VECTOR_SUFFIXES:
+                raise PlanError(f"{self.source}: --data {self.data.array}: unknown format {array.suffix!r}; saescope reads "
+                                f"{', '.join(VECTOR_SUFFIXES)} and folders of .npy shards")
         elif self.data.cache is None:
             from saescope.data.text import check_dataset
 

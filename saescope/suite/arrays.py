@@ -9,28 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from saescope.errors import AlreadyExists, InvalidInput, MissingFile, WrongType
+from saescope.errors import AlreadyExists, InvalidInput
 from saescope.io.suite_index import sae_folder_name
 from saescope.plan import RunPlan, resolve_width
 
 
-def load_array(path: str) -> Any:
-    """A .npy file, memory-mapped (any float dtype, shape [..., d_in])."""
-    import numpy as np
+def load_array(path: str, key: str | None = None, metadata_columns: tuple[str, ...] | list[str] = ()) -> Any:
+    """The activation source for ``--data``: any format ``saescope.data.vectors`` reads (.npy, .npz, .csv, .parquet, .h5ad, a folder)."""
+    from saescope.data.vectors import load_vectors
 
-    file = Path(path)
-    if not file.is_file():
-        raise MissingFile(f"--data {path}: no such file")
-    try:
-        array = np.load(file, mmap_mode="r")
-    except ValueError as error:
-        raise InvalidInput(f"--data {path}: cannot read ({error})") from None
-    if not isinstance(array, np.ndarray):
-        raise InvalidInput(f"--data {path}: expected one array in a .npy file, found {type(array).__name__}")
-    if array.dtype.kind != "f":
-        raise WrongType(f"--data {path}: activations must be floating point, found {array.dtype}; "
-                        f"save them as float32: np.save(path, array.astype(np.float32))")
-    return array
+    return load_vectors(path, key, metadata_columns).source
 
 
 def train_on_array(plan: RunPlan, out: str | Path, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
@@ -61,12 +49,12 @@ def _train_locked_array(plan: RunPlan, out: Path, resume: bool, progress: bool) 
     from saescope.training import TrainConfig, train_saes
 
     assert plan.data.array is not None
-    data = load_array(plan.data.array)
+    data = load_array(plan.data.array, plan.data.data_key, plan.data.metadata_columns)
     training, sweep = plan.training, plan.sweep
     checkpoint_dir = Path(out) / "checkpoint"
     if resume and not has_trainer_state(checkpoint_dir):
         raise InvalidInput(f"--resume: no checkpoint in {checkpoint_dir}; run without --resume (and with --checkpoint-every) first")
-    d_in = int(data.shape[-1])
+    d_in = int(data.d_in)
     single = len(sweep.widths) == 1 and len(sweep.target_l0s) == 1
     torch.manual_seed(training.seed)  # SAE initialisation, so that the seed makes the run reproducible
     jobs = []
