@@ -65,6 +65,10 @@ class DataPlan(LmDataConfig):
     """Which array of --data: an .npz array name, or for .h5ad X, layers/<name> or obsm/<name> (e.g. obsm/X_pca)."""
     metadata_columns: list[str] = field(default_factory=list)
     """Numeric columns of a .csv/.parquet --data kept as metadata rather than trained on (e.g. a cluster id)."""
+    center: bool = True
+    """With --data: train on vectors minus their per-dimension mean (folded into the saved SAE, which takes raw vectors)."""
+    standardize: bool = False
+    """With --data: also divide each dimension by its standard deviation (folded in as well)."""
 
     def __post_init__(self) -> None:
         check_field_types(self)

@@ -200,6 +200,24 @@ class SparseAutoencoder(nn.Module):
             tensors[name] = tensors[name] / scale
         self.load_export_tensors(tensors)
 
+    @torch.no_grad()
+    def fold_input_affine(self, mean: Tensor, std: Tensor | None = None) -> None:
+        """Make an SAE trained on ``(x - mean) / std`` take raw ``x`` and reconstruct it in raw units.
+
+        Exact for every architecture whose encoder reads ``x @ W_enc`` (after ``b_dec`` where it is
+        subtracted): the pre-activations, hence the codes, are unchanged; the decoder absorbs the
+        scale and the mean (x̂ = std·(f W_dec + b_dec) + mean).
+        """
+        mean = mean.to(self.W_dec.device, self.W_dec.dtype).reshape(-1)
+        std = torch.ones_like(mean) if std is None else std.to(mean.device, mean.dtype).reshape(-1)
+        if mean.numel() != self.d_in or std.numel() != self.d_in or not bool((std > 0).all()):
+            raise InvalidInput(f"fold_input_affine: mean and std need {self.d_in} entries with std > 0")
+        if not self.apply_b_dec_to_input:
+            self.b_enc.sub_((mean / std) @ self.W_enc)
+        self.W_enc.div_(std[:, None])
+        self.b_dec.copy_(std * self.b_dec + mean)
+        self.W_dec.mul_(std[None, :])
+
     def copy(self) -> SparseAutoencoder:
         return copy.deepcopy(self)
 

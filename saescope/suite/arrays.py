@@ -44,9 +44,11 @@ def train_on_array(plan: RunPlan, out: str | Path, resume: bool = False, progres
 def _train_locked_array(plan: RunPlan, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
     import torch
 
+    from saescope.data.preprocess import AffineSource, input_statistics
+    from saescope.io.checkpoint import save_sae
     from saescope.io.trainer_state import has_trainer_state
     from saescope.jobs import create_job
-    from saescope.training import TrainConfig, train_saes
+    from saescope.training import TrainConfig, Trainer
 
     assert plan.data.array is not None
     data = load_array(plan.data.array, plan.data.data_key, plan.data.metadata_columns)
@@ -76,7 +78,14 @@ def _train_locked_array(plan: RunPlan, out: Path, resume: bool, progress: bool) 
         **({} if training.sparsity_proportional_gain is None else {"sparsity_proportional_gain": training.sparsity_proportional_gain}),
     )
     config.resolved_device()  # a bad --device is the flag's fault, not the array's: refuse it before the array is named
+    affine = input_statistics(data, standardize=plan.data.standardize) if plan.data.center or plan.data.standardize else None
     try:
-        return train_saes(data, jobs, config, out_dir=str(out), resume=resume)
+        trained = Trainer(jobs, config).fit(AffineSource(data, affine) if affine is not None else data, resume=resume)
     except InvalidInput as error:
         raise InvalidInput(f"{plan.data.array}: {error}") from None
+    for name, sae in trained.items():
+        if affine is not None:
+            sae.fold_input_affine(affine.mean, affine.std)
+            sae.normalization = {**sae.normalization, "input_affine": affine.record()}
+        save_sae(sae, out / name)
+    return trained
