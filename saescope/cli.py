@@ -348,6 +348,15 @@ def _side_by_side(prompt: str, columns: list[tuple[str, Any]], seed: int) -> str
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.bio:
+        from saescope.demo_bio import format_summary, run_bio_demo
+
+        out = args.out if args.out != "demo-suite" else "demo-bio"
+        summary = run_bio_demo(out)
+        print(format_summary(summary))
+        print(f"\nwritten: {Path(out) / 'summary.json'}, {summary['picture']} and interpret_vectors.json in each SAE folder "
+              f"({summary['seconds']:.0f} s)")
+        return 0
     from saescope.demo import run_demo
 
     return run_demo(args.out, tokens=args.tokens)
@@ -495,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train, evaluate, plot, interpret and link a small suite on the built-in model and corpus")
     demo.add_argument("--out", default="demo-suite", help="where the suite goes (default demo-suite)")
     demo.add_argument("--tokens", type=positive_int, help="training tokens (default: the demo's budget)")
+    demo.add_argument("--bio", action="store_true", help="the biology demo instead: SAEs on 700 blood cells (scanpy's pbmc68k_reduced), "
+                      "features matched to cell types and marker genes (out: demo-bio)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

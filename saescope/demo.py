@@ -47,7 +47,7 @@ def run_demo(out: str | Path = "demo-suite", tokens: int | None = None, report=N
     if is_suite(out) and read_index(out).get("status") == "complete":
         say(f"{out} already holds the finished demo suite; evaluating it again (delete the folder to retrain)")
     else:
-        resume = has_trainer_state(out / "checkpoint")
+        resume = has_trainer_state(out / "checkpoint") or is_suite(out)  # an unfinished suite continues (or restarts in place)
         say(("resuming the demo suite in " if resume else "training the demo suite into ") + str(out))
         train_suite(config, out, resume=resume, progress=True, report=say)
     trained = time.perf_counter()

@@ -70,3 +70,11 @@ def test_a_suite_stopped_before_its_first_checkpoint_restarts_with_resume(tmp_pa
     assert saescope.train_suite(config, out, overwrite=True, progress=False, report=lambda line: None)["status"] == "complete"
     with pytest.raises(ValueError, match="--resume: the suite in .* is already complete"):
         saescope.train_suite(config, out, resume=True, progress=False, report=lambda line: None)
+
+
+def test_overwrite_into_a_new_folder_just_trains(tmp_path):
+    np.save(tmp_path / "acts.npy", np.random.default_rng(0).normal(size=(512, 8)).astype(np.float32))
+    plan = {"data": {"array": str(tmp_path / "acts.npy")}, "training": {"tokens": 512, "batch_size": 128},
+            "sweep": {"architectures": ["topk"], "widths": [16], "target_l0s": [2]}}
+    saescope.train(plan, tmp_path / "fresh", progress=False, overwrite=True)
+    assert (tmp_path / "fresh" / "topk" / "cfg.json").is_file()

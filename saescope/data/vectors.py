@@ -6,9 +6,10 @@
 - ``.npz``: the array named by ``key`` (or the only one);
 - ``.csv`` / ``.parquet``: the numeric columns are the vectors; other columns (and numeric ones named
   in ``metadata_columns``, e.g. an integer cluster id) are kept as metadata;
-- ``.h5ad`` (AnnData): ``X`` by default, or ``layers/<name>`` or ``obsm/<name>`` (``X_pca``) by
-  ``key``; ``obs`` is the metadata and ``var_names`` name the input dimensions (genes); a sparse
-  ``X`` is read row block by row block, never densified whole;
+- ``.h5ad`` (AnnData): ``X`` by default, or ``raw`` (``raw.X``), ``layers/<name>`` or
+  ``obsm/<name>`` (``X_pca``) by ``key``; ``obs`` is the metadata and ``var_names`` name the input
+  dimensions (genes); a sparse matrix is read a block of rows at a time, never densified whole; for
+  ``obsm/X_pca`` with ``varm['PCs']`` the loadings map feature directions back to genes;
 - a folder of ``.npy`` shards of one width, read in name order as one array.
 
 Every source is an ``ArraySource`` (seeded shuffles, exact resume, ``fingerprint``), and every
@@ -17,6 +18,7 @@ malformed input stops with one message naming the file and what is wrong.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,9 @@ class VectorData:
     """Names of the input dimensions (genes, column names), or None."""
     what: str = ""
     """Which array of the file was read, for messages and records."""
+    back_projection: tuple[np.ndarray, list[str]] | None = None
+    """For an embedding with known loadings (an .h5ad's ``X_pca`` and ``varm['PCs']``): a matrix
+    [d_in, n_original] taking a direction of the embedding to the original dimensions, and their names."""
 
 
 class _DenseRows(ArraySource):
@@ -142,12 +147,19 @@ def _from_h5ad(path: Path, key: str | None) -> VectorData:
     except ImportError as error:
         raise MissingDependency(f"{path}: reading .h5ad needs anndata: pip install anndata (or pip install 'saescope[bio]')") from error
     try:
-        data = anndata.read_h5ad(path)
+        with warnings.catch_warnings():  # anndata's notices about old file layouts are not the user's concern
+            warnings.simplefilter("ignore", FutureWarning)
+            data = anndata.read_h5ad(path)
     except Exception as error:  # noqa: BLE001 - h5py and anndata raise many kinds for a bad file
         raise InvalidInput(f"{path}: cannot read this .h5ad ({type(error).__name__}: {str(error).splitlines()[0]})") from None
     dim_names: list[str] | None = [str(v) for v in data.var_names]
+    back_projection = None
     if key in (None, "X"):
         matrix, what = data.X, "X"
+    elif key == "raw":
+        if data.raw is None:
+            raise InvalidInput(f"{path}: --data-key raw, but the file has no raw matrix")
+        matrix, what, dim_names = data.raw.X, "raw", [str(v) for v in data.raw.var_names]
     elif key.startswith("layers/") or key in data.layers:
         name = key.removeprefix("layers/")
         if name not in data.layers:
@@ -158,8 +170,12 @@ def _from_h5ad(path: Path, key: str | None) -> VectorData:
         if name not in data.obsm:
             raise InvalidInput(f"{path}: no obsm embedding {name!r}; obsm: {list(data.obsm)}")
         matrix, what, dim_names = data.obsm[name], f"obsm/{name}", None  # an embedding's dimensions are not genes
+        loadings = data.varm.get("PCs") if name == "X_pca" else None
+        if loadings is not None and loadings.shape[1] == matrix.shape[1]:
+            # genes left out of the PCA (not highly variable) carry NaN loadings: they receive nothing
+            back_projection = (np.nan_to_num(np.asarray(loadings, dtype=np.float32)).T, [str(v) for v in data.var_names])
     else:
-        raise InvalidInput(f"{path}: --data-key {key!r} is neither X, a layer ({list(data.layers)}) nor an obsm embedding ({list(data.obsm)})")
+        raise InvalidInput(f"{path}: --data-key {key!r} is neither X, raw, a layer ({list(data.layers)}) nor an obsm embedding ({list(data.obsm)})")
     if matrix is None:
         raise InvalidInput(f"{path}: {what} is empty")
     if hasattr(matrix, "to_numpy"):
@@ -171,7 +187,7 @@ def _from_h5ad(path: Path, key: str | None) -> VectorData:
         what += " (sparse, read a block of rows at a time)"
     else:
         source = ArraySource(np.asarray(matrix, dtype=np.float32), f"{path}:{what}")
-    return VectorData(source, data.obs.copy() if data.obs.shape[1] else None, dim_names, what=what)
+    return VectorData(source, data.obs.copy() if data.obs.shape[1] else None, dim_names, what=what, back_projection=back_projection)
 
 
 def _from_folder(path: Path) -> VectorData:

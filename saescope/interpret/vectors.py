@@ -9,7 +9,8 @@
   Mann-Whitney statistic), and the mean activation in and out;
 - the Pearson correlation with every numeric metadata column;
 - the **input dimensions it writes to**: the decoder row's largest loadings, by name (genes for cell
-  data, column names for tables).
+  data, column names for tables); for an embedding with known loadings (PCA of genes) the decoder
+  row is first mapped back to the original dimensions (``VectorData.back_projection``).
 
 It all goes to ``<sae>/interpret_vectors.json``. A column is categorical when it is not numeric, or
 is a pandas category, and has at most ``MAX_CATEGORIES`` values.
@@ -114,6 +115,9 @@ def interpret_vectors(sae: SparseAutoencoder, data: Any, out: str | Path | None 
     correlation = {name: _pearson(acts, values) for name, values in numeric.items()}
     decoder = sae.W_dec.detach().float().cpu()
     names = dim_names or [f"dim {i}" for i in range(sae.d_in)]
+    if getattr(data, "back_projection", None) is not None:
+        matrix, names = data.back_projection
+        decoder = decoder @ torch.from_numpy(matrix)  # [d_sae, n_original]: what each feature writes to the original dimensions
     fired = acts > 0
     density = fired.double().mean(dim=0)
     top_values, top_rows = acts.topk(min(top_k, n_rows), dim=0)  # [k, F]
@@ -146,7 +150,7 @@ def interpret_vectors(sae: SparseAutoencoder, data: Any, out: str | Path | None 
         record["loadings"] = [[names[i], _r(float(row[i]))] for i in order]
         records.append(record)
     result = {"n_rows": n_rows, "n_features": sae.d_sae, "alive": int((density > 0).sum()), "categorical": list(categorical),
-              "numeric": list(numeric), "dim_names": dim_names is not None, "features": records}
+              "numeric": list(numeric), "dim_names": dim_names is not None or getattr(data, "back_projection", None) is not None, "features": records}
     if out is not None:
         atomic_write_json(Path(out) / VECTORS_FILE, result)
     return result
@@ -159,7 +163,8 @@ def best_feature_per_category(result: dict[str, Any], column: str) -> list[dict[
         for entry in record["enrichment"].get(column, []):
             if entry["category"] not in best or entry["auroc"] > best[entry["category"]]["auroc"]:
                 best[entry["category"]] = {"category": entry["category"], "feature": record["id"], "auroc": entry["auroc"],
-                                           "density": record["density"], "loadings": [name for name, weight in record["loadings"] if weight > 0][:6]}
+                                           "density": record["density"], "loadings": [name for name, weight in record["loadings"] if weight > 0][:6],
+                                           "negative_loadings": [name for name, weight in record["loadings"] if weight < 0][:3]}
     if not best:
         raise InvalidInput(f"no categorical metadata column {column!r}; categorical columns: {result['categorical']}")
     return sorted(best.values(), key=lambda entry: entry["category"])

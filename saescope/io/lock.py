@@ -96,7 +96,7 @@ def is_saescope_output(folder: Path) -> bool:
 def clear_output(folder: str | os.PathLike) -> None:
     """Remove an earlier saescope output at ``folder`` (for ``--overwrite``); refuse anything else."""
     target = Path(folder)
-    if not target.exists() or not any(target.iterdir()):
+    if not target.exists() or not any(child.name != LOCK_NAME for child in target.iterdir()):
         return
     if not is_saescope_output(target):
         raise InvalidInput(f"--overwrite {target}: the folder does not hold a saescope output, so it is left alone; choose another --out")
