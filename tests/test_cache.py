@@ -215,6 +215,9 @@ def test_a_shard_that_disagrees_with_the_manifest_is_named(loaded, tmp_path):
     corpus = write_corpus(tmp_path / "c.txt")
     write_cache(_source(loaded, corpus), tmp_path / "cache", 1000, shard_tokens=400, progress=False)
     manifest = read_manifest(tmp_path / "cache")
+    for entry in manifest["hookpoints"]["layers.1.mlp_out"]["shards"]:
+        entry.pop("sha256")  # a cache written before shard checksums: the shape check still names the file
+    (tmp_path / "cache" / "manifest.json").write_text(json.dumps(manifest))
     shard = tmp_path / "cache" / manifest["hookpoints"]["layers.1.mlp_out"]["shards"][1]["file"]
     np.save(shard, np.load(shard)[:-7])  # rows lost (or another writer's shard)
     with pytest.raises(ValueError, match=r"shard_00001.npy: holds shape \[.*\], but .*manifest.json lists .*the cache is damaged"):
@@ -222,4 +225,16 @@ def test_a_shard_that_disagrees_with_the_manifest_is_named(loaded, tmp_path):
     np.save(shard, np.load(shard).astype(np.float64)[:0])
     (tmp_path / "cache" / manifest["hookpoints"]["layers.1.mlp_out"]["shards"][0]["file"]).write_bytes(b"garbage")
     with pytest.raises(ValueError, match="shard_00000.npy: cannot read this cache shard"):
+        CachedActivations(tmp_path / "cache").head(10)
+
+
+def test_a_flipped_byte_in_a_shard_is_caught(loaded, tmp_path):
+    corpus = write_corpus(tmp_path / "c.txt")
+    write_cache(_source(loaded, corpus), tmp_path / "cache", 800, shard_tokens=400, progress=False)
+    manifest = read_manifest(tmp_path / "cache")
+    shard = tmp_path / "cache" / manifest["hookpoints"]["layers.0.resid_post"]["shards"][0]["file"]
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0x10  # the shape still parses; a value is wrong
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="shard_00000.npy: its SHA-256 does not match"):
         CachedActivations(tmp_path / "cache").head(10)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from saescope.errors import AlreadyExists, InvalidInput, MissingFile
-from saescope.io.atomic import atomic_write, atomic_write_json, read_json
+from saescope.io.atomic import atomic_write, atomic_write_json, file_sha256, read_json
 
 MANIFEST = "manifest.json"
 SHARD_TOKENS = 65_536
@@ -145,7 +145,7 @@ class CacheWriter:
         for name, tensor in rows.items():
             file = f"{name}/shard_{index:05d}.npy"
             _save_npy_atomic(self.path / file, _to_numpy(tensor, self.dtype))
-            self.manifest["hookpoints"][name]["shards"].append({"file": file, "n_tokens": n_rows})
+            self.manifest["hookpoints"][name]["shards"].append({"file": file, "n_tokens": n_rows, "sha256": file_sha256(self.path / file)})
         self.manifest["shard_digests"].append(token_digest)
         self.manifest["n_tokens"] += n_rows
         self.manifest["contexts_read"] = contexts_read
@@ -184,6 +184,7 @@ class CachedActivations:
             raise InvalidInput("as_dict=False needs exactly one hookpoint")
         self.dtype = self.manifest["dtype"]
         self.shards_in_memory = max(1, shards_in_memory)
+        self._verified: set[Path] = set()
 
         self.n_shards = len(self.manifest["shard_digests"])
         if self.n_shards == 0:
@@ -200,6 +201,11 @@ class CachedActivations:
         """One shard, checked against the manifest (rows, width, dtype) so a damaged or foreign file is named, not trained on."""
         entry = self.manifest["hookpoints"][name]["shards"][index]
         file = self.path / entry["file"]
+        if entry.get("sha256") and file not in self._verified:  # once per shard and process: flipped bytes are named
+            if file_sha256(file) != entry["sha256"]:
+                raise InvalidInput(f"{file}: its SHA-256 does not match {self.path / MANIFEST}: the shard changed or was corrupted "
+                                   "after it was written; write the cache again")
+            self._verified.add(file)
         try:
             array = np.load(file, mmap_mode="r")
         except (OSError, ValueError) as error:
