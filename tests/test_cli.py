@@ -56,9 +56,12 @@ def test_train_then_eval_from_npy(tmp_path, capsys):
 def test_cli_errors_name_the_argument(tmp_path):
     with pytest.raises(SystemExit, match="--data missing.npy: no such file"):
         main(["train", "--data", "missing.npy", "--out", str(tmp_path)])
-    (tmp_path / "acts.csv").write_text("1,2\n")
-    with pytest.raises(SystemExit, match="expected a .npy array"):
-        main(["train", "--data", str(tmp_path / "acts.csv"), "--out", str(tmp_path)])
+    (tmp_path / "acts.txt").write_text("1,2\n")
+    with pytest.raises(SystemExit, match=r"unknown format '.txt'; saescope reads .npy, .npz, .csv"):
+        main(["train", "--data", str(tmp_path / "acts.txt"), "--out", str(tmp_path / "o0")])
+    (tmp_path / "words.csv").write_text("name,kind\nx,y\n")
+    with pytest.raises(SystemExit, match="words.csv: no numeric columns to train on"):
+        main(["train", "--data", str(tmp_path / "words.csv"), "--out", str(tmp_path / "o1")])
     np.save(tmp_path / "bad.npy", np.full((500, 4), np.nan, dtype=np.float32))
     with pytest.raises(SystemExit, match="bad.npy: the activations contain NaN or inf"):
         main(["train", "--data", str(tmp_path / "bad.npy"), "--tokens", "400", "--batch-size", "100", "--out", str(tmp_path / "o")])
