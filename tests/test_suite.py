@@ -264,7 +264,7 @@ def test_cli_errors(model_dir, corpus, tmp_path):
         main(["train", "--config", str(bad), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match=r"command line: hookpoints: give at least one \(--hookpoints"):
         main(["train", "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit, match="--resume: no checkpoint in"):
+    with pytest.raises(SystemExit, match="--resume: no run to continue in"):
         main(["train", "--model", model_dir, "--dataset", corpus, "--hookpoints", "layers.0.resid_post", "--resume", "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="not a suite folder"):
         main(["eval", str(tmp_path)])

@@ -21,7 +21,7 @@ def model_dir(tmp_path_factory):
 def test_integer_activations_are_refused_by_name(tmp_path):
     path = tmp_path / "ints.npy"
     np.save(path, np.arange(64 * 8).reshape(64, 8))
-    with pytest.raises(SystemExit, match=rf"--data {path}: activations must be floating point, found int64; save them as float32"):
+    with pytest.raises(SystemExit, match=rf"{path}: vectors must be floating point, found int64; save them as float32"):
         main(["train", "--data", str(path), "--arch", "topk", "--width", "16", "--target-l0", "2", "--out", str(tmp_path / "o")])
     with pytest.raises(SaescopeError, match="must be floating point, got torch.int64; convert them with .float()"):
         saescope.evaluate_sae(saescope.create_sae("topk", 8, 16, k=2), torch.arange(64).reshape(8, 8))

@@ -67,7 +67,7 @@ def test_every_format_reads_the_same_numbers(files):
     ("two.npz", None, r"holds \['cells', 'other'\]; name the array to train on with --data-key"),
     ("two.npz", "nope", r"no array 'nope'; it holds"),
     ("cells.h5ad", "obsm/X_umap", r"no obsm embedding 'X_umap'; obsm: \['X_pca'\]"),
-    ("cells.h5ad", "spliced", r"--data-key 'spliced' is neither X, a layer \(\['dense'\]\) nor an obsm embedding"),
+    ("cells.h5ad", "spliced", r"--data-key 'spliced' is neither X, raw, a layer \(\['dense'\]\) nor an obsm embedding"),
     ("missing.csv", None, "no such file or folder"),
     ("bad.txt", None, r"unknown format '.txt'; saescope reads .npy, .npz, .csv, .parquet, .h5ad"),
     ("holes.csv", None, r"missing value in column 'b', row 2"),

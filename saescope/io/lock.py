@@ -58,6 +58,7 @@ def _stale(holder: dict | None, path: Path) -> bool:
 def output_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
     """Hold ``folder``'s lock while the block runs (the folder is created); refuse if another writer holds it."""
     target = Path(folder)
+    created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
     path = target / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname(), "what": what, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -83,6 +84,8 @@ def output_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
     finally:
         if (_holder(path) or {}).get("pid") == me["pid"]:
             path.unlink(missing_ok=True)
+        if created and not any(target.iterdir()):
+            target.rmdir()  # a run refused before writing anything leaves no folder behind
 
 
 def is_saescope_output(folder: Path) -> bool:
