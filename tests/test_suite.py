@@ -140,6 +140,8 @@ def test_evaluate_reuses_training_metrics_and_writes_outputs(trained_suite, monk
         assert data[:8] == PNG_MAGIC and len(data) > 10_000
     table = format_table(rows)
     assert "ΔLM" in table and "layers.1.resid_post/topk-w128-l0_8" in table
+    # the line under the table gives both windows: the training run's for dead, the evaluation's for unfired
+    assert table.splitlines()[-1].startswith("dead: no firing in the training run's last ") and "evaluation tokens" in table.splitlines()[-1]
 
 
 def test_evaluate_recompute_measures_again(trained_suite):

@@ -88,7 +88,8 @@ def evaluate_suite(
 def _row(entry: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     return ({key: entry[key] for key in ("path", "hookpoint", "layer", "site", "architecture", "width", "target_l0")}
             | {key: metrics.get(key) for key in REQUIRED}
-            | {"eval_tokens": metrics.get("n_tokens"), "density_histogram": metrics.get("density_histogram")})
+            | {"eval_tokens": metrics.get("n_tokens"), "dead_window_tokens": metrics.get("dead_window_tokens"),
+               "density_histogram": metrics.get("density_histogram")})
 
 
 def layer_fields(hookpoint: str, path: str) -> dict[str, Any]:
@@ -119,7 +120,7 @@ def _span(values: list[int]) -> str:
 def window_note(rows: list[dict[str, Any]]) -> str:
     """What "dead" and "unfired" count over, from the rows' own windows."""
     dead = [int(r["dead_window_tokens"]) for r in rows if r.get("dead_window_tokens")]
-    unfired = [int(r["n_tokens"]) for r in rows if r.get("n_tokens")]
+    unfired = [int(r.get("n_tokens") or r["eval_tokens"]) for r in rows if r.get("n_tokens") or r.get("eval_tokens")]
     parts = []
     if dead:
         parts.append(f"dead: no firing in the training run's last {_span(dead)} tokens")
