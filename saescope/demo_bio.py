@@ -95,7 +95,7 @@ def scatter_picture(path: Path, out: Path, summary: dict[str, Any]) -> Path:
     import matplotlib.pyplot as plt
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore")  # OldFormatWarning, FutureWarning: about the file, not the user's code
         cells = anndata.read_h5ad(path)
     umap = cells.obsm["X_umap"]
     labels = cells.obs[LABELS].astype(str).to_numpy()

@@ -148,7 +148,7 @@ def _from_h5ad(path: Path, key: str | None) -> VectorData:
         raise MissingDependency(f"{path}: reading .h5ad needs anndata: pip install anndata (or pip install 'saescope[bio]')") from error
     try:
         with warnings.catch_warnings():  # anndata's notices about old file layouts are not the user's concern
-            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore")  # OldFormatWarning, FutureWarning: about the file, not the user's code
             data = anndata.read_h5ad(path)
     except Exception as error:  # noqa: BLE001 - h5py and anndata raise many kinds for a bad file
         raise InvalidInput(f"{path}: cannot read this .h5ad ({type(error).__name__}: {str(error).splitlines()[0]})") from None
