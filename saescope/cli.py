@@ -10,35 +10,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from saescope.cli_types import (
+    finite_float,
+    fraction,
+    non_negative_int,
+    number,
+    positive_float,
+    positive_int,
+)
 from saescope.errors import Interrupted, InvalidInput, SaescopeError
-
-
-def _number(kind: type, low: float | None = None, low_inclusive: bool = True, high: float | None = None) -> Any:
-    """An argparse type that refuses non-finite and out-of-range values, so 0 never silently means 'default'."""
-    import math
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        if low is not None and (value < low or (value == low and not low_inclusive)):
-            raise argparse.ArgumentTypeError(f"must be {'at least' if low_inclusive else 'greater than'} {low:g}, got {text}")
-        if high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"must be at most {high:g}, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-positive_int = _number(int, 1)
-non_negative_int = _number(int, 0)
-finite_float = _number(float)
-positive_float = _number(float, 0, low_inclusive=False)
-fraction = _number(float, 0, high=1)
 
 
 def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
@@ -469,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     view = commands.add_parser("view", help="browse a suite's features in a local web app (or --export a static site)")
     view.add_argument("path", help="suite folder (run saescope interpret on it first)")
     view.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    view.add_argument("--port", type=_number(int, 0, high=65535), default=8765, help="port to listen on (0 picks a free one; default 8765)")
+    view.add_argument("--port", type=number(int, 0, high=65535), default=8765, help="port to listen on (0 picks a free one; default 8765)")
     view.add_argument("--allow-host", action="append", metavar="NAME",
                       help="also answer requests addressed to this host name (default: the bound address and localhost only)")
     view.add_argument("--allow-remote", action="store_true", help="needed with a --host that is not loopback: the model becomes reachable")
@@ -494,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--positions", choices=["all", "prompt", "generated"], default="all")
     steer.add_argument("--prompt", required=True)
     steer.add_argument("--max-new-tokens", type=positive_int, default=40)
-    steer.add_argument("--temperature", type=_number(float, 0), default=0.7, help="0 for greedy decoding")
+    steer.add_argument("--temperature", type=number(float, 0), default=0.7, help="0 for greedy decoding")
     steer.add_argument("--seed", type=int, default=0)
     steer.add_argument("--model", help="default: the model the SAE records")
     steer.add_argument("--hookpoint", help="default: the hookpoint the SAE records")

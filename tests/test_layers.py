@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "saescope.demo": 8,
     "saescope.cli": 8,
     "saescope.cli_plan": 8,
+    "saescope.cli_types": 8,
     "saescope.__main__": 8,
     "saescope": 8,
 }

@@ -43,12 +43,12 @@ def to_float_tensor(batch: Any, where: str) -> Tensor:
         tensor = batch
     elif isinstance(batch, np.ndarray):
         if batch.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{where}: activations must be floating point, got numpy dtype {batch.dtype}")
+            raise WrongType(f"{where}: activations must be floating point, got numpy dtype {batch.dtype}; convert them with .astype(np.float32)")
         tensor = torch.from_numpy(np.array(batch, dtype=np.float32))  # a copy: memmaps are read-only
     else:
         raise TypeError(f"{where}: expected a torch.Tensor or numpy array of activations, got {type(batch).__name__}")
     if not tensor.is_floating_point():
-        raise TypeError(f"{where}: activations must be floating point, got {tensor.dtype}")
+        raise WrongType(f"{where}: activations must be floating point, got {tensor.dtype}; convert them with .float()")
     if tensor.ndim < 2:
         raise InvalidInput(f"{where}: activations must have shape [n_tokens, d_in] (or [..., d_in]), got {tuple(tensor.shape)}")
     return tensor.reshape(-1, tensor.shape[-1]).float()

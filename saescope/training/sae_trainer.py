@@ -100,7 +100,7 @@ class SaeTrainer:
             step=step,
             progress=step / config.total_steps,
             sparsity_coefficient=self.controller.coefficient(step),
-            dead_mask=self.tokens_since_fired >= self.dead_window if self.any_dead else None,
+            dead_mask=self._dead_mask() if self.any_dead else None,
             firing_rate=self.firing_rate if objective.uses_firing_rate else None,
             layer_index=layer_index,
         )
@@ -154,13 +154,16 @@ class SaeTrainer:
         self._running = torch.zeros(4, dtype=torch.float32, device=self.device)
         self._running_steps = 0
 
+    def _dead_mask(self) -> Tensor:
+        return self.tokens_since_fired >= self.dead_window
+
     def dead_fraction(self) -> float:
         """Latents that fired in none of the last ``dead_window`` training tokens (one host sync)."""
-        return float((self.tokens_since_fired >= self.dead_window).float().mean())
+        return float(self._dead_mask().float().mean())
 
     def read_metrics(self) -> dict[str, float]:
         """Means over the steps since the last call (one host sync); refreshes the dead-latent gate."""
-        dead = self.tokens_since_fired >= self.dead_window
+        dead = self._dead_mask()
         values = torch.cat([self._running / max(self._running_steps, 1), dead.float().mean().reshape(1)]).tolist()
         l0, fvu, loss, nonfinite, dead_fraction = values
         if nonfinite > 0:

@@ -303,8 +303,11 @@ class Trainer:
         save_trainer_state(self.config.checkpoint_dir, info, tensors)
 
     def _data_fingerprint(self) -> dict[str, Any] | None:
-        fingerprint = getattr(self._source, "fingerprint", None)
-        return fingerprint() if callable(fingerprint) else None
+        """The source's identity (hashing a sample of rows for arrays): computed once per fit, not at every checkpoint."""
+        if not hasattr(self, "_fingerprint"):
+            fingerprint = getattr(self._source, "fingerprint", None)
+            self._fingerprint = fingerprint() if callable(fingerprint) else None
+        return self._fingerprint
 
     def _load_checkpoint(self) -> int:
         folder = Path(self.config.checkpoint_dir)
