@@ -43,6 +43,10 @@ _LAZY = {
     "describe": "saescope.suite",
     "export_saelens": "saescope.io.interop",
     "calibrate_threshold": "saescope.evaluation.calibrate",
+    "measure_description_length": "saescope.evaluation.description_length",
+    "DescriptionLength": "saescope.evaluation.description_length",
+    "select_saes": "saescope.evaluation.selection",
+    "select": "saescope.suite.select",
 }
 
 

@@ -161,7 +161,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         hint = " (an SAE folder: add --data ACTIVATIONS.npy)" if (Path(args.path) / "cfg.json").is_file() else ""
         raise InvalidInput(f"{args.path}: not a suite folder (no suite.json){hint}")
     rows = evaluate_suite(args.path, eval_tokens=args.eval_tokens, recompute=args.recompute, plots=not args.no_plots,
-                          progress=sys.stderr.isatty(), device=args.device)
+                          progress=sys.stderr.isatty(), device=args.device, max_fvu=args.max_fvu)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "density_histogram"} for r in rows], indent=2))
         return 0
@@ -186,6 +186,21 @@ def _cmd_eval_array(args: argparse.Namespace) -> int:
         for key, value in values.items():
             if key != "density_histogram":
                 print(f"{key:>26}: {value}")
+    return 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from saescope.evaluation.selection import format_selection
+    from saescope.suite.select import SELECTION_FILE, select
+
+    groups = select(args.path, by=args.by, max_fvu=args.max_fvu, data=args.data, data_key=args.data_key,
+                    metadata_columns=args.metadata_columns or (), eval_tokens=args.eval_tokens, recompute=args.recompute,
+                    batch_size=args.batch_size, progress=sys.stderr.isatty(), device=args.device)
+    if args.json:
+        print(json.dumps({hookpoint: [c.to_dict() for c in candidates] for hookpoint, candidates in groups.items()}, indent=2))
+        return 0
+    print(format_selection(groups, args.by, args.max_fvu))
+    print(f"\nwritten: {Path(args.path) / SELECTION_FILE}, {Path(args.path) / 'plots' / 'description_length.png'}")
     return 0
 
 
@@ -411,10 +426,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--eval-tokens", type=positive_int, help="held-out tokens (default: the suite's)")
     evaluate.add_argument("--recompute", action="store_true", help="measure again even where training already did")
     evaluate.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    evaluate.add_argument("--max-fvu", type=positive_float, help="the bound at which the description-length plot marks each "
+                          "hookpoint's MDL choice (default: saescope select's)")
     evaluate.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     evaluate.add_argument("--batch-size", type=positive_int, default=defaults(evaluate_sae)["batch_size"], help="vectors per batch with --data (default %(default)s)")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=_cmd_eval)
+
+    from saescope.evaluation.selection import CRITERIA, DEFAULT_MAX_FVU
+
+    choose = commands.add_parser("select", help="pick each hookpoint's SAE: the shortest description length (MDL) among those "
+                                 "that reconstruct within --max-fvu, or by another column; say why each other SAE was out")
+    choose.add_argument("path", help="a suite folder, or a folder of SAEs trained with --data (then give --data)")
+    choose.add_argument("--by", choices=list(CRITERIA), default="mdl", help="the ranking (default %(default)s): "
+                        + "; ".join(f"{k}: {v}" for k, v in CRITERIA.items()))
+    choose.add_argument("--max-fvu", type=positive_float, default=DEFAULT_MAX_FVU,
+                        help="the distortion bound ε: only SAEs with (quantised, for mdl) FVU ≤ ε are ranked (default %(default)s)")
+    choose.add_argument("--data", help="for a folder of vector SAEs: held-out vectors to measure on (.npy, .npz, .csv, .parquet, .h5ad)")
+    choose.add_argument("--data-key", help="which array of --data (.npz name; .h5ad X, layers/NAME or obsm/NAME)")
+    choose.add_argument("--metadata-columns", nargs="+", help="numeric columns of a .csv/.parquet --data that are metadata")
+    choose.add_argument("--eval-tokens", type=positive_int, help="for a suite: held-out tokens (default: the suite's)")
+    choose.add_argument("--recompute", action="store_true", help="for a suite: measure again even where it was measured")
+    choose.add_argument("--batch-size", type=positive_int, default=defaults(evaluate_sae)["batch_size"], help="vectors per batch (default %(default)s)")
+    choose.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    choose.add_argument("--json", action="store_true")
+    choose.set_defaults(func=_cmd_select)
 
     info = commands.add_parser("info", help="describe a suite or an SAE folder")
     info.add_argument("path")

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "saescope.jobs": 3,
     "saescope.io": 4,
     "saescope.evaluation.metrics": 4,
+    "saescope.evaluation.description_length": 4,
     "saescope.plan": 4,
     "saescope.training": 5,
     "saescope.evaluation": 5,

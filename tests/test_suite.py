@@ -151,6 +151,35 @@ def test_evaluate_recompute_measures_again(trained_suite):
     assert all(isinstance(r["delta_lm_loss"], float) for r in rows)
 
 
+def test_select_by_mdl_on_a_suite_reuses_the_evaluation(trained_suite, monkeypatch, capsys):
+    out, _index = trained_suite
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("selection must read the evaluation's description-length tables, not the model")
+
+    monkeypatch.setattr("saescope.lm.models.load_model", no_model)
+    assert main(["select", str(out), "--max-fvu", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "layers.0.resid_post" in printed and "layers.1.resid_post" in printed
+    saved = json.loads((out / "selection.json").read_text())
+    rows = {r["path"]: r for r in json.loads((out / "eval.json").read_text())["saes"]}
+    for hookpoint, candidates in saved["hookpoints"].items():
+        ranked = [c for c in candidates if c["rank"]]
+        assert len(ranked) == 8 and saved["chosen"][hookpoint] == ranked[0]["path"]
+        assert [c["bits"] for c in ranked] == sorted(c["bits"] for c in ranked)
+        for c in ranked:  # the bits come from the SAE's own table, at the bound asked for
+            table = rows[c["path"]]["mdl"]["table"]
+            best = min((q for q in table if q["fvu"] <= 2), key=lambda q: q["value_bits"])
+            assert c["bits"] == pytest.approx(rows[c["path"]]["mdl"]["index_bits"] + best["value_bits"])
+    assert (out / "plots" / "description_length.png").read_bytes()[:8] == PNG_MAGIC
+    # a bound nothing meets: every SAE out, each with its reason
+    assert main(["select", str(out), "--max-fvu", "0.0001"]) == 0
+    printed = capsys.readouterr().out
+    assert "no SAE at layers.0.resid_post meets FVU ≤ 0.0001" in printed and "before quantisation" in printed
+    with pytest.raises(SystemExit, match="drop --data"):
+        main(["select", str(out), "--data", "x.npy"])
+
+
 def test_info_describes_suites_and_saes(trained_suite, tmp_path):
     out, index = trained_suite
     text = describe(out)

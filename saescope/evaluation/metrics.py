@@ -15,12 +15,10 @@ N tokens, F latents):
   training run). Unfired: density 0 over the evaluation set, reported with its token count; an
   evaluation window of a few thousand tokens calls many rare latents "unfired" that are not dead.
 - Shrinkage γ = E‖x̂‖² / E[x·x̂]  (Gated SAE paper, eq. 10); γ < 1 means reconstructions are shrunk.
-- Description length (MDL-SAE, Ayonrinde et al. 2024), in bits per token:
-  DL = Σ_i [ H(p_i) + p_i·H_q,i ], where p_i is latent i's density, H(p) the binary entropy and H_q,i
-  the entropy of its active values quantised into b equal-width bins on (0, max_i]. b is swept over
-  ``DL_BIN_COUNTS`` and the smallest DL is kept among settings whose quantised reconstruction raises
-  FVU by at most ``dl_fvu_tolerance``. H_q is taken over active values only (the textbook quantity;
-  SAEBench's reference also counts zeros).
+- Description length (MDL-SAE, Ayonrinde et al. 2024), in bits per token: which latents are active
+  plus their quantised values, at the coarsest quantisation whose reconstruction meets a bound on
+  FVU (by default the SAE's own FVU + 0.01). Defined in ``saescope.evaluation.description_length``;
+  ``mdl`` holds every quantisation tried, so selection can re-read it at any bound.
 - Ground truth (synthetic data): MMCS = mean over true directions g of max_i cos(g, d_i); recovered =
   fraction of g with max_i cos(g, d_i) > 0.9.
 """
@@ -39,7 +37,6 @@ from saescope.errors import InvalidInput
 from saescope.saes import FeatureCode, SparseAutoencoder
 
 DENSE_THRESHOLD = 0.1
-DL_BIN_COUNTS = (4, 6, 8, 12, 16, 32)
 
 
 # -- single-batch definitions (the references the streaming code is tested against) ------------------
@@ -150,6 +147,8 @@ class SaeMetrics:
     description_length: float | None = None
     """Bits per token, or None if no quantisation met the tolerance (or it was not computed)."""
     description_length_bins: int | None = None
+    mdl: dict[str, Any] | None = None
+    """``DescriptionLength.to_dict()``: index bits and, per bin count, value bits and quantised FVU."""
     feature_density: Tensor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,13 +165,15 @@ def evaluate_sae(
     data: Any,
     batch_size: int = 4096,
     description_length: bool = True,
-    dl_fvu_tolerance: float = 0.01,
+    dl_max_fvu: float | None = None,
+    dl_variant: str = "active",
     device: str | torch.device | None = None,
 ) -> SaeMetrics:
     """Measure ``sae`` on raw activations ``data`` (tensor, array, memmap or iterable of batches).
 
     The SAE must take raw activations (saved SAEs do: normalisation is folded in). Description length
-    needs a second pass, so it is skipped for one-shot iterators.
+    needs a second pass, so it is skipped for one-shot iterators; it is measured at ``dl_max_fvu``
+    (None: the SAE's own FVU + 0.01) with the ``dl_variant`` definition (``active`` or ``saebench``).
 
     Example:
         >>> metrics = evaluate_sae(sae, activations)              # doctest: +SKIP
@@ -184,7 +185,7 @@ def evaluate_sae(
     sae.eval()
     stats = ReconstructionStats(sae.d_in, sae.d_sae, device)
     for x in source.iter_batches(batch_size):
-        x = _checked(x, sae, device)
+        x = checked_batch(x, sae, device)
         code = sae.encode_code(x)
         stats.update(x, sae.decode_code(code), code)
     if stats.n_tokens == 0:
@@ -192,8 +193,11 @@ def evaluate_sae(
     summary = stats.summary()
     metrics = SaeMetrics(**summary, **training_dead(sae))
     if description_length and source.reiterable:
-        dl, bins = _description_length(sae, source, batch_size, stats, dl_fvu_tolerance, device)
-        metrics.description_length, metrics.description_length_bins = dl, bins
+        from saescope.evaluation.description_length import measure_description_length
+
+        dl = measure_description_length(sae, source, max_fvu=dl_max_fvu, variant=dl_variant, batch_size=batch_size,
+                                        device=device, stats=stats)
+        metrics.description_length, metrics.description_length_bins, metrics.mdl = dl.bits, dl.bins, dl.to_dict()
     sae.train(was_training)
     return metrics
 
@@ -208,49 +212,10 @@ def training_dead(sae: SparseAutoencoder) -> dict[str, Any]:
     return {"dead_fraction": float(dead), "dead_window_tokens": int(min(window, training.get("n_tokens") or window))}
 
 
-def _checked(x: Tensor, sae: SparseAutoencoder, device: torch.device) -> Tensor:
+def checked_batch(x: Tensor, sae: SparseAutoencoder, device: torch.device) -> Tensor:
     if x.shape[1] != sae.d_in:
         raise InvalidInput(f"activations have width {x.shape[1]}, but the SAE expects d_in={sae.d_in}; was it trained on another hookpoint?")
     x = x.to(device, non_blocking=True)
     if not torch.isfinite(x).all():
         raise InvalidInput("activations contain NaN or inf; clean the data before evaluating")
     return x
-
-
-def _description_length(
-    sae: SparseAutoencoder, source: Any, batch_size: int, stats: ReconstructionStats, tolerance: float, device: torch.device
-) -> tuple[float | None, int | None]:
-    d_sae = sae.d_sae
-    max_acts = stats.max_acts.clamp_min(1e-30)
-    histograms = {b: torch.zeros(d_sae * b, dtype=torch.long, device=device) for b in DL_BIN_COUNTS}
-    sq_errors = {b: torch.zeros((), dtype=torch.float64, device=device) for b in DL_BIN_COUNTS}
-    for x in source.iter_batches(batch_size):
-        x = x.to(device)
-        code = sae.encode_code(x)
-        _rows, cols, values = code.active_entries()
-        relative = values / max_acts[cols]
-        for b in DL_BIN_COUNTS:
-            bins = (relative * b).long().clamp_(0, b - 1)
-            histograms[b] += torch.bincount(cols * b + bins, minlength=d_sae * b)
-            quantised = code.with_active_values((bins.float() + 0.5) / b * max_acts[cols])
-            sq_errors[b] += (x.double() - sae.decode_code(quantised).double()).pow(2).sum()
-    n = stats.n_tokens
-    density = stats.fire_counts.double() / n
-    h_bool = _binary_entropy(density).sum()
-    base_fvu = (stats.sum_sq_error / stats.sum_sq_dev).item()
-    best: tuple[float | None, int | None] = (None, None)
-    for b in DL_BIN_COUNTS:
-        if (sq_errors[b] / stats.sum_sq_dev).item() - base_fvu > tolerance:
-            continue
-        counts = histograms[b].view(d_sae, b).double()
-        probs = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
-        h_values = -(probs * probs.clamp_min(1e-300).log2()).sum(dim=1)
-        dl = (h_bool + (density * h_values).sum()).item()
-        if best[0] is None or dl < best[0]:
-            best = (dl, b)
-    return best
-
-
-def _binary_entropy(p: Tensor) -> Tensor:
-    q = 1 - p
-    return -(p * p.clamp_min(1e-300).log2() + q * q.clamp_min(1e-300).log2())

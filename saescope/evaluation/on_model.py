@@ -12,6 +12,7 @@ from torch import Tensor
 from saescope.data.lm_config import LmDataConfig
 from saescope.data.tokens import TextContexts, special_token_ids
 from saescope.errors import InvalidInput
+from saescope.evaluation.description_length import mean_record
 from saescope.evaluation.metrics import evaluate_sae, training_dead
 from saescope.evaluation.multilayer import LAYER_SPREAD_FILE, LayerSpread, layer_spread
 from saescope.evaluation.splice import splice_evaluate
@@ -84,7 +85,9 @@ def evaluate_on_model(
             layers = {h: results.pop(layer_key(name, h)) for h in stacked_hookpoints(sae)}
             spread = layer_spread(sae, activations, device)
             results[name] = {
+                "description_length": None,  # kept when every layer has one (mean_over_layers)
                 **mean_over_layers(layers),
+                "mdl": mean_record([m.get("mdl") for m in layers.values()]),
                 # a latent of a multi-layer SAE is unfired only if it fires at no layer
                 "unfired_fraction": sum(v is None for v in spread.mean_layer) / sae.d_sae,
                 **training_dead(sae),

@@ -31,7 +31,7 @@ COLUMNS = [
     ("dense_fraction", "dense", "{:.1%}"),
     ("description_length", "DL bits", "{:.1f}"),
 ]
-REQUIRED = [key for key, _label, _fmt in COLUMNS]
+REQUIRED = [key for key, _label, _fmt in COLUMNS] + ["mdl"]  # mdl: description length at every quantisation, for selection
 
 
 def evaluate_suite(
@@ -41,8 +41,13 @@ def evaluate_suite(
     plots: bool = True,
     progress: bool = True,
     device: str | None = None,
+    max_fvu: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure every SAE of the suite at ``path``; write eval.json, eval.csv and plots; return the rows."""
+    """Measure every SAE of the suite at ``path``; write eval.json, eval.csv and plots; return the rows.
+
+    ``max_fvu`` is the bound at which the description-length plot marks each hookpoint's MDL choice
+    (default ``saescope.evaluation.selection.DEFAULT_MAX_FVU``).
+    """
     folder = Path(path)
     index = read_index(folder)
     if index.get("status") != "complete":
@@ -77,7 +82,7 @@ def evaluate_suite(
     if plots:
         from saescope.suite.plots import write_plots
 
-        write_plots(rows, folder / "plots")
+        write_plots(rows, folder / "plots", max_fvu=max_fvu)
         if multilayer:
             from saescope.suite.multilayer_plots import write_multilayer_plots
 
@@ -167,7 +172,7 @@ def _measure(folder: Path, index: dict[str, Any], paths: list[str], eval_tokens:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields = [k for k in rows[0] if k != "density_histogram"] if rows else []
+    fields = [k for k in rows[0] if k not in ("density_histogram", "mdl")] if rows else []
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()

@@ -5,6 +5,7 @@
 - ``fvu_vs_l0.png``: the same with FVU.
 - ``depth.png``: FVU, ΔLM loss and dead fraction layer by layer, one panel row per site.
 - ``density.png``: histograms of log10 feature density, one panel per hookpoint, one line per SAE.
+- ``description_length.png``: description length against L0 and width, the MDL choice marked (``mdl_plot``).
 
 A multi-layer SAE is one point (its mean over layers) in the L0 plots and one line through its
 per-layer rows in ``depth.png``; its own figures are in ``multilayer_plots``.
@@ -20,9 +21,14 @@ ARCH_COLOURS = {"jumprelu": "#1f77b4", "topk": "#d62728", "batchtopk": "#ff7f0e"
 FALLBACK_COLOURS = ["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
-def write_plots(rows: list[dict[str, Any]], folder: str | Path) -> list[Path]:
-    """Write every plot for ``rows`` (``saescope eval`` rows) into ``folder``; return the files written."""
+def write_plots(rows: list[dict[str, Any]], folder: str | Path, max_fvu: float | None = None) -> list[Path]:
+    """Write every plot for ``rows`` (``saescope eval`` rows) into ``folder``; return the files written.
+
+    ``max_fvu``: the bound of the description-length plot's MDL choice (None: the selection default).
+    """
     import matplotlib
+
+    from saescope.suite.mdl_plot import plot_description_length
 
     matplotlib.use("Agg")
     out = Path(folder)
@@ -34,6 +40,9 @@ def write_plots(rows: list[dict[str, Any]], folder: str | Path) -> list[Path]:
     written.append(_depth(rows, out / "depth.png"))
     if any(r.get("density_histogram") for r in rows):
         written.append(_density(rows, out / "density.png"))
+    dl_plot = plot_description_length(rows, out / "description_length.png", max_fvu)
+    if dl_plot is not None:
+        written.append(dl_plot)
     return written
 
 
