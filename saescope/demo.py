@@ -27,6 +27,19 @@ DEMO_CONFIG: dict[str, Any] = {
     "shuffle_buffer_tokens": 32_768,
 }
 INTERPRET_TOKENS = 32_768
+DEMO_MAX_FVU = 0.2  # the FVU bound of the demo's MDL choice: every demo hookpoint has an SAE within it
+
+
+def mdl_choices(rows: list[dict]) -> str:
+    """One line per hookpoint: the SAE with the shortest description among those within the demo's FVU bound."""
+    from saescope.evaluation.selection import chosen, select_saes
+
+    picks = chosen(select_saes(rows, by="mdl", max_fvu=DEMO_MAX_FVU))
+    lines = [f"\nMDL choice per hookpoint (shortest description, bits/token, among SAEs with quantised FVU ≤ {DEMO_MAX_FVU}):"]
+    for hookpoint in dict.fromkeys(r["hookpoint"] for r in rows if not r.get("layer_of")):
+        pick = picks.get(hookpoint)
+        lines.append(f"  {hookpoint:<24} " + (f"{pick.path.split('/')[-1]} ({pick.bits:.1f} bits, {pick.bins} bins)" if pick else "none within the bound"))
+    return "\n".join(lines)
 
 
 def run_demo(out: str | Path = "demo-suite", tokens: int | None = None, report=None) -> int:
@@ -51,7 +64,7 @@ def run_demo(out: str | Path = "demo-suite", tokens: int | None = None, report=N
         say(("resuming the demo suite in " if resume else "training the demo suite into ") + str(out))
         train_suite(config, out, resume=resume, progress=True, report=say)
     trained = time.perf_counter()
-    rows = evaluate_suite(out, progress=sys.stderr.isatty())
+    rows = evaluate_suite(out, progress=sys.stderr.isatty(), max_fvu=DEMO_MAX_FVU)
     evaluated = time.perf_counter()
     first = out / read_index(out)["saes"][0]["path"] / "interpret" / "summary.json"
     if not first.is_file():
@@ -63,6 +76,7 @@ def run_demo(out: str | Path = "demo-suite", tokens: int | None = None, report=N
     site = export_site(out, out / "site")
     finished = time.perf_counter()
     print(format_table(rows))
+    print(mdl_choices(rows))
     plots = sorted((out / "plots").glob("*.png"))
     print(
         f"\nDemo finished in {(finished - started) / 60:.1f} min (training and in-model evaluation {(trained - started) / 60:.1f} min, "
@@ -72,6 +86,7 @@ def run_demo(out: str | Path = "demo-suite", tokens: int | None = None, report=N
         f"  metrics        {out / 'eval.json'}, {out / 'eval.csv'}\n"
         f"  lineage        {out / LINEAGE_FILE}  (features linked across layers; shown on feature pages)\n"
         f"  plots          " + ", ".join(str(p) for p in plots) + "\n"
+        f"  selection      saescope select {out} --by mdl --max-fvu {DEMO_MAX_FVU}   (why each other SAE was out)\n"
         f"  browse         saescope view {out}   (http://127.0.0.1:8765/, with a prompt panel)\n"
         f"                 or open {site.resolve() / 'index.html'} (static, offline)\n"
         f"  the config     {out / 'suite.yaml'}  (edit and run: saescope train --config {out / 'suite.yaml'} --out NEW_FOLDER)"

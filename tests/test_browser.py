@@ -122,7 +122,7 @@ def test_overview_to_feature_page(browser, server, suite, tmp_path):
         page.goto(server)
         page.wait_for_selector("#sae-table a")
         assert page.locator("#sae-table tr").count() == 3
-        assert page.locator(".plots img").count() == 4
+        assert page.locator(".plots img").count() == 5
         page.click("text=layers.1.resid_post/topk-w64-l0_4")
         page.wait_for_selector("#feature-list a")
         page.fill("#search", str(feature))

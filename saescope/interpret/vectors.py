@@ -12,6 +12,9 @@
   data, column names for tables); for an embedding with known loadings (PCA of genes) the decoder
   row is first mapped back to the original dimensions (``VectorData.back_projection``).
 
+With ``image_shape`` (pixels: ``(28, 28)``) each feature also gets its decoder row drawn as an image
+and each top row the input image itself (PNG data URLs, ``saescope.interpret.images``).
+
 It all goes to ``<sae>/interpret_vectors.json``. A column is categorical when it is not numeric, or
 is a pandas category, and has at most ``MAX_CATEGORIES`` values.
 """
@@ -27,6 +30,7 @@ import torch
 from torch import Tensor
 
 from saescope.errors import InvalidInput
+from saescope.interpret.images import parse_image_shape, plain_image, png_data_url, signed_image
 from saescope.io.atomic import atomic_write_json
 from saescope.saes import SparseAutoencoder
 
@@ -95,7 +99,7 @@ def _r(value: float) -> float:
 
 @torch.no_grad()
 def interpret_vectors(sae: SparseAutoencoder, data: Any, out: str | Path | None = None, top_k: int = 10, top_loadings: int = 10,
-                      batch_size: int = 4096, max_entries: int = 500_000_000) -> dict[str, Any]:
+                      batch_size: int = 4096, max_entries: int = 500_000_000, image_shape: tuple[int, ...] | str | None = None) -> dict[str, Any]:
     """Interpret ``sae`` on ``data`` (a ``VectorData`` from ``load_vectors``); write ``VECTORS_FILE`` in ``out`` when given.
 
     Every activation is held at once (ranks need them all), so rows × latents is capped at ``max_entries``.
@@ -107,8 +111,16 @@ def interpret_vectors(sae: SparseAutoencoder, data: Any, out: str | Path | None 
     if source.d_in != sae.d_in:
         raise InvalidInput(f"{data.what or 'the data'}: vectors of width {source.d_in}, but the SAE expects d_in={sae.d_in}; "
                            "give the data (and --data-key) it was trained on")
+    if image_shape is not None:
+        image_shape = parse_image_shape(image_shape, sae.d_in)
     sae = sae.eval()
-    acts = torch.cat([sae.encode(batch.to(sae.W_enc.device)).cpu() for batch in source.iter_batches(batch_size, shuffle=False)])
+    inputs = []
+    acts_list = []
+    for batch in source.iter_batches(batch_size, shuffle=False):
+        acts_list.append(sae.encode(batch.to(sae.W_enc.device)).cpu())
+        if image_shape is not None:
+            inputs.append(batch.cpu())
+    acts = torch.cat(acts_list)
     n_rows = acts.shape[0]
     categorical, numeric = _columns(metadata)
     enrichment = {name: auroc_by_category(acts, values) for name, values in categorical.items()}
@@ -118,6 +130,7 @@ def interpret_vectors(sae: SparseAutoencoder, data: Any, out: str | Path | None 
     if getattr(data, "back_projection", None) is not None:
         matrix, names = data.back_projection
         decoder = decoder @ torch.from_numpy(matrix)  # [d_sae, n_original]: what each feature writes to the original dimensions
+    inputs_all = torch.cat(inputs) if inputs else None
     fired = acts > 0
     density = fired.double().mean(dim=0)
     top_values, top_rows = acts.topk(min(top_k, n_rows), dim=0)  # [k, F]
@@ -135,6 +148,8 @@ def interpret_vectors(sae: SparseAutoencoder, data: Any, out: str | Path | None 
                 if value <= 0:
                     break
                 entry = {"row": int(row), "act": _r(value)}
+                if image_shape is not None:
+                    entry["image"] = png_data_url(plain_image(inputs_all[int(row)].numpy(), image_shape))
                 if metadata is not None:
                     entry["metadata"] = {str(k): (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
                                          for k, v in metadata.iloc[int(row)].items()}
@@ -148,9 +163,12 @@ def interpret_vectors(sae: SparseAutoencoder, data: Any, out: str | Path | None 
         row = decoder[feature]
         order = row.abs().argsort(descending=True)[:top_loadings].tolist()
         record["loadings"] = [[names[i], _r(float(row[i]))] for i in order]
+        if image_shape is not None:
+            record["decoder_image"] = png_data_url(signed_image(sae.W_dec[feature].detach().float().cpu().numpy(), image_shape))
         records.append(record)
     result = {"n_rows": n_rows, "n_features": sae.d_sae, "alive": int((density > 0).sum()), "categorical": list(categorical),
-              "numeric": list(numeric), "dim_names": dim_names is not None or getattr(data, "back_projection", None) is not None, "features": records}
+              "numeric": list(numeric), "dim_names": dim_names is not None or getattr(data, "back_projection", None) is not None,
+              "image_shape": list(image_shape) if image_shape is not None else None, "what": getattr(data, "what", None), "features": records}
     if out is not None:
         atomic_write_json(Path(out) / VECTORS_FILE, result)
     return result

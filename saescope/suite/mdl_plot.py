@@ -46,9 +46,10 @@ def plot_description_length(rows: list[dict[str, Any]], path: str | Path, max_fv
                 fallback = by_path[c.path].get("description_length")
                 if isinstance(fallback, (int, float)) and isinstance(x, (int, float)):
                     axis.scatter([x], [fallback], facecolors="none", edgecolors="#999999", s=28, zorder=2)
-            for (arch, value), points in sorted(lines.items(), key=lambda item: str(item[0])):
+            for (arch, value), points in sorted(lines.items(), key=lambda item: (str(item[0][0]), _number(item[0][1]))):
                 points.sort()
-                label = f"{arch}, {'width' if line_key == 'width' else 'L0'} {value}"
+                shown = f"{value:g}" if isinstance(value, (int, float)) else str(value)
+                label = f"{arch}, {'width' if line_key == 'width' else 'L0'} {shown}"
                 axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=4, lw=1.2, label=label)
             pick = picks.get(hookpoint)
             if pick is not None:
@@ -69,3 +70,7 @@ def plot_description_length(rows: list[dict[str, Any]], path: str | Path, max_fv
     figure.savefig(out, dpi=110)
     plt.close(figure)
     return out
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else float("inf")

@@ -12,12 +12,12 @@ import shutil
 from pathlib import Path
 
 from saescope.errors import AlreadyExists
-from saescope.view.data import SuiteData
+from saescope.view.vector_data import browser_data
 from saescope.view.server import static_text
 
 
 def export_site(folder: str | Path, out: str | Path) -> Path:
-    data = SuiteData(folder)
+    data = browser_data(folder)
     target = Path(out)
     if target.exists() and any(target.iterdir()) and not (target / "index.html").is_file():
         raise AlreadyExists(f"--export {out}: the folder exists and is not a saescope export; choose an empty or new folder")

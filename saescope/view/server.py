@@ -32,6 +32,7 @@ from urllib.parse import parse_qs, urlparse
 from saescope.errors import InvalidInput
 from saescope.plan import RunPlan
 from saescope.view.data import SuiteData
+from saescope.view.vector_data import VectorRunData, browser_data
 from saescope.view.guard import TOKEN_HEADER, RequestGuard, is_loopback
 
 logger = logging.getLogger("saescope")
@@ -156,7 +157,7 @@ class PromptInspector:
         return {"sae": n, "tokens": tokens} | ({"hookpoints": hookpoints} if len(hookpoints) > 1 else {})
 
 
-def make_handler(data: SuiteData, inspector: PromptInspector | None, guard: RequestGuard):
+def make_handler(data: SuiteData | VectorRunData, inspector: PromptInspector | None, guard: RequestGuard):
     class Handler(BaseHTTPRequestHandler):
         server_version = "saescope"
         timeout = IDLE_TIMEOUT_SECONDS  # a stalled client releases its thread
@@ -283,8 +284,8 @@ def make_server(folder: str | Path, host: str = "127.0.0.1", port: int = 8765, p
                            "the model for anyone who connects; pass --allow-remote as well if that is what you want")
     if not 0 <= port <= 65535:
         raise InvalidInput(f"--port {port}: must be in 0..65535 (0 picks a free port)")
-    data = SuiteData(folder)
-    inspector = PromptInspector(data, device=device, loaded=loaded) if prompts else None
+    data = browser_data(folder)
+    inspector = PromptInspector(data, device=device, loaded=loaded) if prompts and isinstance(data, SuiteData) else None
     handler_guard = RequestGuard(host, port, tuple(allow_hosts))
     try:
         server = _Server((host, port), make_handler(data, inspector, handler_guard))

@@ -312,13 +312,145 @@ async function featurePage(n, f) {
     el("h2", { text: "Examples across activation quantiles" }), samples, steerPanel(n, f));
 }
 
+// -- SAEs on vectors (cells, images, embeddings): no tokens, no model --------------------------------
+// Images arrive as PNG data URLs inside the JSON; anything else in an image field is ignored.
+function picture(url, cls, title) {
+  const img = el("img", { class: cls, alt: title || "", title: title || "" });
+  if (typeof url === "string" && url.startsWith("data:image/png;base64,")) img.src = url;
+  return img;
+}
+function bestCategory(record) {
+  let best = null;
+  for (const [column, entries] of Object.entries(record.enrichment || {})) {
+    if (entries.length && (best === null || entries[0].auroc > best.auroc)) best = { column, ...entries[0] };
+  }
+  return best;
+}
+
+async function vectorOverview(suite) {
+  const picked = new Set(suite.selection ? suite.selection.paths : []);
+  const table = el("table", { id: "sae-table" });
+  table.append(el("tr", {}, ...["SAE", "arch", "width", "target L0", "L0", "FVU", "DL bits", "unfired", "rows", "features fired"].map((h, i) => el("th", { class: i < 2 ? "left" : "", text: h }))));
+  for (const sae of suite.saes) {
+    const m = sae.metrics || {};
+    const name = sae.interpreted ? el("a", { href: "#/sae/" + sae.n, text: sae.path }) : el("span", { text: sae.path + " (not interpreted)" });
+    const mark = picked.has(sae.path) ? el("span", { class: "chip mdl-choice", title: `chosen by ${suite.selection.by} among SAEs with FVU ≤ ${suite.selection.max_fvu}`, text: "★ " + suite.selection.by + " choice" }) : null;
+    table.append(el("tr", {}, el("td", { class: "left" }, name, mark), el("td", { class: "left", text: sae.architecture || "–" }), el("td", { text: String(sae.width) }),
+      el("td", { text: sae.target_l0 === null || sae.target_l0 === undefined ? "–" : String(sae.target_l0) }), el("td", { text: fmt(m.l0, 1) }), el("td", { text: fmt(m.fvu) }),
+      el("td", { text: fmt(m.description_length, 1) }), el("td", { text: pct(m.unfired_fraction) }), el("td", { text: sae.n_rows ? String(sae.n_rows) : "–" }),
+      el("td", { text: sae.alive === undefined || sae.alive === null ? "–" : String(sae.alive) })));
+  }
+  const plots = el("div", { class: "plots" }, ...suite.plots.map((p) => el("img", { src: "plots/" + p, alt: p, title: p })));
+  const what = suite.saes.find((s) => s.what) || {};
+  setPage([[suite.name, null]], el("h1", { text: "SAEs on vectors: " + suite.name }),
+    el("p", { class: "muted", text: `${suite.saes.length} SAE(s)` + (what.what ? ` on ${what.what}` : "") + "; no tokens: features are read from the rows, their metadata and the input dimensions" }),
+    table, suite.plots.length ? el("h2", { text: "Plots" }) : null, plots);
+}
+
+async function vectorSaePage(suite, n) {
+  const data = await load(`sae/${n}/vectors`);
+  const sae = suite.saes[n];
+  const images = Array.isArray(data.image_shape);
+  const sortBy = el("select", { id: "sort" }, el("option", { value: "density", text: "sort by density" }), el("option", { value: "max", text: "sort by max activation" }),
+    el("option", { value: "auroc", text: "sort by best AUROC" }), el("option", { value: "id", text: "sort by id" }));
+  const query = el("input", { id: "search", type: "search", placeholder: "feature id, category or input dimension…" });
+  const list = el("table", { id: "feature-list" });
+  const count = el("span", { class: "muted" });
+  const best = data.features.map(bestCategory);
+  function render() {
+    const q = query.value.trim().toLowerCase();
+    let ids = data.features.map((r) => r.id);
+    if (q) ids = ids.filter((i) => String(i) === q || (best[i] && best[i].category.toLowerCase().includes(q)) ||
+      data.features[i].loadings.some(([name]) => String(name).toLowerCase() === q));
+    const key = sortBy.value;
+    if (key === "auroc") ids.sort((a, b) => (best[b] ? best[b].auroc : 0) - (best[a] ? best[a].auroc : 0));
+    else if (key !== "id") ids.sort((a, b) => data.features[b][key] - data.features[a][key]);
+    count.textContent = `${ids.length} of ${data.n_features} features`;
+    const headers = ["feature"].concat(images ? ["decoder row"] : [], ["density", "max act.", "best category (AUROC)"], images ? [] : ["top input dimensions"]);
+    list.replaceChildren(el("tr", {}, ...headers.map((h) => el("th", { class: "left", text: h }))));
+    for (const i of ids.slice(0, 300)) {
+      const r = data.features[i];
+      const b = best[i];
+      list.append(el("tr", {}, el("td", { class: "left" }, el("a", { href: `#/sae/${n}/feature/${i}`, text: "#" + i })),
+        images ? el("td", {}, picture(r.decoder_image, "pixels thumb", "decoder row of #" + i)) : null,
+        el("td", { text: pct(r.density) }), el("td", { text: fmt(r.max) }),
+        el("td", { class: "left", text: b ? `${b.column}: ${b.category} (${fmt(b.auroc, 2)})` : "–" }),
+        images ? null : el("td", { class: "left" }, ...r.loadings.slice(0, 5).map(([name, w]) => el("span", { class: "chip", title: "weight " + fmt(w), text: String(name) })))));
+    }
+  }
+  sortBy.addEventListener("change", render);
+  query.addEventListener("input", render);
+  render();
+  setPage([[suite.name, "#/"], [sae.path, null]], el("h1", { text: sae.path }),
+    el("p", { class: "muted", text: `${data.n_features} features (${data.alive} fire) on ${data.n_rows.toLocaleString()} rows` + (data.what ? ` of ${data.what}` : "") }),
+    el("div", { class: "controls" }, sortBy, query, count), list);
+}
+
+function aurocBars(column, entries) {
+  const rows = entries.slice(0, 12).map((e) => {
+    const bar = el("div", { class: "bar" });
+    bar.style.width = (100 * Math.max(0, Math.min(1, e.auroc))).toFixed(1) + "%";
+    if (e.auroc >= 0.8) bar.classList.add("strong");
+    return el("tr", {}, el("td", { class: "left", text: e.category }), el("td", { class: "bar-cell" }, bar),
+      el("td", { text: fmt(e.auroc, 3) }), el("td", { text: fmt(e.mean_in) }), el("td", { text: fmt(e.mean_out) }));
+  });
+  return el("div", { class: "enrichment", "data-column": column }, el("h3", { text: column }),
+    el("table", {}, el("tr", {}, ...["category", "AUROC (0.5 = chance)", "", "mean in", "mean out"].map((h) => el("th", { class: "left", text: h }))), ...rows));
+}
+
+async function vectorFeaturePage(suite, n, f) {
+  const data = await load(`sae/${n}/vectors`);
+  if (!(f >= 0 && f < data.n_features)) throw new Error(`feature ${f} does not exist (0–${data.n_features - 1})`);
+  const record = data.features[f];
+  const sae = suite.saes[n];
+  const images = Array.isArray(data.image_shape);
+  const top = record.top || [];
+  let examples;
+  if (!top.length) examples = el("p", { class: "muted", text: "This feature never fired on the interpreted rows." });
+  else if (images) {
+    examples = el("div", { id: "top-examples", class: "image-row" }, ...top.map((t) => el("figure", {}, picture(t.image, "pixels example-image", "row " + t.row),
+      el("figcaption", { text: `row ${t.row}: ${fmt(t.act, 2)}` + (t.metadata ? " " + Object.values(t.metadata).slice(0, 1).join("") : "") }))));
+  } else {
+    const columns = [...new Set(top.flatMap((t) => Object.keys(t.metadata || {})))].slice(0, 8);
+    examples = el("table", { id: "top-examples" }, el("tr", {}, ...["row", "activation", ...columns].map((h) => el("th", { class: "left", text: h }))),
+      ...top.map((t) => el("tr", {}, el("td", { class: "left", text: String(t.row) }), el("td", { text: fmt(t.act) }),
+        ...columns.map((c) => el("td", { class: "left", text: t.metadata && t.metadata[c] !== undefined && t.metadata[c] !== null ? String(t.metadata[c]) : "–" })))));
+  }
+  const hist = record.histogram
+    ? barChart(record.histogram.counts, { cls: "hist", height: 110, scale: (c, topCount) => c / topCount,
+      title: (c, i) => `${c} rows with activation ${fmt(record.histogram.edges[i])}–${fmt(record.histogram.edges[i + 1])}`,
+      ends: [fmt(record.histogram.edges[0], 2), fmt(record.histogram.edges[record.histogram.edges.length - 1], 2)] })
+    : el("p", { class: "muted", text: "no activations" });
+  const enrichment = Object.entries(record.enrichment || {}).map(([column, entries]) => aurocBars(column, entries));
+  const correlations = Object.entries(record.correlation || {});
+  const loadings = el("table", { id: "loadings" }, el("tr", {}, el("th", { class: "left", text: "input dimension" }), el("th", { text: "decoder weight" })),
+    ...record.loadings.map(([name, w]) => el("tr", {}, el("td", { class: "left", text: String(name) }), el("td", { text: fmt(w) }))));
+  setPage([[suite.name, "#/"], [sae.path, `#/sae/${n}`], ["#" + f, null]],
+    el("h1", { text: `Feature #${f}` }),
+    el("p", { class: "stats" }, el("span", { text: "density " + pct(record.density) }), el("span", { text: "max activation " + fmt(record.max) }),
+      el("span", { text: "mean when active " + fmt(record.mean_active) }), el("span", { class: "muted", text: sae.path })),
+    el("div", { class: "columns" },
+      images ? el("div", { id: "decoder-view" }, el("h2", { text: "Decoder row" }), picture(record.decoder_image, "pixels decoder-image", "decoder row of #" + f),
+        el("p", { class: "muted", text: "what the feature adds to the input: red where it adds, blue where it removes" })) : null,
+      el("div", {}, el("h2", { text: "Activation histogram (active rows)" }), hist)),
+    el("h2", { text: images ? "Top activating images" : "Top activating rows" }), examples,
+    enrichment.length ? el("h2", { text: "Enrichment by category" }) : null, ...enrichment,
+    correlations.length ? el("h2", { text: "Correlation with numeric columns" }) : null,
+    correlations.length ? el("table", { id: "correlations" }, ...correlations.map(([c, r]) => el("tr", {}, el("td", { class: "left", text: c }), el("td", { text: fmt(r) })))) : null,
+    images ? null : el("h2", { text: "Input dimensions it writes to" }), images ? null : loadings);
+}
+
 function route() {
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
-  let page;
-  if (parts.length === 0) page = overview();
-  else if (parts[0] === "sae" && parts.length === 2) page = saePage(Number(parts[1]));
-  else if (parts[0] === "sae" && parts[2] === "feature" && parts.length === 4) page = featurePage(Number(parts[1]), Number(parts[3]));
-  else page = Promise.reject(new Error("no such page: " + location.hash));
+  const page = load("suite").then((suite) => {
+    const vectors = suite.kind === "vectors";
+    if (parts.length === 0) return vectors ? vectorOverview(suite) : overview();
+    if (parts[0] === "sae" && parts.length === 2) return vectors ? vectorSaePage(suite, Number(parts[1])) : saePage(Number(parts[1]));
+    if (parts[0] === "sae" && parts[2] === "feature" && parts.length === 4) {
+      return vectors ? vectorFeaturePage(suite, Number(parts[1]), Number(parts[3])) : featurePage(Number(parts[1]), Number(parts[3]));
+    }
+    throw new Error("no such page: " + location.hash);
+  });
   page.then(() => window.scrollTo(0, 0)).catch(fail);
 }
 window.addEventListener("hashchange", route);
