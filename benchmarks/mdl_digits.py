@@ -35,17 +35,19 @@ from saescope.evaluation.description_length import DescriptionLength
 from saescope.interpret.images import image_grid, signed_image
 
 ROOT = Path(__file__).resolve().parents[1]
+MIN_FIRES = 5
+"""A feature is drawn (and counted in the statistics) if it fires on at least this many held-out digits (0.5%)."""
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/mdl-digits")
     parser.add_argument("--source", default="mnist", choices=["mnist", "sklearn"])
-    parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128, 256, 512, 1024, 2048])
-    parser.add_argument("--ks", type=int, nargs="+", default=[4, 8, 16, 32])
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--max-fvu", type=float, default=0.1, help="the bound of the selection and the image grids")
-    parser.add_argument("--curve-bounds", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048])
+    parser.add_argument("--ks", type=int, nargs="+", default=[4, 8, 16, 32, 64])
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--max-fvu", type=float, default=0.2, help="the bound of the selection and the image grids")
+    parser.add_argument("--curve-bounds", type=float, nargs="+", default=[0.15, 0.2, 0.25])
     parser.add_argument("--held-out", type=int, default=1000)
     parser.add_argument("--figures", default=str(ROOT / "docs"), help="where the two PNGs go")
     parser.add_argument("--reuse", action="store_true", help="skip training: measure and plot the SAEs already in --out")
@@ -196,8 +198,8 @@ def plot_grids(folder: Path, picks: dict[str, dict], shape: tuple[int, int], tra
     for axis, (role, entry) in zip(axes, picks.items()):
         sae = saescope.load(folder / entry["path"])
         with torch.no_grad():
-            fired = (sae.encode(torch.from_numpy(held_out)) > 0).any(dim=0).numpy()
-        alive = np.flatnonzero(fired)
+            fires = (sae.encode(torch.from_numpy(held_out)) > 0).sum(dim=0).numpy()
+        alive = np.flatnonzero(fires >= MIN_FIRES)  # rarer latents barely trained: their rows are noise
         chosen = np.sort(np.random.default_rng(0).choice(alive, size=min(48, len(alive)), replace=False))
         decoder = sae.W_dec.detach().float().numpy()
         stats[role] = {**entry, **feature_statistics(decoder[alive], train), "alive": int(len(alive)), "width": sae.d_sae}
@@ -207,12 +209,13 @@ def plot_grids(folder: Path, picks: dict[str, dict], shape: tuple[int, int], tra
         s = stats[role]
         axis.set_title(f"{role}: width {sae.d_sae}, k {entry['k']:g}, {entry['bits']:.0f} bits\n"
                        f"coverage {s['coverage']:.1%}, best cosine with a digit {s['best_cosine_with_a_digit']:.2f}", fontsize=9)
-    figure.suptitle(f"Decoder rows (48 random features that fire on held-out digits; red +, blue -), FVU_q ≤ {bound:g}", fontsize=11)
+    figure.suptitle(f"Decoder rows: 48 random features among those firing on ≥ {MIN_FIRES} of {len(held_out)} held-out digits "
+                    f"(red +, blue -); each SAE at FVU_q ≤ {bound:g}", fontsize=11)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     for role, s in stats.items():
-        print(f"{role:>11}: width {s['width']:>5}, k {s['k']:>3g}, {s['bits']:.1f} bits, {s['alive']} alive; "
+        print(f"{role:>11}: width {s['width']:>5}, k {s['k']:>3g}, {s['bits']:.1f} bits, {s['alive']} fire on ≥ {MIN_FIRES} digits; "
               f"coverage {s['coverage']:.1%}, best cosine with one training digit {s['best_cosine_with_a_digit']:.3f}")
     return stats
 

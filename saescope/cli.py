@@ -21,7 +21,45 @@ from saescope.cli_types import (
 from saescope.errors import Interrupted, InvalidInput, SaescopeError
 
 
+def _cmd_bench_omics(args: argparse.Namespace) -> int:
+    from saescope.synthetic.omics import OmicsConfig
+    from saescope.synthetic.omics_bench import (
+        OmicsBenchConfig,
+        format_omics,
+        omics_spread,
+        run_omics_benchmark,
+    )
+
+    options: dict[str, Any] = {"progress": not args.json and sys.stderr.isatty() or args.progress}
+    if args.archs:
+        options["architectures"] = tuple(args.archs)
+    if args.steps:
+        options["steps"] = args.steps
+    if args.quick:
+        options.update(simulation=OmicsConfig(n_samples=2000, n_genes=300), ae_epochs=8, expansion=8, steps=args.steps or 300)
+    if args.seed is not None and args.seeds:
+        raise InvalidInput("give --seed or --seeds, not both")
+    seeds = args.seeds or [args.seed if args.seed is not None else 0]
+    config = OmicsBenchConfig(**options)
+    rows = run_omics_benchmark(config, seeds)
+    if args.json:
+        print(json.dumps({"rows": rows, "spread": omics_spread(rows)}, indent=2))
+        return 0
+    sim = config.simulation
+    print(format_omics(omics_spread(rows)))
+    print(f"\n{sim.n_samples:,} cells, {sim.n_genes:,} genes, {sim.n_programs} programs, {sim.n_cell_types} cell types, "
+          f"{sim.n_covariates} covariates; dense autoencoder latent {config.ae_latent} (FVU on the genes "
+          f"{min(r['ae_fvu'] for r in rows):.3f}–{max(r['ae_fvu'] for r in rows):.3f}); SAEs {config.expansion}x ({config.expansion * config.ae_latent} "
+          f"latents), target L0 {config.target_l0:g}, {config.steps * config.batch_size:,} training rows; seeds {seeds}")
+    return 0
+
+
 def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
+    if args.variants and "omics" in args.variants:
+        if len(args.variants) > 1:
+            raise InvalidInput("--variants omics runs on its own (a different pipeline: a simulation, an autoencoder, then SAEs); "
+                               "give it alone")
+        return _cmd_bench_omics(args)
     from saescope.synthetic.recovery import (
         RecoveryBenchConfig,
         format_rows,
@@ -388,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_kinds = bench.add_subparsers(dest="bench", required=True)
     synthetic = bench_kinds.add_parser("synthetic", help="ground-truth feature recovery on synthetic activations")
     synthetic.add_argument("--json", action="store_true", help="print rows as JSON")
-    synthetic.add_argument("--variants", nargs="+", help="uniform, zipf, hierarchical, synthsae (default: all)")
+    synthetic.add_argument("--variants", nargs="+", help="uniform, zipf, hierarchical, synthsae (default: all); or omics alone: "
+                           "Schuster's simulated cells, a dense autoencoder, SAEs on its latents, recovery of the hidden variables")
     synthetic.add_argument("--archs", nargs="+", help="architectures to compare (default: all)")
     synthetic.add_argument("--steps", type=positive_int, help="training steps per variant (default 2000)")
     synthetic.add_argument("--seed", type=int, help="seed of the synthetic data and the SAEs (default 0)")

@@ -2,6 +2,7 @@
 
 import base64
 import io
+import json
 import threading
 
 import numpy as np
@@ -95,6 +96,11 @@ def test_image_saes_show_decoder_rows_and_top_examples_as_images(browser, vector
         assert page.evaluate("window.__pwned") is None and page.locator("main img[src='x'], main script").count() == 0
         top_auroc = float(page.locator(".enrichment tr").nth(1).locator("td").nth(2).inner_text())
         assert top_auroc > 0.9
+        # the scatter (the inputs' PCA here): every row drawn, the firing ones coloured, as many as the feature fires on
+        feature = int(page.locator("h1").inner_text().removeprefix("Feature #"))
+        record = json.loads((image_run / "saes" / "topk-w4-l0_1" / "interpret_vectors.json").read_text())["features"][feature]
+        assert page.locator("#scatter-view svg circle").count() == 1200
+        assert page.locator("#scatter-view svg circle.active").count() == len(record["scatter"]) > 100
 
 
 def test_image_features_work_in_a_static_export(browser, image_run, tmp_path):  # noqa: F811

@@ -10,7 +10,14 @@ from PIL import Image
 
 from saescope.data.digits import load_digit_images, read_mnist_csv
 from saescope.errors import InvalidInput, MissingFile
-from saescope.interpret.images import decoder_grid, image_grid, parse_image_shape, plain_image, png_data_url, signed_image
+from saescope.interpret.images import (
+    decoder_grid,
+    image_grid,
+    parse_image_shape,
+    plain_image,
+    png_data_url,
+    signed_image,
+)
 from saescope.saes import create_sae
 
 

@@ -58,3 +58,37 @@ def test_a_planted_cell_type_feature_is_found_with_its_marker_genes(tmp_path, ca
         assert planted & set(entry["loadings"][:3]), entry  # its strongest loadings are the planted markers
     record = result["features"][best_feature_per_category(result, "cell_type")[0]["feature"]]
     assert record["top"][0]["metadata"]["cell_type"] in markers and "depth" in record["correlation"]
+
+
+def test_the_scatter_uses_the_files_coordinates_else_the_inputs_pca():
+    from saescope.data.vectors import ArraySource, VectorData
+    from saescope.interpret.vectors import (
+        interpret_vectors,
+        principal_plane,
+        scatter_rows,
+    )
+    from saescope.saes import create_sae
+
+    assert scatter_rows(10).tolist() == list(range(10))
+    sample = scatter_rows(10_000, limit=50)
+    assert len(sample) == 50 and sample.tolist() == sorted(set(sample.tolist())) and (sample == scatter_rows(10_000, limit=50)).all()
+    # points on a line along (1, 2, 0): all the spread lands on the first axis, with a positive largest loading
+    t = torch.linspace(-1, 1, 21, dtype=torch.float64)
+    rows = torch.stack([t, 2 * t, torch.zeros_like(t)], dim=1) + 5
+    plane = principal_plane(rows)
+    assert np.allclose(plane[:, 0], (t * 5**0.5).numpy(), atol=1e-5) and np.allclose(plane[:, 1], 0, atol=1e-5)
+
+    torch.manual_seed(0)
+    values = torch.rand(300, 6)
+    sae = create_sae("topk", 6, 8, k=2)
+    result = interpret_vectors(sae, VectorData(ArraySource(values.numpy(), "v")))
+    assert result["scatter"]["name"].startswith("PCA of the inputs") and len(result["scatter"]["points"]) == 300
+    acts = sae.encode(values)
+    for record in result["features"]:
+        assert [i for i, _ in record["scatter"]] == (acts[:, record["id"]] > 0).nonzero().flatten().tolist()
+    umap = np.stack([np.arange(300), -np.arange(300)], axis=1).astype(np.float32)
+    given = interpret_vectors(sae, VectorData(ArraySource(values.numpy(), "v"), coordinates=("UMAP", umap)))
+    assert given["scatter"]["name"] == "UMAP" and given["scatter"]["points"][7] == [7.0, -7.0]
+    # coordinates for another number of rows are not used
+    other = interpret_vectors(sae, VectorData(ArraySource(values.numpy(), "v"), coordinates=("UMAP", umap[:10])))
+    assert other["scatter"]["name"].startswith("PCA")

@@ -61,6 +61,9 @@ def test_every_format_reads_the_same_numbers(files):
     np.testing.assert_allclose(_all_rows(load_vectors(root / "cells.h5ad", "layers/dense").source), VALUES, rtol=1e-6)
     pca = load_vectors(root / "cells.h5ad", "obsm/X_pca")
     assert pca.source.d_in == 5 and pca.dim_names is None
+    # the file's own 2-D picture of the cells, for the browser's scatter (no UMAP here: the first two PCs)
+    assert cells.coordinates[0] == "PCA (components 1 and 2)" and np.allclose(cells.coordinates[1], VALUES[:, :2])
+    assert load_vectors(root / "a.npy").coordinates is None
 
 
 @pytest.mark.parametrize("name,key,message", [

@@ -47,6 +47,9 @@ class VectorData:
     back_projection: tuple[np.ndarray, list[str]] | None = None
     """For an embedding with known loadings (an .h5ad's ``X_pca`` and ``varm['PCs']``): a matrix
     [d_in, n_original] taking a direction of the embedding to the original dimensions, and their names."""
+    coordinates: tuple[str, np.ndarray] | None = None
+    """2-D coordinates the file gives for each row (an .h5ad's ``X_umap``, ``X_tsne`` or the first two
+    PCA components), with their name: the browser's scatter. None: the browser uses the inputs' own PCA."""
 
 
 class _DenseRows(ArraySource):
@@ -187,7 +190,18 @@ def _from_h5ad(path: Path, key: str | None) -> VectorData:
         what += " (sparse, read a block of rows at a time)"
     else:
         source = ArraySource(np.asarray(matrix, dtype=np.float32), f"{path}:{what}")
-    return VectorData(source, data.obs.copy() if data.obs.shape[1] else None, dim_names, what=what, back_projection=back_projection)
+    return VectorData(source, data.obs.copy() if data.obs.shape[1] else None, dim_names, what=what, back_projection=back_projection,
+                      coordinates=_coordinates(data))
+
+
+def _coordinates(data: Any) -> tuple[str, np.ndarray] | None:
+    """The file's own 2-D picture of the rows: UMAP, else t-SNE, else the first two PCA components."""
+    for name, label in (("X_umap", "UMAP"), ("X_tsne", "t-SNE"), ("X_pca", "PCA (components 1 and 2)")):
+        if name in data.obsm:
+            points = np.asarray(data.obsm[name], dtype=np.float32)
+            if points.ndim == 2 and points.shape[1] >= 2 and np.isfinite(points[:, :2]).all():
+                return label, points[:, :2]
+    return None
 
 
 def _from_folder(path: Path) -> VectorData:

@@ -8,6 +8,8 @@
   feature's activation for rows in the category against rows outside it (ties averaged: the
   Mann-Whitney statistic), and the mean activation in and out;
 - the Pearson correlation with every numeric metadata column;
+- the rows it fires on among those the browser's **scatter** shows (the file's UMAP, t-SNE or PCA
+  coordinates, else the inputs' first two principal components; at most ``MAX_SCATTER_POINTS`` rows);
 - the **input dimensions it writes to**: the decoder row's largest loadings, by name (genes for cell
   data, column names for tables); for an embedding with known loadings (PCA of genes) the decoder
   row is first mapped back to the original dimensions (``VectorData.back_projection``).
@@ -30,12 +32,36 @@ import torch
 from torch import Tensor
 
 from saescope.errors import InvalidInput
-from saescope.interpret.images import parse_image_shape, plain_image, png_data_url, signed_image
+from saescope.interpret.images import (
+    parse_image_shape,
+    plain_image,
+    png_data_url,
+    signed_image,
+)
 from saescope.io.atomic import atomic_write_json
 from saescope.saes import SparseAutoencoder
 
 MAX_CATEGORIES = 50
 VECTORS_FILE = "interpret_vectors.json"
+MAX_SCATTER_POINTS = 3000
+
+
+def scatter_rows(n_rows: int, limit: int = MAX_SCATTER_POINTS, seed: int = 0) -> np.ndarray:
+    """The rows the scatter shows: all of them, or a seeded uniform sample of ``limit``, in row order."""
+    if n_rows <= limit:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=limit, replace=False))
+
+
+def principal_plane(rows: Tensor) -> np.ndarray:
+    """The rows projected on their first two principal components (signs fixed: each axis's largest loading positive)."""
+    centred = rows.double() - rows.double().mean(dim=0)
+    _u, _s, vh = torch.linalg.svd(centred, full_matrices=False)
+    axes = vh[:2]
+    if axes.shape[0] < 2:
+        axes = torch.cat([axes, torch.zeros(2 - axes.shape[0], axes.shape[1], dtype=axes.dtype)])
+    signs = torch.sign(axes.gather(1, axes.abs().argmax(dim=1, keepdim=True))).clamp_min(0) * 2 - 1
+    return (centred @ (axes * signs).T).float().numpy()
 
 
 def auroc_by_category(acts: Tensor, groups: np.ndarray) -> tuple[list[Any], Tensor, Tensor, Tensor]:
@@ -116,11 +142,25 @@ def interpret_vectors(sae: SparseAutoencoder, data: Any, out: str | Path | None 
     sae = sae.eval()
     inputs = []
     acts_list = []
+    shown = scatter_rows(source.n_tokens)
+    coordinates = getattr(data, "coordinates", None)
+    if coordinates is not None and len(coordinates[1]) != source.n_tokens:
+        coordinates = None  # coordinates for other rows than these: the inputs' own PCA instead
+    shown_inputs, start = [], 0
     for batch in source.iter_batches(batch_size, shuffle=False):
         acts_list.append(sae.encode(batch.to(sae.W_enc.device)).cpu())
         if image_shape is not None:
             inputs.append(batch.cpu())
+        if coordinates is None:
+            local = shown[(shown >= start) & (shown < start + batch.shape[0])] - start
+            shown_inputs.append(batch[torch.from_numpy(local)].cpu())
+        start += batch.shape[0]
     acts = torch.cat(acts_list)
+    if coordinates is None:
+        scatter = {"name": "PCA of the inputs (components 1 and 2)", "points": principal_plane(torch.cat(shown_inputs))}
+    else:
+        scatter = {"name": coordinates[0], "points": np.asarray(coordinates[1])[shown]}
+    shown_acts = acts[torch.from_numpy(shown)]
     n_rows = acts.shape[0]
     categorical, numeric = _columns(metadata)
     enrichment = {name: auroc_by_category(acts, values) for name, values in categorical.items()}
@@ -163,12 +203,16 @@ def interpret_vectors(sae: SparseAutoencoder, data: Any, out: str | Path | None 
         row = decoder[feature]
         order = row.abs().argsort(descending=True)[:top_loadings].tolist()
         record["loadings"] = [[names[i], _r(float(row[i]))] for i in order]
+        on = (shown_acts[:, feature] > 0).nonzero().flatten().tolist()
+        record["scatter"] = [[i, _r(float(shown_acts[i, feature]))] for i in on]
         if image_shape is not None:
             record["decoder_image"] = png_data_url(signed_image(sae.W_dec[feature].detach().float().cpu().numpy(), image_shape))
         records.append(record)
     result = {"n_rows": n_rows, "n_features": sae.d_sae, "alive": int((density > 0).sum()), "categorical": list(categorical),
               "numeric": list(numeric), "dim_names": dim_names is not None or getattr(data, "back_projection", None) is not None,
-              "image_shape": list(image_shape) if image_shape is not None else None, "what": getattr(data, "what", None), "features": records}
+              "image_shape": list(image_shape) if image_shape is not None else None, "what": getattr(data, "what", None),
+              "scatter": {"name": scatter["name"], "rows": shown.tolist(), "points": [[_r(float(x)), _r(float(y))] for x, y in scatter["points"]]},
+              "features": records}
     if out is not None:
         atomic_write_json(Path(out) / VECTORS_FILE, result)
     return result

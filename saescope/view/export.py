@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 from saescope.errors import AlreadyExists
-from saescope.view.vector_data import browser_data
 from saescope.view.server import static_text
+from saescope.view.vector_data import browser_data
 
 
 def export_site(folder: str | Path, out: str | Path) -> Path:

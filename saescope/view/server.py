@@ -32,8 +32,8 @@ from urllib.parse import parse_qs, urlparse
 from saescope.errors import InvalidInput
 from saescope.plan import RunPlan
 from saescope.view.data import SuiteData
-from saescope.view.vector_data import VectorRunData, browser_data
 from saescope.view.guard import TOKEN_HEADER, RequestGuard, is_loopback
+from saescope.view.vector_data import VectorRunData, browser_data
 
 logger = logging.getLogger("saescope")
 MAX_BODY = 16_384

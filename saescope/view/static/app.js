@@ -386,6 +386,42 @@ async function vectorSaePage(suite, n) {
     el("div", { class: "controls" }, sortBy, query, count), list);
 }
 
+// The rows in 2-D (the file's UMAP, t-SNE or PCA, else the inputs' PCA): grey where the feature is
+// silent, coloured from light to dark blue by its activation where it fires (strongest drawn last).
+function scatterPlot(scatter, active, peak) {
+  const svgNS = "http://www.w3.org/2000/svg";
+  const width = 380, height = 300, pad = 8;
+  const svg = document.createElementNS(svgNS, "svg");
+  svg.setAttribute("class", "scatter");
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height);
+  const xs = scatter.points.map((p) => p[0]), ys = scatter.points.map((p) => p[1]);
+  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  const sx = (x) => pad + ((x - x0) / (x1 - x0 || 1)) * (width - 2 * pad);
+  const sy = (y) => height - pad - ((y - y0) / (y1 - y0 || 1)) * (height - 2 * pad);
+  const dot = (i, colour, r, tip) => {
+    const c = document.createElementNS(svgNS, "circle");
+    c.setAttribute("cx", sx(scatter.points[i][0]).toFixed(1));
+    c.setAttribute("cy", sy(scatter.points[i][1]).toFixed(1));
+    c.setAttribute("r", r);
+    c.setAttribute("fill", colour);
+    if (tip) {
+      const t = document.createElementNS(svgNS, "title");
+      t.textContent = tip;
+      c.append(t);
+    }
+    svg.append(c);
+    return c;
+  };
+  const firing = new Set(active.map(([i]) => i));
+  scatter.points.forEach((_, i) => { if (!firing.has(i)) dot(i, "#d0d5dd", 1.6, null); });
+  for (const [i, v] of [...active].sort((a, b) => a[1] - b[1])) {
+    const t = Math.max(0, Math.min(1, v / (peak || 1)));
+    dot(i, `rgb(${Math.round(190 - 180 * t)}, ${Math.round(210 - 150 * t)}, 255)`, 2.4, `row ${scatter.rows[i]}: ${fmt(v, 3)}`).setAttribute("class", "active");
+  }
+  return svg;
+}
+
 function aurocBars(column, entries) {
   const rows = entries.slice(0, 12).map((e) => {
     const bar = el("div", { class: "bar" });
@@ -432,7 +468,9 @@ async function vectorFeaturePage(suite, n, f) {
     el("div", { class: "columns" },
       images ? el("div", { id: "decoder-view" }, el("h2", { text: "Decoder row" }), picture(record.decoder_image, "pixels decoder-image", "decoder row of #" + f),
         el("p", { class: "muted", text: "what the feature adds to the input: red where it adds, blue where it removes" })) : null,
-      el("div", {}, el("h2", { text: "Activation histogram (active rows)" }), hist)),
+      el("div", {}, el("h2", { text: "Activation histogram (active rows)" }), hist),
+      data.scatter ? el("div", { id: "scatter-view" }, el("h2", { text: "Where it fires: " + data.scatter.name }), scatterPlot(data.scatter, record.scatter || [], record.max),
+        el("p", { class: "muted", text: `${(record.scatter || []).length} of ${data.scatter.points.length} rows shown fire` })) : null),
     el("h2", { text: images ? "Top activating images" : "Top activating rows" }), examples,
     enrichment.length ? el("h2", { text: "Enrichment by category" }) : null, ...enrichment,
     correlations.length ? el("h2", { text: "Correlation with numeric columns" }) : null,
