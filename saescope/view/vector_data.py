@@ -15,15 +15,10 @@ from typing import Any
 
 from saescope.errors import InvalidInput
 from saescope.interpret.vectors import VECTORS_FILE
+from saescope.suite.select import sae_folders
 
 _KEY = re.compile(r"sae/([0-9]{1,9})/vectors")
 SUMMARY_FIELDS = ("l0", "fvu", "description_length", "unfired_fraction", "dead_fraction")
-
-
-def _sae_folders(folder: Path) -> list[Path]:
-    if (folder / "cfg.json").is_file():
-        return [folder]
-    return sorted(p for p in folder.iterdir() if (p / "cfg.json").is_file()) if folder.is_dir() else []
 
 
 class VectorRunData:
@@ -31,7 +26,7 @@ class VectorRunData:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder).resolve()
-        self.saes = _sae_folders(self.folder)
+        self.saes = sae_folders(self.folder)
         if not self.saes:
             raise InvalidInput(f"{folder}: neither a suite (suite.json) nor SAE folders (cfg.json); give a suite, "
                                "an SAE folder or a folder of them")
