@@ -64,6 +64,9 @@ def test_other_criteria_rank_within_the_same_bound():
     # the sparsest eligible SAE is the one MDL rejects: its quantised code misses the bound
     assert [c.path for c in by_l0 if c.rank] == ["fragile", "wide", "old", "middle"]
     assert by_l0[-1].path == "narrow" and by_l0[-1].reason == "FVU 0.1400 > 0.1"
+    # TopK SAEs of one k share their L0: the better reconstruction ranks first, whatever the names
+    tied = [row("a-worse", 0.09, 50.0, [(4, 5.0, 0.095)], l0=8), row("b-better", 0.05, 60.0, [(4, 5.0, 0.06)], l0=8)]
+    assert [c.path for c in select_saes(tied, by="l0", max_fvu=0.1)["layers.3.resid_post"]] == ["b-better", "a-worse"]
     by_loss = select_saes(planted_rows(), by="delta_lm_loss", max_fvu=0.1)["layers.3.resid_post"]
     assert by_loss[0].path == "wide"
     table = format_selection(select_saes(planted_rows(), by="mdl", max_fvu=0.1), "mdl", 0.1)

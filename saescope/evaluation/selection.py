@@ -21,7 +21,7 @@ from saescope.evaluation.description_length import DescriptionLength
 
 CRITERIA = {
     "mdl": "description length in bits per token (quantised reconstruction within the bound)",
-    "l0": "mean active latents per token (the sparsest)",
+    "l0": "mean active latents per token (the sparsest; equal L0 goes to the lower FVU)",
     "fvu": "fraction of variance unexplained",
     "delta_lm_loss": "increase in the language model's loss with the SAE spliced in",
 }
@@ -63,7 +63,7 @@ def select_saes(rows: list[dict[str, Any]], by: str = "mdl", max_fvu: float = DE
         candidate = _candidate(row, by, float(max_fvu))
         groups.setdefault(candidate.hookpoint, []).append(candidate)
     for candidates in groups.values():
-        eligible = sorted((c for c in candidates if c.reason is None), key=lambda c: (_key(c, by), c.path))
+        eligible = sorted((c for c in candidates if c.reason is None), key=lambda c: (_key(c, by), _tiebreak(c), c.path))
         for rank, candidate in enumerate(eligible, start=1):
             candidate.rank = rank
         out = sorted((c for c in candidates if c.reason is not None), key=lambda c: c.path)
@@ -99,7 +99,14 @@ def _candidate(row: dict[str, Any], by: str, max_fvu: float) -> Candidate:
 
 
 def _key(candidate: Candidate, by: str) -> float:
+    if by == "l0":  # L0 to one decimal: 7.998 and 8.000 are the same sparsity
+        return round(float(candidate.l0), 1)  # type: ignore[arg-type]
     return float(candidate.bits if by == "mdl" else getattr(candidate, by))
+
+
+def _tiebreak(candidate: Candidate) -> float:
+    """Equal scores (TopK SAEs of one k share their L0) go to the better reconstruction."""
+    return float(candidate.fvu) if isinstance(candidate.fvu, (int, float)) else float("inf")
 
 
 def format_selection(groups: dict[str, list[Candidate]], by: str, max_fvu: float) -> str:
