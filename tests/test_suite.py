@@ -180,6 +180,28 @@ def test_select_by_mdl_on_a_suite_reuses_the_evaluation(trained_suite, monkeypat
         main(["select", str(out), "--data", "x.npy"])
 
 
+def test_a_suite_measured_before_the_tables_gets_them_without_splicing(trained_suite, monkeypatch):
+    out, index = trained_suite
+    before = {}
+    for entry in index["saes"][:3]:
+        file = out / entry["path"] / "metrics.json"
+        metrics = json.loads(file.read_text())
+        before[entry["path"]] = metrics
+        file.write_text(json.dumps({k: v for k, v in metrics.items() if k != "mdl"}))
+
+    def no_splice(*args, **kwargs):
+        raise AssertionError("adding description-length tables must not repeat the ΔLM evaluation")
+
+    monkeypatch.setattr("saescope.evaluation.on_model.splice_evaluate", no_splice)
+    rows = {r["path"]: r for r in evaluate_suite(out, plots=False, progress=False)}
+    for path, metrics in before.items():
+        again = json.loads((out / path / "metrics.json").read_text())
+        assert again["mdl"]["table"] and again["delta_lm_loss"] == metrics["delta_lm_loss"]
+        # the same held-out tokens as the evaluation that wrote the other columns
+        assert again["mdl"]["fvu"] == pytest.approx(metrics["fvu"], rel=1e-6)
+        assert rows[path]["description_length"] == pytest.approx(metrics["description_length"], rel=1e-6)
+
+
 def test_info_describes_suites_and_saes(trained_suite, tmp_path):
     out, index = trained_suite
     text = describe(out)

@@ -12,7 +12,10 @@ from torch import Tensor
 from saescope.data.lm_config import LmDataConfig
 from saescope.data.tokens import TextContexts, special_token_ids
 from saescope.errors import InvalidInput
-from saescope.evaluation.description_length import mean_record
+from saescope.evaluation.description_length import (
+    mean_record,
+    measure_description_length,
+)
 from saescope.evaluation.metrics import evaluate_sae, training_dead
 from saescope.evaluation.multilayer import LAYER_SPREAD_FILE, LayerSpread, layer_spread
 from saescope.evaluation.splice import splice_evaluate
@@ -94,6 +97,31 @@ def evaluate_on_model(
                 "layers": layers,
                 "layer_spread": spread.to_dict(),
             }
+    return results
+
+
+@torch.no_grad()
+def description_length_on_model(
+    loaded: LoadedModel, saes: dict[str, SparseAutoencoder], data: LmDataConfig, eval_tokens: int,
+) -> dict[str, dict[str, Any]]:
+    """Only the description-length fields (``description_length``, ``description_length_bins``, ``mdl``)
+    on the same held-out tokens ``evaluate_on_model`` uses: one harvest, no splicing, so it costs a
+    fraction of a full evaluation. For suites measured before the tables were kept."""
+    results: dict[str, dict[str, Any]] = {}
+    views: dict[str, dict[str, SparseAutoencoder]] = {name: per_hookpoint(sae) if is_stacked(sae) else {sae.cfg.hookpoint: sae}
+                                                      for name, sae in saes.items()}
+    hookpoints = sorted({h for by_hookpoint in views.values() for h in by_hookpoint})
+    points = resolve_hookpoints(loaded.model, hookpoints)
+    contexts = held_out_contexts(loaded, data, eval_tokens)
+    activations = harvest(loaded, points, contexts, special_token_ids(loaded.tokenizer), data.batch_contexts)
+    for name, by_hookpoint in views.items():
+        records = []
+        for hookpoint, view in by_hookpoint.items():
+            view.to(loaded.device).eval()
+            records.append(measure_description_length(view, activations[hookpoint], device=loaded.device).to_dict())
+        record = records[0] if len(records) == 1 else mean_record(records)
+        results[name] = {"description_length": record["bits"] if record else None,
+                         "description_length_bins": record["bins"] if record else None, "mdl": record}
     return results
 
 

@@ -59,6 +59,13 @@ def evaluate_suite(
 
     stored = {entry["path"]: _read_metrics(folder / entry["path"]) for entry in index["saes"]}
     stale = [p for p, m in stored.items() if recompute or not _complete(m, wanted_tokens)]
+    # measured before description-length tables were kept: add them without repeating the ΔLM evaluation
+    tables_only = [p for p in stale if not recompute and _complete(stored[p], wanted_tokens, [k for k in REQUIRED if k != "mdl"])]
+    if tables_only:
+        added = _add_description_length(folder, index, {p: int(stored[p].get("eval_tokens") or 0) for p in tables_only}, device)
+        stored.update(added)
+        tables_only = list(added)  # where the held-out tokens could not be matched, measure everything again
+    stale = [p for p in stale if p not in tables_only]
     if stale:
         stored.update(_measure(folder, index, stale, wanted_tokens, progress, device))
 
@@ -145,12 +152,38 @@ def _read_metrics(sae_folder: Path) -> dict[str, Any]:
         return {}
 
 
-def _complete(metrics: dict[str, Any], wanted_tokens: int) -> bool:
-    """Every column present (description length may be None: no quantisation met its tolerance), on enough tokens.
+def _complete(metrics: dict[str, Any], wanted_tokens: int, keys: list[str] = REQUIRED) -> bool:
+    """Every column of ``keys`` present (description length may be None: no quantisation met its bound), on enough tokens.
 
     BOS/EOS positions are not scored, so a context of 128 yields about 127 counted tokens: 90% is enough.
     """
-    return all(key in metrics for key in REQUIRED) and int(metrics.get("n_tokens") or 0) >= 0.9 * wanted_tokens
+    return all(key in metrics for key in keys) and int(metrics.get("n_tokens") or 0) >= 0.9 * wanted_tokens
+
+
+def _add_description_length(folder: Path, index: dict[str, Any], counted: dict[str, int], device: str | None) -> dict[str, dict[str, Any]]:
+    """Description-length tables for SAEs whose other metrics are current (one harvest, no splicing), on
+    the held-out tokens those metrics were measured on: ``counted`` gives each SAE's count of evaluated
+    activations (``eval_tokens``; ``n_tokens`` is the splice's count of scored next-token positions),
+    and an SAE whose count the new harvest does not reproduce is left out (the caller measures it fully)."""
+    from saescope.evaluation.on_model import description_length_on_model, save_metrics
+    from saescope.io.checkpoint import load
+    from saescope.lm.models import load_model
+
+    plan = RunPlan.stored(index, folder)
+    loaded = load_model(plan.model.model or index.get("model"), device=device or plan.model.device, dtype=plan.model.dtype)
+    data = replace(plan.lm_data(), dataset=index.get("dataset") or plan.data.dataset)
+    updated = {}
+    for n_tokens in sorted(set(counted.values())):
+        paths = [p for p, count in counted.items() if count == n_tokens]
+        # the first position of each context is never scored: this many contexts give back the same tokens
+        contexts = -(-n_tokens // max(1, data.context_size - 1))
+        measured = description_length_on_model(loaded, {p: load(str(folder / p)) for p in paths}, data, contexts * data.context_size)
+        for p, values in measured.items():
+            if values["mdl"] is None or values["mdl"]["n_tokens"] != n_tokens:
+                continue
+            updated[p] = {**_read_metrics(folder / p), **values}
+            save_metrics(folder / p, updated[p])
+    return updated
 
 
 def _measure(folder: Path, index: dict[str, Any], paths: list[str], eval_tokens: int, progress: bool, device: str | None) -> dict[str, dict[str, Any]]:
