@@ -17,3 +17,10 @@ def test_the_biology_demo_finds_cell_types_and_their_markers(tmp_path):
     assert (tmp_path / "bio" / "cell_type_features.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "bio" / "summary.json").read_text())["runs"]["pca"]["best_per_cell_type"]
     assert "CD19+ B" in format_summary(summary)
+    # the browser reads each run as a folder of vector SAEs; the scatter uses the file's own UMAP
+    from saescope.view.vector_data import browser_data
+
+    data = browser_data(tmp_path / "bio" / "genes")
+    assert data.get("suite")["kind"] == "vectors" and "sae/0/vectors" in data.keys()
+    interpreted = data.get("sae/0/vectors")
+    assert interpreted["scatter"]["name"] == "UMAP" and len(interpreted["scatter"]["points"]) == 700
