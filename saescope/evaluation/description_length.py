@@ -183,7 +183,7 @@ def measure_description_length(
     finest bin count and decodes each quantisation. ``max_fvu`` None means the SAE's own FVU + 0.01.
     """
     from saescope.data import as_source
-    from saescope.evaluation.metrics import ReconstructionStats, checked_batch
+    from saescope.evaluation.metrics import checked_batch, reconstruction_stats
 
     if variant not in VARIANTS:
         raise InvalidInput(f"variant={variant!r}: choose one of {', '.join(VARIANTS)}")
@@ -200,11 +200,7 @@ def measure_description_length(
     was_training = sae.training
     sae.eval()
     if stats is None:
-        stats = ReconstructionStats(sae.d_in, sae.d_sae, device)
-        for x in source.iter_batches(batch_size):
-            x = checked_batch(x, sae, device)
-            code = sae.encode_code(x)
-            stats.update(x, sae.decode_code(code), code)
+        stats = reconstruction_stats(sae, source, batch_size, device)
     if stats.n_tokens == 0:
         raise InvalidInput("description length: no activations to measure")
     maxima = stats.max_acts.to(device)

@@ -183,11 +183,7 @@ def evaluate_sae(
     device = torch.device(device) if device is not None else sae.W_enc.device
     was_training = sae.training
     sae.eval()
-    stats = ReconstructionStats(sae.d_in, sae.d_sae, device)
-    for x in source.iter_batches(batch_size):
-        x = checked_batch(x, sae, device)
-        code = sae.encode_code(x)
-        stats.update(x, sae.decode_code(code), code)
+    stats = reconstruction_stats(sae, source, batch_size, device)
     if stats.n_tokens == 0:
         raise InvalidInput("evaluate_sae: no activations to evaluate")
     summary = stats.summary()
@@ -200,6 +196,16 @@ def evaluate_sae(
         metrics.description_length, metrics.description_length_bins, metrics.mdl = dl.bits, dl.bins, dl.to_dict()
     sae.train(was_training)
     return metrics
+
+
+def reconstruction_stats(sae: SparseAutoencoder, source: Any, batch_size: int, device: torch.device) -> ReconstructionStats:
+    """One pass of ``sae`` over ``source`` (an activation source), every batch checked, pooled in ``ReconstructionStats``."""
+    stats = ReconstructionStats(sae.d_in, sae.d_sae, device)
+    for x in source.iter_batches(batch_size):
+        x = checked_batch(x, sae, device)
+        code = sae.encode_code(x)
+        stats.update(x, sae.decode_code(code), code)
+    return stats
 
 
 def training_dead(sae: SparseAutoencoder) -> dict[str, Any]:

@@ -61,16 +61,8 @@ def evaluate_on_model(
     """
     if not saes:
         return {}
-    single: dict[str, SparseAutoencoder] = {}
-    for name, sae in saes.items():
-        single.update({layer_key(name, h): view for h, view in per_hookpoint(sae).items()} if is_stacked(sae) else {name: sae})
-    missing = sorted(name for name, sae in single.items() if not sae.cfg.hookpoint)
-    if missing:
-        raise InvalidInput(f"SAE(s) {missing} record no hookpoint; set sae.cfg.hookpoint to the site they read")
-    points = {p.name: p for p in resolve_hookpoints(loaded.model, sorted({s.cfg.hookpoint for s in single.values()}))}
-    excluded = special_token_ids(loaded.tokenizer)
-    contexts = held_out_contexts(loaded, data, eval_tokens)
-    activations = harvest(loaded, list(points.values()), contexts, excluded, data.batch_contexts)
+    single = single_hookpoint_views(saes)
+    points, contexts, excluded, activations = _held_out_activations(loaded, single, data, eval_tokens)
     device = loaded.device
     results: dict[str, dict[str, Any]] = {}
     for name, sae in single.items():
@@ -100,6 +92,26 @@ def evaluate_on_model(
     return results
 
 
+def single_hookpoint_views(saes: dict[str, SparseAutoencoder]) -> dict[str, SparseAutoencoder]:
+    """Every SAE as single-hookpoint SAEs: a stacked SAE becomes one view per layer, named ``layer_key(name, hookpoint)``."""
+    single: dict[str, SparseAutoencoder] = {}
+    for name, sae in saes.items():
+        single.update({layer_key(name, h): view for h, view in per_hookpoint(sae).items()} if is_stacked(sae) else {name: sae})
+    missing = sorted(name for name, sae in single.items() if not sae.cfg.hookpoint)
+    if missing:
+        raise InvalidInput(f"SAE(s) {missing} record no hookpoint; set sae.cfg.hookpoint to the site they read")
+    return single
+
+
+def _held_out_activations(loaded: LoadedModel, single: dict[str, SparseAutoencoder], data: LmDataConfig,
+                          eval_tokens: int) -> tuple[dict[str, Any], Tensor, Any, dict[str, Tensor]]:
+    """(hookpoints by name, held-out contexts, excluded token ids, activations by hookpoint) for the SAEs' sites."""
+    points = {p.name: p for p in resolve_hookpoints(loaded.model, sorted({s.cfg.hookpoint for s in single.values()}))}
+    excluded = special_token_ids(loaded.tokenizer)
+    contexts = held_out_contexts(loaded, data, eval_tokens)
+    return points, contexts, excluded, harvest(loaded, list(points.values()), contexts, excluded, data.batch_contexts)
+
+
 @torch.no_grad()
 def description_length_on_model(
     loaded: LoadedModel, saes: dict[str, SparseAutoencoder], data: LmDataConfig, eval_tokens: int,
@@ -107,18 +119,13 @@ def description_length_on_model(
     """Only the description-length fields (``description_length``, ``description_length_bins``, ``mdl``)
     on the same held-out tokens ``evaluate_on_model`` uses: one harvest, no splicing, so it costs a
     fraction of a full evaluation. For suites measured before the tables were kept."""
+    single = single_hookpoint_views(saes)
+    _points, _contexts, _excluded, activations = _held_out_activations(loaded, single, data, eval_tokens)
+    measured = {key: measure_description_length(view.to(loaded.device).eval(), activations[view.cfg.hookpoint], device=loaded.device).to_dict()
+                for key, view in single.items()}
     results: dict[str, dict[str, Any]] = {}
-    views: dict[str, dict[str, SparseAutoencoder]] = {name: per_hookpoint(sae) if is_stacked(sae) else {sae.cfg.hookpoint: sae}
-                                                      for name, sae in saes.items()}
-    hookpoints = sorted({h for by_hookpoint in views.values() for h in by_hookpoint})
-    points = resolve_hookpoints(loaded.model, hookpoints)
-    contexts = held_out_contexts(loaded, data, eval_tokens)
-    activations = harvest(loaded, points, contexts, special_token_ids(loaded.tokenizer), data.batch_contexts)
-    for name, by_hookpoint in views.items():
-        records = []
-        for hookpoint, view in by_hookpoint.items():
-            view.to(loaded.device).eval()
-            records.append(measure_description_length(view, activations[hookpoint], device=loaded.device).to_dict())
+    for name, sae in saes.items():
+        records = [measured[layer_key(name, h)] for h in stacked_hookpoints(sae)] if is_stacked(sae) else [measured[name]]
         record = records[0] if len(records) == 1 else mean_record(records)
         results[name] = {"description_length": record["bits"] if record else None,
                          "description_length_bins": record["bins"] if record else None, "mdl": record}

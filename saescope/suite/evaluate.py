@@ -160,6 +160,15 @@ def _complete(metrics: dict[str, Any], wanted_tokens: int, keys: list[str] = REQ
     return all(key in metrics for key in keys) and int(metrics.get("n_tokens") or 0) >= 0.9 * wanted_tokens
 
 
+def _model_and_text(folder: Path, index: dict[str, Any], device: str | None) -> tuple[Any, Any]:
+    """The suite's model, loaded, and the text settings its held-out tokens come from."""
+    from saescope.lm.models import load_model
+
+    plan = RunPlan.stored(index, folder)
+    loaded = load_model(plan.model.model or index.get("model"), device=device or plan.model.device, dtype=plan.model.dtype)
+    return loaded, replace(plan.lm_data(), dataset=index.get("dataset") or plan.data.dataset)  # a cache's corpus, recorded at training
+
+
 def _add_description_length(folder: Path, index: dict[str, Any], counted: dict[str, int], device: str | None) -> dict[str, dict[str, Any]]:
     """Description-length tables for SAEs whose other metrics are current (one harvest, no splicing), on
     the held-out tokens those metrics were measured on: ``counted`` gives each SAE's count of evaluated
@@ -167,11 +176,8 @@ def _add_description_length(folder: Path, index: dict[str, Any], counted: dict[s
     and an SAE whose count the new harvest does not reproduce is left out (the caller measures it fully)."""
     from saescope.evaluation.on_model import description_length_on_model, save_metrics
     from saescope.io.checkpoint import load
-    from saescope.lm.models import load_model
 
-    plan = RunPlan.stored(index, folder)
-    loaded = load_model(plan.model.model or index.get("model"), device=device or plan.model.device, dtype=plan.model.dtype)
-    data = replace(plan.lm_data(), dataset=index.get("dataset") or plan.data.dataset)
+    loaded, data = _model_and_text(folder, index, device)
     updated = {}
     for n_tokens in sorted(set(counted.values())):
         paths = [p for p, count in counted.items() if count == n_tokens]
@@ -189,11 +195,8 @@ def _add_description_length(folder: Path, index: dict[str, Any], counted: dict[s
 def _measure(folder: Path, index: dict[str, Any], paths: list[str], eval_tokens: int, progress: bool, device: str | None) -> dict[str, dict[str, Any]]:
     from saescope.evaluation.on_model import evaluate_on_model, save_metrics
     from saescope.io.checkpoint import load
-    from saescope.lm.models import load_model
 
-    plan = RunPlan.stored(index, folder)
-    loaded = load_model(plan.model.model or index.get("model"), device=device or plan.model.device, dtype=plan.model.dtype)
-    data = replace(plan.lm_data(), dataset=index.get("dataset") or plan.data.dataset)  # a cache's corpus, recorded at training
+    loaded, data = _model_and_text(folder, index, device)
     saes = {p: load(str(folder / p)) for p in paths}
     measured = evaluate_on_model(loaded, saes, data, eval_tokens, progress=progress)
     for p, values in measured.items():

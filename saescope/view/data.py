@@ -21,6 +21,16 @@ from saescope.suite.lineage import LINEAGE_FILE
 _KEY = re.compile(r"sae/([0-9]{1,9})/(summary|vocab|lineage|features/([0-9]{1,12}))")
 
 
+def plot_in(folder: Path, name: str) -> Path:
+    """``folder/plots/NAME.png`` for a bare file name that exists; KeyError for anything else (no paths, no other files)."""
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+\.png", name):
+        raise KeyError(name)
+    file = folder / "plots" / name
+    if not file.is_file():
+        raise KeyError(name)
+    return file
+
+
 class SuiteData:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder).resolve()
@@ -67,12 +77,7 @@ class SuiteData:
 
     def plot_file(self, name: str) -> Path:
         """A PNG of the suite's plots folder by bare file name; KeyError otherwise."""
-        if not re.fullmatch(r"[A-Za-z0-9_\-]+\.png", name):
-            raise KeyError(name)
-        file = self.folder / "plots" / name
-        if not file.is_file():
-            raise KeyError(name)
-        return file
+        return plot_in(self.folder, name)
 
     def _interpret_dir(self, n: int) -> Path:
         folder = (self.folder / self.entries[n]["path"] / "interpret").resolve()

@@ -16,6 +16,7 @@ from typing import Any
 from saescope.errors import InvalidInput
 from saescope.interpret.vectors import VECTORS_FILE
 from saescope.suite.select import sae_folders
+from saescope.view.data import SuiteData, plot_in
 
 _KEY = re.compile(r"sae/([0-9]{1,9})/vectors")
 SUMMARY_FIELDS = ("l0", "fvu", "description_length", "unfired_fraction", "dead_fraction")
@@ -50,12 +51,7 @@ class VectorRunData:
         return json.loads(file.read_text())
 
     def plot_file(self, name: str) -> Path:
-        if not re.fullmatch(r"[A-Za-z0-9_\-]+\.png", name):
-            raise KeyError(name)
-        file = self.folder / "plots" / name
-        if not file.is_file():
-            raise KeyError(name)
-        return file
+        return plot_in(self.folder, name)
 
     def _suite(self) -> dict[str, Any]:
         measured = _eval_rows(self.folder)
@@ -97,6 +93,5 @@ def _head(file: Path) -> dict[str, Any]:
 def browser_data(folder: str | Path) -> Any:
     """A suite's data (``SuiteData``) or a vector run's (``VectorRunData``), by what the folder holds."""
     from saescope.io.suite_index import is_suite
-    from saescope.view.data import SuiteData
 
     return SuiteData(folder) if is_suite(folder) else VectorRunData(folder)
