@@ -412,6 +412,7 @@ def defaults(function: Any) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     from saescope._version import __version__
+    from saescope.cli_experts import add_experts_commands
     from saescope.cli_plan import add_plan_arguments
     from saescope.data.cache import SHARD_TOKENS
     from saescope.evaluation.metrics import evaluate_sae
@@ -435,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--quick", action="store_true", help="a small, fast setting (for smoke tests)")
     synthetic.add_argument("--progress", action="store_true", help="show progress bars even with --json")
     synthetic.set_defaults(func=_cmd_bench_synthetic)
+    add_experts_commands(commands, bench_kinds)
 
     train = commands.add_parser(
         "train", help="train SAEs: a suite on a model's activations or a cache, or SAEs on an array of vectors",

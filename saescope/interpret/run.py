@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,8 @@ def interpret_suite(
         for layer, (hookpoint, multiplier) in enumerate(pairs):
             by_hookpoint.setdefault(hookpoint, []).append((path, layer, multiplier))
 
+    coactivations = _expert_coactivations(loaded.model, entries, saes, reads, points, device_)
+    chosen: dict[int, torch.Tensor] = {}
     context_size = plan.data.context_size
     text = TextContexts(index.get("dataset") or plan.data.dataset, loaded.tokenizer, context_size,
                         part="train", text_field=plan.data.text_field, split=plan.data.split)
@@ -94,8 +97,15 @@ def interpret_suite(
                 for sae_path, layer, multiplier in by_hookpoint[point.name]:
                     code = saes[sae_path].encode_code(flat * multiplier if multiplier != 1.0 else flat)
                     collectors[sae_path].update(code, input_ids, mask, layer=layer)
+                    if sae_path in coactivations:
+                        coactivations[sae_path].features(code.dense()[mask.reshape(-1)] > 0)
 
-            capture(loaded.model, list(points.values()), consume, input_ids)
+            chosen.clear()
+            with _routers_recorded(loaded.model, coactivations, chosen):
+                # the routers one layer past the deepest hookpoint must run too: no early stop in an MoE model
+                capture(loaded.model, list(points.values()), consume, input_ids, stop_early=not coactivations)
+            for coactivation in coactivations.values():
+                coactivation.experts(chosen, mask.reshape(-1))
             bar.update(1)
     bar.close()
     harvest_seconds = time.perf_counter() - started
@@ -116,10 +126,48 @@ def interpret_suite(
             adjacent[neighbour["path"]] = (ids, cosines)
         written[sae_path] = write_interpretation(folder / sae_path, stats, logits, similar, adjacent, loaded.tokenizer, vocab_cache,
                                                  hookpoints=[h for h, _m in reads[sae_path]] if len(reads[sae_path]) > 1 else None,
-                                                 prefixes=getattr(sae.cfg, "prefixes", None))
+                                                 prefixes=getattr(sae.cfg, "prefixes", None),
+                                                 experts=coactivations[sae_path].tables() if sae_path in coactivations else None)
     seconds = time.perf_counter() - started
     return {"saes": written, "tokens": tokens_seen, "seconds": round(seconds, 1),
             "pass_seconds": round(harvest_seconds, 1)}
+
+
+def _expert_coactivations(model: Any, entries: list[dict[str, Any]], saes: dict[str, Any], reads: dict[str, Any],
+                          points: dict[str, Any], device: Any) -> dict[str, Any]:
+    """In an MoE model, one expert co-activation table per single-layer SAE (``saescope.experts.features``)."""
+    from saescope.experts.features import ExpertCoactivation, window_layers
+    from saescope.experts.sites import find_moe_layers
+
+    try:
+        layers = find_moe_layers(model)
+    except InvalidInput:
+        return {}
+    tables = {}
+    for entry in entries:
+        if len(reads[entry["path"]]) != 1:
+            continue  # a multi-layer SAE's code is per layer; its feature-to-expert view is not built
+        nearby = window_layers(layers, [points[reads[entry["path"]][0][0]].layer])
+        if nearby:
+            tables[entry["path"]] = ExpertCoactivation(saes[entry["path"]].d_sae, nearby, device)
+    return tables
+
+
+@contextmanager
+def _routers_recorded(model: Any, coactivations: dict[str, Any], chosen: dict[int, torch.Tensor]):
+    """Record each needed router's chosen experts (``top_k_index``) into ``chosen[layer]`` during one forward."""
+    layers = {layer.layer: layer for table in coactivations.values() for layer in table.layers}
+    modules = dict(model.named_modules()) if layers else {}
+    handles = []
+    for index, layer in layers.items():
+        def record(_module, _args, output, index=index):
+            chosen[index] = output[2].detach()
+        handles.append(modules[layer.router].register_forward_hook(record))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _adjacent(entry: dict[str, Any], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -5,7 +5,10 @@
     vocab.json         {token id: text} for every token the other files mention
     features_NNNNN.json  records of ``SHARD_SIZE`` consecutive features: top examples (token ids and
                        the feature's activation on a window around the peak), quantile samples,
-                       histogram, logit effects, similar features here and in adjacent layers
+                       histogram, logit effects, similar features here and in adjacent layers, and
+                       (in an MoE model) the experts selected most above their base rate when it fires
+    experts.json       (MoE models) per routed expert near the SAE's layer: its base rate and the
+                       features that go with it most (``saescope.experts.features``)
 
 Activations are rounded to 4 significant digits. Token text is stored raw; escaping is the
 viewer's job (it always inserts text as text, never as HTML).
@@ -41,6 +44,7 @@ def write_interpretation(
     vocab_cache: dict[int, str] | None = None,
     hookpoints: list[str] | None = None,
     prefixes: list[int] | None = None,
+    experts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the interpretation files; ``hookpoints`` names a multi-layer SAE's layers (examples then carry their layer),
     ``prefixes`` a Matryoshka SAE's nested dictionary sizes (pages then show each feature's level)."""
@@ -97,6 +101,8 @@ def write_interpretation(
         }
         if layer_fires is not None:
             record["layer_fires"] = layer_fires[feature]
+        if experts is not None:
+            record["experts"] = experts["per_feature"][feature]
         for example in examples + samples:
             used.update(t for t in example["tokens"] if t != NO_TOKEN)
         used.update(top_ids[feature] + bottom_ids[feature])
@@ -124,6 +130,8 @@ def write_interpretation(
         summary["hookpoints"] = list(hookpoints)
         summary["mean_layer"] = [_mean_layer(fires) for fires in layer_fires] if layer_fires is not None else None
     _write_json(out / "summary.json", summary)
+    if experts is not None:
+        _write_json(out / "experts.json", {key: value for key, value in experts.items() if key != "per_feature"})
     cache = vocab_cache if vocab_cache is not None else {}
     vocab = {}
     for token in sorted(used):

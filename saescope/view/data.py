@@ -18,7 +18,11 @@ from saescope.io.suite_index import read_index
 from saescope.plan import RunPlan
 from saescope.suite.lineage import LINEAGE_FILE
 
-_KEY = re.compile(r"sae/([0-9]{1,9})/(summary|vocab|lineage|features/([0-9]{1,12}))")
+_KEY = re.compile(r"sae/([0-9]{1,9})/(summary|vocab|lineage|experts|features/([0-9]{1,12}))")
+_PROFILE = re.compile(r"experts/([A-Za-z0-9_\-]{1,100})")
+EXPERTS_FOLDER = "experts"
+"""Expert profiles shown by the browser live in ``<suite>/experts/<name>/experts.json``
+(``saescope experts profile --out SUITE/experts/NAME``)."""
 
 
 def plot_in(folder: Path, name: str) -> Path:
@@ -39,7 +43,7 @@ class SuiteData:
 
     def keys(self) -> list[str]:
         """Every key with data behind it (what a static export writes)."""
-        keys = ["suite"]
+        keys = ["suite"] + [f"experts/{name}" for name in self.profiles()]
         for n, entry in enumerate(self.entries):
             summary = self._interpret_dir(n) / "summary.json"
             if not summary.is_file():
@@ -50,12 +54,27 @@ class SuiteData:
             keys += [f"sae/{n}/features/{start}" for start in range(0, count, shard)]
             if (self.folder / self.entries[n]["path"] / LINEAGE_FILE).is_file():
                 keys.append(f"sae/{n}/lineage")
+            if (self._interpret_dir(n) / "experts.json").is_file():
+                keys.append(f"sae/{n}/experts")
         return keys
+
+    def profiles(self) -> list[str]:
+        """Names of the expert profiles in the suite's ``experts`` folder."""
+        root = self.folder / EXPERTS_FOLDER
+        if not root.is_dir():
+            return []
+        return sorted(p.parent.name for p in root.glob("*/experts.json") if _PROFILE.fullmatch(f"experts/{p.parent.name}"))
 
     def get(self, key: str) -> Any:
         """The JSON value behind ``key``; KeyError for anything unknown or missing."""
         if key == "suite":
             return self._suite()
+        profile = _PROFILE.fullmatch(key)
+        if profile:
+            file = self.folder / EXPERTS_FOLDER / profile.group(1) / "experts.json"
+            if not file.is_file():
+                raise KeyError(key)
+            return json.loads(file.read_text())
         match = _KEY.fullmatch(key)
         if not match:
             raise KeyError(key)
@@ -69,6 +88,8 @@ class SuiteData:
             file = folder / "vocab.json"
         elif match.group(2) == "lineage":
             file = folder.parent / LINEAGE_FILE
+        elif match.group(2) == "experts":
+            file = folder / "experts.json"
         else:
             file = folder / f"features_{int(match.group(3)):05d}.json"
         if not file.is_file():
@@ -95,6 +116,8 @@ class SuiteData:
                 "hookpoints": entry.get("hookpoints"),
                 "metrics": {k: v for k, v in (entry.get("metrics") or {}).items() if isinstance(v, (int, float))},
                 "interpreted": (self._interpret_dir(n) / "summary.json").is_file(),
+                "experts": (self._interpret_dir(n) / "experts.json").is_file(),
             })
         return {"name": self.folder.name, "model": self.index.get("model"), "dataset": self.index.get("dataset"),
-                "tokens": RunPlan.stored(self.index, self.folder).training.tokens, "plots": plots, "saes": saes}
+                "tokens": RunPlan.stored(self.index, self.folder).training.tokens, "plots": plots, "saes": saes,
+                "expert_profiles": self.profiles()}

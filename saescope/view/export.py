@@ -24,7 +24,7 @@ def export_site(folder: str | Path, out: str | Path) -> Path:
     (target / "data").mkdir(parents=True, exist_ok=True)
     html = static_text("index.html").replace("<!--STATIC-->", "<script>window.SAESCOPE_STATIC = true;</script>")
     (target / "index.html").write_text(html, encoding="utf-8")
-    for name in ("app.js", "app.css"):
+    for name in ("app.js", "experts.js", "app.css"):
         (target / name).write_text(static_text(name), encoding="utf-8")
     for key in data.keys():
         payload = json.dumps(data.get(key), ensure_ascii=False, separators=(",", ":"))

@@ -43,7 +43,8 @@ MAX_STEER_TOKENS = 40
 IDLE_TIMEOUT_SECONDS = 30
 LISTEN_BACKLOG = 128
 STATIC_FILES = {"/": ("index.html", "text/html"), "/index.html": ("index.html", "text/html"),
-                "/app.js": ("app.js", "text/javascript"), "/app.css": ("app.css", "text/css")}
+                "/app.js": ("app.js", "text/javascript"), "/experts.js": ("experts.js", "text/javascript"),
+                "/app.css": ("app.css", "text/css")}
 
 
 def static_text(name: str) -> str:

@@ -147,8 +147,10 @@ async function overview() {
       el("td", { text: pct(m.loss_recovered) }), el("td", { text: pct(m.dead_fraction) }), el("td", { text: pct(m.unfired_fraction) })));
   }
   const plots = el("div", { class: "plots" }, ...suite.plots.map((p) => el("img", { src: "plots/" + p, alt: p, title: p })));
+  const moe = (suite.expert_profiles || []).length || suite.saes.some((s) => s.experts);
   setPage([[suite.name, null]], el("h1", { text: "Suite " + suite.name }),
     el("p", { class: "muted", text: `${suite.model} on ${suite.dataset}, ${suite.saes.length} SAEs` + (suite.tokens ? `, ${suite.tokens.toLocaleString()} training tokens each` : "") }),
+    moe ? el("p", {}, el("a", { id: "experts-link", href: "#/experts", text: "Experts (mixture of experts): profiles and the features that go with each expert" })) : null,
     table, el("h2", { text: "Plots" }), plots);
 }
 
@@ -307,7 +309,7 @@ async function featurePage(n, f) {
     el("div", { class: "columns" },
       el("div", {}, el("h2", { text: "Activation histogram (log10)" }), histogram(record.histogram, summary.log10_bin_edges)),
       el("div", {}, el("h2", { text: "Logit effects" }), el("div", { class: "columns" }, logitTable(record.logits.top, "promoted"), logitTable(record.logits.bottom, "suppressed")))),
-    family,
+    family, featureExperts(record),
     el("h2", { text: "Similar features (decoder cosine)" }), similar, adjacent,
     el("h2", { text: "Examples across activation quantiles" }), samples, steerPanel(n, f));
 }
@@ -484,6 +486,8 @@ function route() {
     const vectors = suite.kind === "vectors";
     if (parts.length === 0) return vectors ? vectorOverview(suite) : overview();
     if (parts[0] === "sae" && parts.length === 2) return vectors ? vectorSaePage(suite, Number(parts[1])) : saePage(Number(parts[1]));
+    if (parts[0] === "experts" && parts.length <= 2) return parts.length === 1 ? expertsOverview(suite) : profilePage(suite, parts[1]);
+    if (parts[0] === "expert" && parts.length === 3) return expertPage(suite, Number(parts[1]), Number(parts[2]));
     if (parts[0] === "sae" && parts[2] === "feature" && parts.length === 4) {
       return vectors ? vectorFeaturePage(suite, Number(parts[1]), Number(parts[3])) : featurePage(Number(parts[1]), Number(parts[3]));
     }

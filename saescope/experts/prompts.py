@@ -1,0 +1,51 @@
+"""Prompt sets for expert profiling and evaluation: a .txt file (one prompt per line) or a .jsonl
+file (one object per line with a text field), or a list of strings in the Python API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from saescope.errors import InvalidInput, MissingFile
+
+
+def _jsonl_prompts(path: Path, text_field: str) -> list[str]:
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InvalidInput(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict) or text_field not in record:
+            found = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise InvalidInput(f"{path}:{number}: no field {text_field!r} (found {found}); pass --text-field")
+        if str(record[text_field]).strip():
+            prompts.append(str(record[text_field]))
+    return prompts
+
+
+def read_prompts(source: str | Path | Sequence[str], text_field: str = "text", where: str = "prompts") -> list[str]:
+    """The prompts of ``source``; blank lines are skipped. Raises naming the file when it holds none."""
+    if not isinstance(source, (str, Path)):
+        prompts = [str(p) for p in source if str(p).strip()]
+        if not prompts:
+            raise InvalidInput(f"{where}: the prompt list is empty")
+        return prompts
+    path = Path(source)
+    if not path.is_file():
+        raise MissingFile(f"{where}: {path} does not exist (give a .txt file with one prompt per line, or a .jsonl file)")
+    if path.suffix == ".jsonl":
+        prompts = _jsonl_prompts(path, text_field)
+    elif path.suffix in (".txt", ""):
+        try:
+            prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as error:
+            raise InvalidInput(f"{path}: not UTF-8 text (byte {error.start}); give one prompt per line") from None
+    else:
+        raise InvalidInput(f"{path}: unsupported file type {path.suffix!r}; use .txt (one prompt per line) or .jsonl")
+    if not prompts:
+        raise InvalidInput(f"{path}: no prompts in this file ({where})")
+    return prompts
