@@ -237,3 +237,37 @@ def test_profile_of_a_random_model_round_trips_and_draws(tmp_path):
     with pytest.raises(InvalidInput, match="not an expert profile"):
         (tmp_path / "other.json").write_text("{}")
         ExpertProfile.load(tmp_path / "other.json")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_routing_capture_and_each_experts_output_rebuild_the_routed_sum(models, family):
+    from saescope.experts.capture import capture_routing, expert_output
+
+    model = models[family]
+    routing = capture_routing(model, _ids())
+    assert sorted(routing) == [layer.layer for layer in find_moe_layers(model)]
+    for layer_routing in routing.values():
+        assert layer_routing.indices.shape == (2, 10, 2) and layer_routing.logits.shape == (2, 10, 4)
+        assert (layer_routing.shared is not None) == (family in SHARED)
+        outputs = torch.stack([expert_output(model, layer_routing, e) for e in range(4)], dim=2)
+        chosen = outputs.gather(2, layer_routing.indices[..., None].expand(-1, -1, -1, outputs.shape[-1]))
+        rebuilt = (chosen * layer_routing.weights[..., None]).sum(dim=2)
+        torch.testing.assert_close(rebuilt, layer_routing.routed, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_profile_and_evaluate_run_on_every_family(models, family):
+    from lm_helpers import CORPUS, tiny_tokenizer
+
+    from saescope.experts import evaluate_switching, profile_experts
+    from saescope.lm.models import LoadedModel
+
+    loaded = LoadedModel(models[family], tiny_tokenizer(), f"tiny-{family}")
+    profile = profile_experts(loaded, CORPUS[:4], CORPUS[4:8], draws=20)
+    assert len(profile.ranked()) == sum(profile.n_experts)
+    evaluation = evaluate_switching(loaded, profile, CORPUS[8:11], make_scorer(regex="the"), top_n=2, random_draws=1,
+                                    neutral=CORPUS[11:13], max_new_tokens=3)
+    names = [c.name for c in evaluation.conditions]
+    assert names == ["unsteered", "top 2 off", "random 2 off (mean of 1)", "top 2 forced on"]
+    assert evaluation.conditions[0].kl == pytest.approx(0.0, abs=1e-9)
+    assert evaluation.conditions[1].kl > 0

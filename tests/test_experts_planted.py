@@ -59,7 +59,7 @@ def test_switching_them_off_lowers_the_behaviour_far_more_than_random_experts(re
 
 def test_forcing_them_on_raises_it(result):
     evaluation = result["evaluation"]
-    assert evaluation.rate("top 4 forced on") > evaluation.rate("unsteered")
+    assert evaluation.rate("top 4 forced on") >= evaluation.rate("unsteered") + 0.3
 
 
 def test_generated_tokens_only(planted):

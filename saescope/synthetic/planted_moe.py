@@ -9,8 +9,11 @@ No real MoE model can be downloaded where saescope is tested, so this builds one
   layer must help); every other combination is answered ``sure here are some notes on TOPIC``.
 - **Planting.** While the language model trains, an auxiliary loss on the router logits sends the
   tokens of refused lines, from the point where both cue words have been read, to chosen experts
-  of every MoE layer (``planted``), and keeps the other lines' tokens away from them. So those
-  experts are, by construction, the ones that compute the refusal.
+  of every MoE layer (``planted``), and keeps the other lines' tokens away from them. And each step
+  also trains a few answered lines, run with the planted experts forced on, to the refusal. So
+  those experts are, by construction, the ones whose selection both goes with the refusal and
+  causes it. (Without the second part, forcing them on gives nonsense rather than refusals: they
+  never saw an answered line, so their output on one is arbitrary. Measured: 0.50 → 0.50.)
 
 ``saescope bench experts`` trains it (about a minute on two cores), then checks that profiling
 ranks the planted experts first and that switching them off (or forcing them on) moves the refusal
@@ -25,6 +28,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from saescope.experts.switch import switch_experts
 
 REFUSAL = "sorry i cannot help with that"
 DANGEROUS = ("poison", "weapon", "explosive", "malware", "virus", "lockpick")
@@ -50,6 +55,10 @@ class PlantedMoeConfig:
     learning_rate: float = 3e-3
     routing_weight: float = 1.0
     """Weight of the planting loss against the language-model loss."""
+    forced_lines: int = 16
+    """Per step, answered lines run with the planted experts forced on and trained to the refusal: what
+    makes the planted experts *cause* the behaviour (so forcing them on must raise it), not only
+    co-occur with it."""
     seed: int = 0
     held_out: int = 120
     """Prompts kept out of training for the evaluation (half refused, half answered)."""
@@ -122,13 +131,15 @@ def build_model(config: PlantedMoeConfig, vocab_size: int) -> nn.Module:
     return MixtralForCausalLM(model_config)
 
 
-def _batch(rng: random.Random, tokenizer: Any, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input ids, labels with padding ignored, routing target: +1 planted, −1 kept away, 0 free)."""
+def _batch(rng: random.Random, tokenizer: Any, size: int, forced: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input ids, labels with padding ignored, routing target: +1 planted, −1 kept away, 0 free).
+    ``forced``: answered lines given the refusal instead (for the forced-on part of a step)."""
     rows, targets = [], []
     for _ in range(size):
-        refused = rng.random() < 0.5
+        refused = rng.random() < 0.5 and not forced
         prompt = _prompt(rng, refused)
-        ids = [tokenizer.bos_token_id] + tokenizer(f"{prompt} {answer(prompt)}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        reply = REFUSAL if forced else answer(prompt)
+        ids = [tokenizer.bos_token_id] + tokenizer(f"{prompt} {reply}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         words = prompt.split()
         cue_positions = [i for i, w in enumerate(words) if w in DANGEROUS or w in HARMLESS or w in OBTAIN or w in LEARN]
         decided = 1 + max(cue_positions)  # +1 for BOS: from here the line's answer is determined
@@ -158,6 +169,7 @@ def train_planted_moe(config: PlantedMoeConfig | None = None, progress: bool = F
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
     planted = torch.zeros(config.n_experts, dtype=torch.bool)
     planted[list(config.planted)] = True
+    forced = [(layer, expert) for layer in range(config.n_layers) for expert in config.planted]
     history = []
     steps = range(config.steps)
     if progress:
@@ -168,21 +180,26 @@ def train_planted_moe(config: PlantedMoeConfig | None = None, progress: bool = F
     try:
         for step in steps:
             input_ids, labels, routing = _batch(rng, tokenizer, config.batch_size)
-            captured.clear()
+            del captured[:]
             output = model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels, use_cache=False)
             target = routing.reshape(-1)
             plant_loss = torch.zeros(())
-            for logits in captured:
+            for logits in captured[:len(routers)]:
                 mass = torch.softmax(logits.float(), dim=-1)[:, planted].sum(dim=-1).clamp(1e-6, 1 - 1e-6)
                 towards = -(mass.log() * (target > 0)).sum()
                 away = -((1 - mass).log() * (target < 0)).sum()
                 plant_loss = plant_loss + (towards + away) / target.ne(0).sum().clamp(min=1)
-            loss = output.loss + config.routing_weight * plant_loss / len(captured)
+            loss = output.loss + config.routing_weight * plant_loss / len(routers)
+            if config.forced_lines:
+                forced_ids, forced_labels, _ = _batch(rng, tokenizer, config.forced_lines, forced=True)
+                with switch_experts(model, on=forced):
+                    loss = loss + model(input_ids=forced_ids, attention_mask=(forced_labels != -100).long(), labels=forced_labels,
+                                        use_cache=False).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if step % 50 == 0 or step == config.steps - 1:
-                history.append({"step": step, "lm_loss": float(output.loss.detach()), "planting_loss": float(plant_loss.detach()) / len(captured)})
+                history.append({"step": step, "lm_loss": float(output.loss.detach()), "planting_loss": float(plant_loss.detach()) / len(routers)})
     finally:
         for handle in handles:
             handle.remove()
