@@ -196,7 +196,7 @@ def add_experts_commands(commands: argparse._SubParsersAction, bench_kinds: argp
     evaluate.set_defaults(func=_cmd_evaluate)
 
     bench = bench_kinds.add_parser("experts", help="expert profiling and switching on a tiny MoE trained with a planted refusal")
-    bench.add_argument("--steps", type=positive_int, help="training steps (default 400)")
+    bench.add_argument("--steps", type=positive_int, help="training steps (default 250)")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--random-draws", type=positive_int, default=5)
     bench.add_argument("--out", help="also write experts.json, experts.png and evaluation.json here")

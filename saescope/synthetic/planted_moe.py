@@ -50,7 +50,7 @@ class PlantedMoeConfig:
     d_model: int = 64
     planted: tuple[int, ...] = (1, 6)
     """The experts (at every layer) that refused lines are routed to."""
-    steps: int = 400
+    steps: int = 250
     batch_size: int = 64
     learning_rate: float = 3e-3
     routing_weight: float = 1.0
