@@ -69,6 +69,9 @@ class DataPlan(LmDataConfig):
     """With --data: train on vectors minus their per-dimension mean (folded into the saved SAE, which takes raw vectors)."""
     standardize: bool = False
     """With --data: also divide each dimension by its standard deviation (folded in as well)."""
+    log1p: bool = False
+    """With --data: train on log(1 + x) of non-negative counts, before centring. Not foldable into weights: the
+    saved SAE records it and applies it to the raw counts itself, and reconstructs log(1 + x)."""
 
     def __post_init__(self) -> None:
         check_field_types(self)

@@ -1,4 +1,5 @@
-"""Per-dimension centring and standardisation of vectors before an SAE sees them, folded back afterwards.
+"""Per-dimension centring and standardisation of vectors before an SAE sees them, folded back afterwards;
+and log(1 + x) for counts, which cannot be folded and so becomes the SAE's recorded input transform.
 
 Scientific data often sit far from the origin (expression values, embeddings): an SAE on them spends
 its latents on the mean, and most die (2026 reports: 0% dead on GPT-2 activations, over 70% on
@@ -84,3 +85,31 @@ class AffineSource:
     def fingerprint(self) -> dict[str, Any]:
         inner = self.source.fingerprint() if hasattr(self.source, "fingerprint") else {}
         return {**inner, "centered": True, "standardized": self.affine.std is not None}
+
+
+class Log1pSource:
+    """``source`` with every batch through log(1 + x); a negative value stops the run naming ``where`` (counts cannot be negative)."""
+
+    reiterable = True
+
+    def __init__(self, source: Any, where: str) -> None:
+        self.source, self.where = source, where
+        self.d_in, self.n_tokens = source.d_in, source.n_tokens
+
+    def _apply(self, batch: Tensor) -> Tensor:
+        lowest = float(batch.min()) if batch.numel() else 0.0
+        if lowest < 0:
+            raise InvalidInput(f"{self.where}: --log1p needs non-negative counts, found {lowest:g}; "
+                               "is the data already log-transformed or centred? (then leave out --log1p)")
+        return torch.log1p(batch)
+
+    def iter_batches(self, batch_size: int, **options: Any) -> Iterator[Tensor]:
+        for batch in self.source.iter_batches(batch_size, **options):
+            yield self._apply(batch)
+
+    def head(self, n_tokens: int) -> Tensor:
+        return self._apply(self.source.head(n_tokens))
+
+    def fingerprint(self) -> dict[str, Any]:
+        inner = self.source.fingerprint() if hasattr(self.source, "fingerprint") else {}
+        return {**inner, "log1p": True}

@@ -209,6 +209,7 @@ def measure_description_length(
     for x in source.iter_batches(batch_size):
         x = checked_batch(x, sae, device)
         code = sae.encode_code(x)
+        x = sae.reconstruction_target(x)
         _rows, cols, values = code.active_entries()
         fine, _ = quantise(values, maxima[cols], finest)
         histogram.view(-1).index_add_(0, cols * finest + fine, torch.ones_like(fine))

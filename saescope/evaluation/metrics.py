@@ -204,7 +204,7 @@ def reconstruction_stats(sae: SparseAutoencoder, source: Any, batch_size: int, d
     for x in source.iter_batches(batch_size):
         x = checked_batch(x, sae, device)
         code = sae.encode_code(x)
-        stats.update(x, sae.decode_code(code), code)
+        stats.update(sae.reconstruction_target(x), sae.decode_code(code), code)
     return stats
 
 

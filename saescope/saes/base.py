@@ -28,6 +28,9 @@ from saescope.saes.code import FeatureCode
 from saescope.saes.sparse_ops import decode_dense, decode_sparse
 
 
+INPUT_TRANSFORMS = {"log1p": "log(1 + x) of non-negative counts"}
+
+
 @dataclass
 class SaeConfig:
     """Fields shared by every architecture; each architecture subclasses it with its own inference fields."""
@@ -40,8 +43,14 @@ class SaeConfig:
     """Where the activations come from (a module path in the model), for the record."""
     model_id: str | None = None
     """The model the activations come from, for the record."""
+    input_transform: str | None = None
+    """A nonlinear transform the SAE applies to its input first (``"log1p"`` for counts; see
+    ``INPUT_TRANSFORMS``). It cannot be folded into weights, so it is part of the SAE: the SAE takes
+    the raw vectors, and it reconstructs the *transformed* vectors (``reconstruction_target``)."""
 
     def __post_init__(self) -> None:
+        if self.input_transform is not None and self.input_transform not in INPUT_TRANSFORMS:
+            raise InvalidInput(f"input_transform must be one of {sorted(INPUT_TRANSFORMS)} or None, got {self.input_transform!r}")
         for name in ("d_in", "d_sae"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -132,10 +141,26 @@ class SparseAutoencoder(nn.Module):
         return self.cfg.d_sae
 
     def encoder_input(self, x: Tensor) -> Tensor:
-        """The encoder's input (``x - b_dec`` where the architecture subtracts it); checks the shape first."""
+        """The encoder's input (the input transform, then ``x - b_dec`` where the architecture subtracts it); checks the shape first."""
         if x.dim() != 2 or x.shape[1] != self.cfg.d_in:
             raise InvalidInput(self._shape_advice(x))
+        x = self.transform_input(x)
         return x - self.b_dec if self.apply_b_dec_to_input else x
+
+    def transform_input(self, x: Tensor) -> Tensor:
+        """``x`` through the SAE's input transform (identity unless ``cfg.input_transform`` is set)."""
+        transform = getattr(self.cfg, "input_transform", None)
+        if transform is None:
+            return x
+        lowest = float(x.min()) if x.numel() else 0.0
+        if lowest < 0:
+            raise InvalidInput(f"this SAE reads log(1 + x) of counts (input_transform {transform!r}) but got a negative value "
+                               f"({lowest:g}); give it the raw, non-negative counts, not log-transformed or centred data")
+        return torch.log1p(x)
+
+    def reconstruction_target(self, x: Tensor) -> Tensor:
+        """What ``forward(x)`` reconstructs: ``x`` itself, or ``log1p(x)`` for an SAE with that input transform."""
+        return self.transform_input(x)
 
     def _shape_advice(self, x: Tensor) -> str:
         shape = tuple(x.shape)

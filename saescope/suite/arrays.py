@@ -44,7 +44,7 @@ def train_on_array(plan: RunPlan, out: str | Path, resume: bool = False, progres
 def _train_locked_array(plan: RunPlan, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
     import torch
 
-    from saescope.data.preprocess import AffineSource, input_statistics
+    from saescope.data.preprocess import AffineSource, Log1pSource, input_statistics
     from saescope.io.checkpoint import save_sae
     from saescope.io.trainer_state import has_trainer_state
     from saescope.jobs import create_job
@@ -52,6 +52,8 @@ def _train_locked_array(plan: RunPlan, out: Path, resume: bool, progress: bool) 
 
     assert plan.data.array is not None
     data = load_array(plan.data.array, plan.data.data_key, plan.data.metadata_columns)
+    if plan.data.log1p:
+        data = Log1pSource(data, plan.data.array)  # before the statistics: the mean is of log(1 + x)
     training, sweep = plan.training, plan.sweep
     checkpoint_dir = Path(out) / "checkpoint"
     if resume and not has_trainer_state(checkpoint_dir):
@@ -87,5 +89,8 @@ def _train_locked_array(plan: RunPlan, out: Path, resume: bool, progress: bool) 
         if affine is not None:
             sae.fold_input_affine(affine.mean, affine.std)
             sae.normalization = {**sae.normalization, "input_affine": affine.record()}
+        if plan.data.log1p:
+            sae.cfg.input_transform = "log1p"  # applied by the SAE itself from now on: it takes raw counts
+            sae.normalization = {**sae.normalization, "input_transform": "log1p"}
         save_sae(sae, out / name)
     return trained

@@ -210,6 +210,9 @@ def export_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
     if stacked_hookpoints(sae):
         raise InvalidInput(f"a multi-layer SAE (over {len(stacked_hookpoints(sae))} hookpoints) has no SAELens equivalent; export one layer: "
                            "`saescope convert SAE --hookpoint layers.N.resid_post --to saelens` (saescope.saes.stacked.at_hookpoint)")
+    if getattr(sae.cfg, "input_transform", None):
+        raise InvalidInput(f"this SAE applies {sae.cfg.input_transform} to its input, which SAELens cannot represent; "
+                           "use it in saescope, or train without --log1p to export")
     if sae.normalization and not sae.normalization.get("folded", True):
         raise InvalidInput("this SAE still expects normalised inputs; fold the input scale first (trained SAEs are folded when saved)")
     folder = Path(path)
