@@ -84,7 +84,8 @@ def _train_locked_array(plan: RunPlan, out: Path, resume: bool, progress: bool) 
     try:
         trained = Trainer(jobs, config).fit(AffineSource(data, affine) if affine is not None else data, resume=resume)
     except InvalidInput as error:
-        raise InvalidInput(f"{plan.data.array}: {error}") from None
+        message = str(error)
+        raise InvalidInput(message if message.startswith(f"{plan.data.array}:") else f"{plan.data.array}: {message}") from None
     for name, sae in trained.items():
         if affine is not None:
             sae.fold_input_affine(affine.mean, affine.std)
