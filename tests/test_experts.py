@@ -271,3 +271,22 @@ def test_profile_and_evaluate_run_on_every_family(models, family):
     assert names == ["unsteered", "top 2 off", "random 2 off (mean of 1)", "top 2 forced on"]
     assert evaluation.conditions[0].kl == pytest.approx(0.0, abs=1e-9)
     assert evaluation.conditions[1].kl > 0
+
+
+def test_the_cli_refuses_a_dense_model_and_bad_expert_names(tmp_path):
+    from lm_helpers import tiny_tokenizer
+
+    from saescope.cli import main
+
+    zoo_model("llama").save_pretrained(tmp_path / "dense")
+    tiny_tokenizer().save_pretrained(tmp_path / "dense")
+    with pytest.raises(SystemExit, match="error: LlamaForCausalLM has no mixture-of-experts layer"):
+        main(["experts", "list", "--model", str(tmp_path / "dense")])
+    zoo_model("mixtral").save_pretrained(tmp_path / "moe")
+    tiny_tokenizer().save_pretrained(tmp_path / "moe")
+    with pytest.raises(SystemExit, match="error: --off '1/2': expected LAYER:EXPERT"):
+        main(["experts", "steer", "--model", str(tmp_path / "moe"), "--prompt", "hi", "--off", "1/2"])
+    with pytest.raises(SystemExit, match="error: nothing to switch"):
+        main(["experts", "steer", "--model", str(tmp_path / "moe"), "--prompt", "hi"])
+    with pytest.raises(SystemExit, match="error: give --prompt TEXT or --prompts FILE"):
+        main(["experts", "steer", "--model", str(tmp_path / "moe"), "--off", "0:1"])
