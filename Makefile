@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-saelens demo demo-bio synthetic bench mdl-digits clean
+.PHONY: test test-saelens demo demo-bio synthetic experts bench mdl-digits clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ synthetic: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
+
+# Expert profiling and switching on a tiny MoE trained here with a planted refusal (about 3 min)
+experts: $(STAMP)
+	$(BIN)/saescope bench experts --out runs/experts-bench
 
 # The MDL-SAE paper's digit experiment: a width x k sweep on MNIST, selection by description length, image grids
 mdl-digits: $(STAMP)
