@@ -23,7 +23,7 @@ function expertHeatmap(profile, by) {
   const raw = profile.statistics[by];
   const values = raw.map((row) => row.map((v) => (by === "risk_ratio" ? Math.log2(v) : v)));
   const nLayers = profile.layers.length, nExperts = Math.max(...profile.n_experts);
-  const cell = Math.max(3, Math.min(18, Math.floor(900 / nExperts))), rowHeight = Math.max(6, Math.min(22, Math.floor(520 / nLayers)));
+  const cell = Math.max(3, Math.min(44, Math.floor(900 / nExperts))), rowHeight = Math.max(6, Math.min(32, Math.floor(520 / nLayers)));
   const left = 34, top = 6;
   const limit = Math.max(1e-9, ...values.flatMap((row, i) => row.slice(0, profile.n_experts[i]).map(Math.abs)));
   const svg = svgNode("svg", { class: "expert-heatmap", width: left + nExperts * cell + 8, height: top + nLayers * rowHeight + 28 });
@@ -44,9 +44,10 @@ function expertHeatmap(profile, by) {
     }
   });
   const axis = svgNode("text", { x: left, y: top + nLayers * rowHeight + 18, "font-size": "10" });
-  axis.textContent = `expert 0 … ${nExperts - 1}   (red: selected more on the behaviour set; blue: on the control set; ${by === "risk_ratio" ? "log2 " : ""}${EXPERT_STATS[by]}, ±${fmt(limit, 2)})`;
+  axis.textContent = `expert 0 … ${nExperts - 1}`;
   svg.append(axis);
-  return svg;
+  return el("div", {}, svg, el("p", { class: "muted", text: `Red: selected more often on the behaviour set; blue: on the control set ` +
+    `(${by === "risk_ratio" ? "log2 " : ""}${EXPERT_STATS[by]}, colour scale ±${fmt(limit, 2)}). Hover a cell for its figures; click it for the expert.` }));
 }
 
 function expertLink(layer, expert) {
