@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -582,6 +583,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: join its process group first
+            from saescope.training.distributed import init_from_environment
+
+            init_from_environment(getattr(args, "device", None))
         return args.func(args)
     except Interrupted as error:
         print(f"\n{error}", file=sys.stderr)

@@ -27,7 +27,6 @@ from saescope.errors import InvalidInput
 from saescope.saes.code import FeatureCode
 from saescope.saes.sparse_ops import decode_dense, decode_sparse
 
-
 INPUT_TRANSFORMS = {"log1p": "log(1 + x) of non-negative counts"}
 
 

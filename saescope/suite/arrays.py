@@ -27,10 +27,17 @@ def train_on_array(plan: RunPlan, out: str | Path, resume: bool = False, progres
     ``out`` is locked while training; an existing non-empty ``out`` needs ``resume`` or ``overwrite``.
     """
     from saescope.io.lock import clear_output, output_lock
+    from saescope.training.distributed import barrier, current
 
     if resume and overwrite:
         raise InvalidInput("--resume and --overwrite: give one (continue the run, or replace it)")
     target = Path(out)
+    ranks = current()
+    if not ranks.main:  # under torchrun: rank 0 checks and prepares the folder; this rank saves only its own SAEs
+        barrier(ranks)
+        trained = _train_locked_array(plan, target, resume, progress=False)
+        barrier(ranks)
+        return trained
     with output_lock(target, "array training"):
         holds = [p for p in target.iterdir() if p.name != ".saescope.lock"]
         if overwrite:
@@ -38,7 +45,10 @@ def train_on_array(plan: RunPlan, out: str | Path, resume: bool = False, progres
         elif holds and not resume:
             raise AlreadyExists(f"--out {out}: the folder is not empty; choose another folder, pass --overwrite to replace "
                                 "what is there, or --resume to continue a checkpointed run")
-        return _train_locked_array(plan, target, resume, progress)
+        barrier(ranks)
+        trained = _train_locked_array(plan, target, resume, progress)
+        barrier(ranks)  # every rank's SAEs are saved before the lock is released
+        return trained
 
 
 def _train_locked_array(plan: RunPlan, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
@@ -49,6 +59,7 @@ def _train_locked_array(plan: RunPlan, out: Path, resume: bool, progress: bool) 
     from saescope.io.trainer_state import has_trainer_state
     from saescope.jobs import create_job
     from saescope.training import TrainConfig, Trainer
+    from saescope.training.distributed import current, other_world_checkpoint
 
     assert plan.data.array is not None
     data = load_array(plan.data.array, plan.data.data_key, plan.data.metadata_columns)
@@ -56,7 +67,10 @@ def _train_locked_array(plan: RunPlan, out: Path, resume: bool, progress: bool) 
         data = Log1pSource(data, plan.data.array)  # before the statistics: the mean is of log(1 + x)
     training, sweep = plan.training, plan.sweep
     checkpoint_dir = Path(out) / "checkpoint"
-    if resume and not has_trainer_state(checkpoint_dir):
+    reason = other_world_checkpoint(checkpoint_dir, current()) if resume else None
+    if reason:
+        raise InvalidInput(reason)
+    if resume and not has_trainer_state(current().checkpoint_folder(checkpoint_dir)):
         raise InvalidInput(f"--resume: no checkpoint in {checkpoint_dir}; run without --resume (and with --checkpoint-every) first")
     d_in = int(data.d_in)
     single = len(sweep.widths) == 1 and len(sweep.target_l0s) == 1

@@ -93,6 +93,11 @@ def _train_checked_suite(plan: RunPlan, out: str | Path, resume: bool, progress:
 
     if plan.data.array is not None:
         raise PlanError(f"{plan.source}: a suite trains on a model or a cache; train an array with saescope.train")
+    from saescope.training.distributed import current
+
+    if current().distributed:
+        raise InvalidInput(f"{current().world} processes: suites on a model or a cache do not run under torchrun yet (the "
+                           "data-parallel harvest is not built); run one process, or train vectors (--data) under torchrun")
     if resume and overwrite:
         raise PlanError("--resume and --overwrite: give one (continue the run, or replace it)")
     with output_lock(out, "suite training"):

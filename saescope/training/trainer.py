@@ -28,6 +28,8 @@ from saescope.jobs import ReadSpec, SaeJob, default_objective
 from saescope.saes import SparseAutoencoder
 from saescope.saes.stacked import stacked_normalization
 from saescope.training.config import TrainConfig
+from saescope.training.distributed import agree, gather_objects, other_world_checkpoint
+from saescope.training.distributed import current as current_ranks
 from saescope.training.interrupt import stop_at_step_boundary
 from saescope.training.progress import ProgressReporter
 from saescope.training.sae_trainer import SaeTrainer
@@ -98,6 +100,14 @@ class Trainer:
         self.jobs = as_jobs(jobs)
         self.saes = {job.name: job.sae for job in self.jobs}
         self.trainers = [SaeTrainer(job, self.config, self.device) for job in self.jobs]
+        self.ranks = current_ranks()
+        # sharded placement (saescope.training.distributed): this rank trains every world-th job
+        self.owned = [trainer for index, trainer in enumerate(self.trainers) if self.ranks.owns(index)]
+        if self.ranks.distributed:
+            agree([job.name for job in self.jobs], self.ranks, "the SAE jobs")
+            if len(self.jobs) < self.ranks.world:
+                raise InvalidInput(f"{self.ranks.world} processes for {len(self.jobs)} SAE jobs: each job trains on one process "
+                                   f"(sharded placement), so run at most {len(self.jobs)} processes")
         self.callbacks: list[Callback] = []
         self._fitted = False
 
@@ -118,12 +128,16 @@ class Trainer:
         source = as_source(data)
         self._source = source
         start_step = 0
-        if resume and has_trainer_state(config.checkpoint_dir):
+        if resume and has_trainer_state(self._checkpoint_dir()):
             start_step = self._load_checkpoint()
         else:
+            if resume:
+                self._refuse_other_world()
             self._estimate_normalization(source)
         total_steps = config.total_steps
-        reporter = ProgressReporter(total_steps, start_step, config.progress, config.logger, config.log_dir, config.to_dict())
+        main = self.ranks.main
+        reporter = ProgressReporter(total_steps, start_step, config.progress and main, config.logger if main else "none",
+                                    config.log_dir if main else None, config.to_dict())
         batches = source.iter_batches(config.batch_size, shuffle=config.shuffle, seed=config.seed, start_batch=start_step, loop=True)
         started = last_log_time = time.perf_counter()
         last_log_step = step = start_step
@@ -139,7 +153,7 @@ class Trainer:
                     done = step + 1
                     is_last = done == total_steps
                     if done % config.log_every == 0 or is_last:
-                        metrics = {t.name: t.read_metrics() for t in self.trainers}
+                        metrics = self._gather_metrics({t.name: t.read_metrics() for t in self.owned})
                         now = time.perf_counter()
                         speed = (done - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
                         reporter.report(done, done - last_log_step, done * config.batch_size, speed, metrics)
@@ -147,7 +161,7 @@ class Trainer:
                         self._last_metrics = metrics
                     if config.checkpoint_every and (done % config.checkpoint_every == 0 or is_last):
                         self._save_checkpoint(done)
-                    if done % config.log_every == 0 or is_last:
+                    if (done % config.log_every == 0 or is_last) and main:
                         for callback in self.callbacks:
                             callback(done, metrics)
                     if stop.requested and not is_last:
@@ -161,6 +175,23 @@ class Trainer:
             raise InvalidInput("no training steps ran: the activation source produced no batches")
         self._fitted = True
         return self._finish(steps_done, start_step, time.perf_counter() - started)
+
+    def _gather_metrics(self, mine: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        """Every SAE's metrics, in job order, from whichever rank trains it."""
+        if not self.ranks.distributed:
+            return mine
+        merged = {name: values for part in gather_objects(mine, self.ranks) for name, values in part.items()}
+        return {job.name: merged[job.name] for job in self.jobs if job.name in merged}
+
+    def _checkpoint_dir(self) -> str | None:
+        folder = self.config.checkpoint_dir
+        return None if folder is None else self.ranks.checkpoint_folder(folder)
+
+    def _refuse_other_world(self) -> None:
+        """--resume of a run checkpointed with another number of processes: say so rather than start afresh silently."""
+        reason = other_world_checkpoint(self.config.checkpoint_dir, self.ranks)
+        if reason:
+            raise InvalidInput(reason)
 
     def _stop_after(self, done: int, total_steps: int) -> None:
         """Ctrl-C arrived during step ``done``: save a checkpoint at this step boundary and stop with one line."""
@@ -187,7 +218,7 @@ class Trainer:
             return moved[id(tensor)]
 
         pairs = []
-        for trainer in self.trainers:
+        for trainer in self.owned:
             hookpoints = trainer.job.reads.hookpoints
             if not isinstance(batch, Mapping):
                 if hookpoints:
@@ -260,7 +291,7 @@ class Trainer:
     def _finish(self, steps_done: int, start_step: int, seconds: float) -> dict[str, SparseAutoencoder]:
         config = self.config
         tokens_this_run = (steps_done - start_step) * config.batch_size
-        for trainer in self.trainers:
+        for trainer in self.owned:
             sae = trainer.sae
             trainer.finalize()
             sae.fold_input_scale(trainer.input_scale)
@@ -287,20 +318,23 @@ class Trainer:
                 "tokens_per_second": round(tokens_this_run / max(seconds, 1e-9), 1),
                 "final_train_metrics": getattr(self, "_last_metrics", {}).get(trainer.name, {}),
             }
-        return dict(self.saes)
+            if self.ranks.distributed:
+                sae.training_summary["processes"] = self.ranks.world
+        return {trainer.name: trainer.sae for trainer in self.owned}
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def _save_checkpoint(self, step: int) -> None:
         tensors, infos = {}, []
-        for trainer in self.trainers:
+        for trainer in self.owned:
             tensors.update({f"{trainer.name}::{k}": v for k, v in trainer.state_tensors().items()})
             infos.append(trainer.state_info())
-        info = {"step": step, "train_config": self.config.to_dict(), "saes": infos, "data": self._data_fingerprint()}
+        info = {"step": step, "train_config": self.config.to_dict(), "saes": infos, "data": self._data_fingerprint(),
+                "processes": {"rank": self.ranks.rank, "world": self.ranks.world}}
         if hasattr(self._source, "resume_state"):
             info["source"] = self._source.resume_state()
         if hasattr(self._source, "resume_tensors"):
             tensors.update({f"{SOURCE_PREFIX}{k}": v for k, v in self._source.resume_tensors().items()})
-        save_trainer_state(self.config.checkpoint_dir, info, tensors)
+        save_trainer_state(self._checkpoint_dir(), info, tensors)
 
     def _data_fingerprint(self) -> dict[str, Any] | None:
         """The source's identity (hashing a sample of rows for arrays): computed once per fit, not at every checkpoint."""
@@ -310,7 +344,7 @@ class Trainer:
         return self._fingerprint
 
     def _load_checkpoint(self) -> int:
-        folder = Path(self.config.checkpoint_dir)
+        folder = Path(self._checkpoint_dir())
         info, tensors = load_trainer_state(folder)
         saved = info["train_config"]
         for key in ("total_tokens", "batch_size", "seed", "shuffle"):
@@ -321,9 +355,9 @@ class Trainer:
             changed = sorted(k for k in set(saved_data) | set(data) if saved_data.get(k) != data.get(k))
             raise InvalidInput(f"{folder}: the checkpoint was written on other data ({', '.join(f'{k}: {saved_data.get(k)!r} → {data.get(k)!r}' for k in changed)}); "
                                "resume with the data it started on, or start afresh without --resume")
-        if [s["name"] for s in info["saes"]] != [t.name for t in self.trainers]:
-            raise InvalidInput(f"{folder}: checkpoint holds SAEs {[s['name'] for s in info['saes']]}, this run has {[t.name for t in self.trainers]}")
-        for trainer, sae_info in zip(self.trainers, info["saes"]):
+        if [s["name"] for s in info["saes"]] != [t.name for t in self.owned]:
+            raise InvalidInput(f"{folder}: checkpoint holds SAEs {[s['name'] for s in info['saes']]}, this run has {[t.name for t in self.owned]}")
+        for trainer, sae_info in zip(self.owned, info["saes"]):
             prefix = f"{trainer.name}::"
             trainer.load_state(sae_info, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         if "source" in info and hasattr(self._source, "restore"):
