@@ -584,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: join its process group first
-            from saescope.training.distributed import init_from_environment
+            from saescope.parallel import init_from_environment
 
             init_from_environment(getattr(args, "device", None))
         return args.func(args)

@@ -40,7 +40,7 @@ def _worker(rank, world, port, plan, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     import torch.distributed as dist
 
-    from saescope.training.distributed import init_from_environment
+    from saescope.parallel import init_from_environment
 
     init_from_environment("cpu")
     try:
@@ -94,9 +94,35 @@ def test_torchrun_cli_matches_one_process(data, tmp_path):
     _same_saes(tmp_path / "one", tmp_path / "two")
 
 
-def test_a_suite_on_a_model_refuses_several_processes(monkeypatch):
-    from saescope.training import distributed
+def _suite_worker(rank, world, port, config, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    import torch.distributed as dist
 
-    monkeypatch.setattr(distributed, "current", lambda: distributed.Ranks(0, 2))
-    with pytest.raises(InvalidInput, match="do not run under torchrun yet"):
-        saescope.train_suite({"model": "smollm2-135m", "hookpoints": ["layers.1.resid_post"]}, "unused-folder")
+    from saescope.parallel import init_from_environment
+
+    init_from_environment("cpu")
+    try:
+        saescope.train_suite(config, out, progress=False, report=lambda line: None)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_suite_on_a_live_model_harvests_in_parallel_and_matches_one_process(tmp_path):
+    """Each process runs the model on half of every batch of contexts; the rows are gathered back in order."""
+    from lm_helpers import save_tiny_model, tiny_suite_config, write_corpus
+
+    from saescope.io.suite_index import read_index
+
+    config = tiny_suite_config(save_tiny_model(tmp_path / "model"), write_corpus(tmp_path / "c.txt", repeat=12),
+                               architectures=["topk", "jumprelu"], eval_tokens=256)
+    saescope.train_suite(config, tmp_path / "one", progress=False, report=lambda line: None)
+    mp.spawn(_suite_worker, args=(2, _free_port(), config, str(tmp_path / "two")), nprocs=2, join=True)
+    one, two = read_index(tmp_path / "one"), read_index(tmp_path / "two")
+    assert two["status"] == "complete" and two["processes"] == 2
+    assert [e["path"] for e in one["saes"]] == [e["path"] for e in two["saes"]] and len(one["saes"]) == 4
+    for a, b in zip(one["saes"], two["saes"]):
+        left, right = saescope.load(tmp_path / "one" / a["path"]), saescope.load(tmp_path / "two" / b["path"])
+        for (key, x), (_key, y) in zip(sorted(left.state_dict().items()), sorted(right.state_dict().items())):
+            assert torch.equal(x, y), f"{a['path']}.{key}"
+        assert a["metrics"]["fvu"] == pytest.approx(b["metrics"]["fvu"], rel=1e-4)
+        assert a["metrics"]["delta_lm_loss"] == pytest.approx(b["metrics"]["delta_lm_loss"], rel=1e-3, abs=1e-5)

@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "saescope.io.suite_index": 0,
     "saescope.io.paths": 0,
     "saescope.io.lock": 0,
+    "saescope.parallel": 0,
     "saescope.saes": 1,
     "saescope.lm": 1,
     "saescope.objectives": 2,

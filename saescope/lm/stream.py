@@ -108,11 +108,23 @@ class ModelActivationSource:
         return trainable_mask(input_ids, self.contexts.excluded_ids).reshape(-1)
 
     def rows(self, input_ids: Tensor) -> tuple[dict[str, Tensor], int]:
-        """One forward: each hookpoint's kept rows ``{name: [n, d]}`` (the same positions for all) and n."""
-        flat_mask = self.position_mask(input_ids)
+        """One forward: each hookpoint's kept rows ``{name: [n, d]}`` (the same positions for all) and n.
+
+        Under torchrun each process runs the model on its share of the contexts and the rows are
+        gathered back in order (``saescope.parallel.gather_rows``)."""
+        from saescope.parallel import current, gather_rows
+
+        ranks = current()
+        if ranks.distributed:
+            input_ids = torch.tensor_split(input_ids, ranks.world)[ranks.rank]
         found: dict[str, list[Tensor]] = {name: [] for name in self.names}
-        capture(self.loaded.model, self.points, masked_collector(found, flat_mask, to_cpu=False), input_ids, stop_early=self.stop_early)
-        rows = {name: parts[0] for name, parts in found.items()}
+        if input_ids.shape[0]:
+            flat_mask = self.position_mask(input_ids)
+            capture(self.loaded.model, self.points, masked_collector(found, flat_mask, to_cpu=False), input_ids, stop_early=self.stop_early)
+            rows = {name: parts[0] for name, parts in found.items()}
+        else:  # fewer contexts than processes in this batch: this rank contributes nothing
+            rows = {name: torch.zeros(0, self.d_in[name], dtype=self.loaded.model.dtype, device=self.device) for name in self.names}
+        rows = gather_rows(rows, ranks)
         if self.outlier_norm_ratio is not None:
             rows = drop_norm_outliers(rows, self.outlier_norm_ratio)
         return rows, int(next(iter(rows.values())).shape[0])

@@ -27,7 +27,7 @@ def train_on_array(plan: RunPlan, out: str | Path, resume: bool = False, progres
     ``out`` is locked while training; an existing non-empty ``out`` needs ``resume`` or ``overwrite``.
     """
     from saescope.io.lock import clear_output, output_lock
-    from saescope.training.distributed import barrier, current
+    from saescope.parallel import barrier, current
 
     if resume and overwrite:
         raise InvalidInput("--resume and --overwrite: give one (continue the run, or replace it)")
@@ -58,8 +58,9 @@ def _train_locked_array(plan: RunPlan, out: Path, resume: bool, progress: bool) 
     from saescope.io.checkpoint import save_sae
     from saescope.io.trainer_state import has_trainer_state
     from saescope.jobs import create_job
+    from saescope.parallel import current
     from saescope.training import TrainConfig, Trainer
-    from saescope.training.distributed import current, other_world_checkpoint
+    from saescope.training.trainer import other_world_checkpoint
 
     assert plan.data.array is not None
     data = load_array(plan.data.array, plan.data.data_key, plan.data.metadata_columns)

@@ -93,17 +93,23 @@ def _train_checked_suite(plan: RunPlan, out: str | Path, resume: bool, progress:
 
     if plan.data.array is not None:
         raise PlanError(f"{plan.source}: a suite trains on a model or a cache; train an array with saescope.train")
-    from saescope.training.distributed import current
+    from saescope.parallel import barrier, current
 
-    if current().distributed:
-        raise InvalidInput(f"{current().world} processes: suites on a model or a cache do not run under torchrun yet (the "
-                           "data-parallel harvest is not built); run one process, or train vectors (--data) under torchrun")
     if resume and overwrite:
         raise PlanError("--resume and --overwrite: give one (continue the run, or replace it)")
+    ranks = current()
+    if not ranks.main:  # under torchrun: rank 0 checks, locks and writes the suite files; this rank trains its share
+        barrier(ranks)
+        index = _train_locked_suite(plan, Path(out), resume, False, lambda line: None)
+        barrier(ranks)
+        return index
     with output_lock(out, "suite training"):
         if overwrite:
             clear_output(out)
-        return _train_locked_suite(plan, Path(out), resume, progress, report)
+        barrier(ranks)
+        index = _train_locked_suite(plan, Path(out), resume, progress, report)
+        barrier(ranks)
+        return index
 
 
 def _train_locked_suite(plan: RunPlan, out: Path, resume: bool, progress: bool, report: Callable[[str], None]) -> dict[str, Any]:
@@ -111,14 +117,17 @@ def _train_locked_suite(plan: RunPlan, out: Path, resume: bool, progress: bool, 
     from saescope._version import __version__
     from saescope.evaluation.on_model import index_metrics
     from saescope.io.trainer_state import has_trainer_state
+    from saescope.parallel import current, gather_objects
     from saescope.training import TrainConfig
     from saescope.training.on_model import SaeSpec, train_on_model
 
+    ranks = current()
     plan, given = plan.with_absolute_paths()  # so the suite works from any folder later
     model, data, training, sweep = plan.model, plan.data, plan.training, plan.sweep
     checkpoint_dir = out / "checkpoint"
-    _check_output_folder(out, plan, resume, checkpoint_dir, report)
-    resume = resume and has_trainer_state(checkpoint_dir)  # stopped before its first checkpoint: start again here
+    if ranks.main:
+        _check_output_folder(out, plan, resume, checkpoint_dir, report)
+    resume = resume and has_trainer_state(ranks.checkpoint_folder(checkpoint_dir))  # stopped before its first checkpoint: start again here
 
     loaded, widths, model_id, forward_fraction = _load_and_resolve(plan)
     planned = _expand(plan, widths)
@@ -133,17 +142,18 @@ def _train_locked_suite(plan: RunPlan, out: Path, resume: bool, progress: bool, 
         eval_tokens=eval_tokens, checkpointing=checkpoint_every is not None, out_dir=out, device=device, live_model=data.cache is None,
     )
     report(guess.summary())
-    check(guess, out)
-
-    out.mkdir(parents=True, exist_ok=True)
-    _write_config_copy(out, plan)
+    if ranks.main:
+        check(guess, out)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_config_copy(out, plan)
     index = {
         "format": FORMAT, "version": 1, "status": "training", "saescope_version": __version__,
         "model": model_id, "dataset": data.dataset, "given": given, "config": plan.to_dict(),
         "estimate": {"memory_bytes": guess.memory_bytes, "seconds": round(guess.seconds, 1)},
         "saes": [_entry(p) for p in planned],
     }
-    write_index(out, index)
+    if ranks.main:
+        write_index(out, index)
 
     specs = []
     for arch in sweep.architectures:
@@ -169,14 +179,19 @@ def _train_locked_suite(plan: RunPlan, out: Path, resume: bool, progress: bool, 
     )
     seconds = time.perf_counter() - started
 
+    # under torchrun each process trained and evaluated its own SAEs: rank 0 collects every one's metrics
+    metrics_by_path = {path: metrics for part in gather_objects({path: m for path, (_sae, m) in results.items()}, ranks)
+                       for path, metrics in part.items()}
     for entry in index["saes"]:
-        _sae, metrics = results[entry["path"]]
-        entry["metrics"] = index_metrics(metrics)
+        entry["metrics"] = index_metrics(metrics_by_path[entry["path"]])
     index["status"] = "complete"
     index["train_seconds"] = round(seconds, 1)
-    write_index(out, index)
-    if not training.keep_checkpoint and checkpoint_dir.exists():
-        shutil.rmtree(checkpoint_dir)
+    if ranks.distributed:
+        index["processes"] = ranks.world
+    if ranks.main:
+        write_index(out, index)
+        if not training.keep_checkpoint and checkpoint_dir.exists():
+            shutil.rmtree(checkpoint_dir)
     return index
 
 

@@ -9,6 +9,7 @@ every ``log_every`` steps. Checkpoints are resumable bit for bit: data order is 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,11 +26,11 @@ from saescope.io.trainer_state import (
     save_trainer_state,
 )
 from saescope.jobs import ReadSpec, SaeJob, default_objective
+from saescope.parallel import Ranks, agree, gather_objects
+from saescope.parallel import current as current_ranks
 from saescope.saes import SparseAutoencoder
 from saescope.saes.stacked import stacked_normalization
 from saescope.training.config import TrainConfig
-from saescope.training.distributed import agree, gather_objects, other_world_checkpoint
-from saescope.training.distributed import current as current_ranks
 from saescope.training.interrupt import stop_at_step_boundary
 from saescope.training.progress import ProgressReporter
 from saescope.training.sae_trainer import SaeTrainer
@@ -101,7 +102,7 @@ class Trainer:
         self.saes = {job.name: job.sae for job in self.jobs}
         self.trainers = [SaeTrainer(job, self.config, self.device) for job in self.jobs]
         self.ranks = current_ranks()
-        # sharded placement (saescope.training.distributed): this rank trains every world-th job
+        # sharded placement (saescope.parallel): this rank trains every world-th job
         self.owned = [trainer for index, trainer in enumerate(self.trainers) if self.ranks.owns(index)]
         if self.ranks.distributed:
             agree([job.name for job in self.jobs], self.ranks, "the SAE jobs")
@@ -368,6 +369,18 @@ class Trainer:
                 self._source.restore(info["source"])
         logger.info("resumed from %s at step %d", folder, info["step"])
         return int(info["step"])
+
+
+def other_world_checkpoint(folder: str | os.PathLike | None, ranks: Ranks) -> str | None:
+    """Why ``folder`` cannot be resumed by this many processes (it was checkpointed with another number), or None."""
+    if folder is None or not Path(folder).is_dir() or has_trainer_state(ranks.checkpoint_folder(folder)):
+        return None
+    found = sorted(p.name for p in Path(folder).glob("rank-*-of-*") if has_trainer_state(p))
+    if not found and not has_trainer_state(folder):
+        return None
+    started = f"{found[0].split('-of-')[1]} processes" if found else "one process"
+    return (f"{folder}: the run was checkpointed with {started}, and this one has {ranks.world}; resume with the same "
+            "number of processes (each process holds its own SAE jobs' state)")
 
 
 def train_saes(

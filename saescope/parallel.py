@@ -8,6 +8,11 @@ step), so each SAE sees exactly the batches it would see in one process, and its
 bit-identical to the single-process one. Nothing crosses between ranks in the step; metrics are
 gathered at log steps so rank 0 can print every SAE's line.
 
+**Data-parallel harvest** (a live model): each forward batch of contexts is split across the ranks,
+each runs the model on its part, and ``gather_rows`` puts every rank's activation rows back together
+in rank order, which is the order one process would have produced. The shuffle buffer then sees
+the same rows as in one process.
+
 Rank 0 alone prints progress, takes the output folder's lock and writes shared files; each rank
 saves its own SAEs and its own checkpoint (``checkpoint/rank-R-of-W``). A run resumes only with
 the number of ranks it was started with.
@@ -98,17 +103,25 @@ def agree(value: Any, ranks: Ranks, what: str) -> None:
         raise InvalidInput(f"the ranks disagree on {what}: {values}; start every rank with the same command")
 
 
-def other_world_checkpoint(folder: str | os.PathLike | None, ranks: Ranks) -> str | None:
-    """Why ``folder`` cannot be resumed by this many processes (it was checkpointed with another number), or None."""
-    from pathlib import Path
+def gather_rows(rows: dict[str, torch.Tensor], ranks: Ranks) -> dict[str, torch.Tensor]:
+    """Every rank's rows ``{name: [n_r, d]}`` concatenated in rank order (ranks may hold different n_r)."""
+    if not ranks.distributed:
+        return rows
+    import torch.distributed as dist
 
-    from saescope.io.trainer_state import has_trainer_state
-
-    if folder is None or not Path(folder).is_dir() or has_trainer_state(ranks.checkpoint_folder(folder)):
-        return None
-    found = sorted(p.name for p in Path(folder).glob("rank-*-of-*") if has_trainer_state(p))
-    if not found and not has_trainer_state(folder):
-        return None
-    started = f"{found[0].split('-of-')[1]} processes" if found else "one process"
-    return (f"{folder}: the run was checkpointed with {started}, and this one has {ranks.world}; resume with the same "
-            "number of processes (each process holds its own SAE jobs' state)")
+    names = sorted(rows)
+    first = rows[names[0]]
+    count = torch.tensor([first.shape[0]], device=first.device)
+    counts = [torch.zeros_like(count) for _ in range(ranks.world)]
+    dist.all_gather(counts, count)
+    sizes = [int(c.item()) for c in counts]
+    longest = max(sizes)
+    out = {}
+    for name in names:
+        local = rows[name]
+        padded = torch.zeros(longest, *local.shape[1:], dtype=local.dtype, device=local.device)
+        padded[:local.shape[0]] = local
+        parts = [torch.zeros_like(padded) for _ in range(ranks.world)]
+        dist.all_gather(parts, padded)
+        out[name] = torch.cat([part[:size] for part, size in zip(parts, sizes)])
+    return out
