@@ -126,3 +126,20 @@ def test_a_suite_on_a_live_model_harvests_in_parallel_and_matches_one_process(tm
             assert torch.equal(x, y), f"{a['path']}.{key}"
         assert a["metrics"]["fvu"] == pytest.approx(b["metrics"]["fvu"], rel=1e-4)
         assert a["metrics"]["delta_lm_loss"] == pytest.approx(b["metrics"]["delta_lm_loss"], rel=1e-3, abs=1e-5)
+
+
+def test_the_estimate_knows_the_processes(monkeypatch, tmp_path):
+    """Sharded placement: the busiest process holds its share of the SAEs; the harvest's rows are gathered."""
+    from saescope.suite import preflight
+
+    monkeypatch.setattr(preflight, "matmul_flops_per_second", lambda device: 1e11)
+    saes = [preflight.PlannedSae(f"layers.{i}.resid_post", i, "topk", 576, 4608, 32.0) for i in range(6)]
+    common = dict(tokens=10**6, batch_size=4096, shuffle_buffer_tokens=65536, model_params=10**8, model_bytes=4 * 10**8,
+                  forward_fraction=1.0, eval_tokens=0, checkpointing=False, out_dir=tmp_path, device="cpu")
+    one = preflight.estimate(saes, **common)
+    three = preflight.estimate(saes, processes=3, **common)
+    state = 4 * 4 * saes[0].n_params
+    assert one.memory_bytes - three.memory_bytes == 4 * state  # 6 SAEs' state on one process, 2 on each of three
+    assert three.seconds == pytest.approx(one.seconds / 3, rel=1e-9)
+    assert three.gathered_bytes_per_step == 4 * 4096 * 6 * 576 * 2 // 3 and one.gathered_bytes_per_step == 0
+    assert "per process (3 processes)" in three.summary() and "gathered per step" in three.summary()

@@ -63,12 +63,17 @@ class Estimate:
     free_disk_bytes: int | None
     seconds: float
     device: str
+    processes: int = 1
+    gathered_bytes_per_step: int = 0
+    """Activation rows each process receives from the others per training step (data-parallel harvest)."""
 
     def summary(self) -> str:
         available = f" of {self.available_memory_bytes / GIB:.1f} GiB available" if self.available_memory_bytes else ""
         free = f" of {self.free_disk_bytes / GIB:.1f} GiB free" if self.free_disk_bytes is not None else ""
-        return (f"estimate: memory {self.memory_bytes / GIB:.2f} GiB{available} ({self.device}); "
-                f"disk {self.disk_bytes / GIB:.2f} GiB{free}; time about {_duration(self.seconds)}")
+        per = f" per process ({self.processes} processes)" if self.processes > 1 else ""
+        traffic = f"; {self.gathered_bytes_per_step / 2**20:.1f} MiB of activations gathered per step" if self.gathered_bytes_per_step else ""
+        return (f"estimate: memory {self.memory_bytes / GIB:.2f} GiB{per}{available} ({self.device}); "
+                f"disk {self.disk_bytes / GIB:.2f} GiB{free}; time about {_duration(self.seconds)}{traffic}")
 
 
 def available_memory(device: str) -> int | None:
@@ -119,9 +124,15 @@ def estimate(
     out_dir: str | Path,
     device: str,
     live_model: bool = True,
+    processes: int = 1,
 ) -> Estimate:
-    state = sum(4 * 4 * s.n_params for s in saes)
-    transients = max((STEP_TRANSIENTS * 4 * batch_size * len(s.hookpoints) * s.width for s in saes), default=0)
+    """The whole suite's needs; with ``processes`` > 1 (torchrun, sharded placement: SAE ``i`` on process
+    ``i mod processes``) the memory of the busiest process, and the time with the SAE steps, the model
+    forwards and the evaluation shared out."""
+    shares = [saes[rank::processes] for rank in range(processes)]
+    busiest = max(shares, key=lambda share: sum(s.n_params for s in share))
+    state = sum(4 * 4 * s.n_params for s in busiest)
+    transients = max((STEP_TRANSIENTS * 4 * batch_size * len(s.hookpoints) * s.width for s in busiest), default=0)
     widths = {h: s.d_in for s in saes for h in s.hookpoints}
     d_total = sum(widths.values())
     buffer = 2 * 4 * shuffle_buffer_tokens * d_total if live_model else 2 * 4 * batch_size * d_total
@@ -132,12 +143,13 @@ def estimate(
     weights = sum(4 * s.n_params for s in saes)
     waiting_rows = 4 * shuffle_buffer_tokens * d_total if live_model else 0
     disk = weights + (4 * weights + waiting_rows if checkpointing else 0)  # activations are written only as the buffer's rows
-    flops = tokens * sum(10 * len(s.hookpoints) * s.d_in * s.width for s in saes)
+    flops = tokens * max(sum(10 * len(s.hookpoints) * s.d_in * s.width for s in share) for share in shares)
     if live_model:
-        flops += tokens * 2 * model_params * forward_fraction
-    flops += eval_tokens * 2 * model_params * (sum(len(s.hookpoints) for s in saes) + 2 * len(widths))
+        flops += tokens * 2 * model_params * forward_fraction / processes
+    flops += eval_tokens * 2 * model_params * (max(sum(len(s.hookpoints) for s in share) for share in shares) + 2 * len(widths))
     seconds = flops / (EFFICIENCY * matmul_flops_per_second(device))
-    return Estimate(memory, available_memory(device), disk, _free_disk(out_dir), seconds, device)
+    gathered = 4 * batch_size * d_total * (processes - 1) // processes if live_model and processes > 1 else 0
+    return Estimate(memory, available_memory(device), disk, _free_disk(out_dir), seconds, device, processes, gathered)
 
 
 def check(estimate_: Estimate, out_dir: str | Path) -> None:

@@ -140,6 +140,7 @@ def _train_locked_suite(plan: RunPlan, out: Path, resume: bool, progress: bool, 
         planned, tokens=training.tokens, batch_size=training.batch_size, shuffle_buffer_tokens=data.shuffle_buffer_tokens,
         model_params=_parameter_count(loaded), model_bytes=_parameter_bytes(loaded), forward_fraction=forward_fraction,
         eval_tokens=eval_tokens, checkpointing=checkpoint_every is not None, out_dir=out, device=device, live_model=data.cache is None,
+        processes=ranks.world,
     )
     report(guess.summary())
     if ranks.main:
