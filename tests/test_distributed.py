@@ -143,3 +143,79 @@ def test_the_estimate_knows_the_processes(monkeypatch, tmp_path):
     assert three.seconds == pytest.approx(one.seconds / 3, rel=1e-9)
     assert three.gathered_bytes_per_step == 4 * 4096 * 6 * 576 * 2 // 3 and one.gathered_bytes_per_step == 0
     assert "per process (3 processes)" in three.summary() and "gathered per step" in three.summary()
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingSource:
+    """An array source whose batch ``crash_at`` raises (a process killed mid-run), after checkpoints were written."""
+
+    def __init__(self, values, crash_at):
+        from saescope.data.activations import ArraySource
+
+        self.inner, self.crash_at = ArraySource(values), crash_at
+        self.d_in, self.n_tokens, self.reiterable = self.inner.d_in, self.inner.n_tokens, True
+
+    def head(self, n):
+        return self.inner.head(n)
+
+    def iter_batches(self, batch_size, **options):
+        self.started_at = options.get("start_batch", 0)
+        for index, batch in enumerate(self.inner.iter_batches(batch_size, **options)):
+            if self.crash_at is not None and options.get("start_batch", 0) + index == self.crash_at:
+                raise _Crash(f"killed at batch {self.crash_at}")
+            yield batch
+
+
+def _jobs_and_config(checkpoint_dir):
+    from saescope.jobs import create_job
+    from saescope.training import TrainConfig
+
+    torch.manual_seed(5)
+    jobs = [create_job(arch, 16, 48, target_l0=4, name=arch) for arch in ARCHS]
+    checkpoints = {"checkpoint_every": 2, "checkpoint_dir": checkpoint_dir} if checkpoint_dir else {}
+    return jobs, TrainConfig(total_tokens=1024 * 10, batch_size=1024, seed=3, progress=False, **checkpoints)
+
+
+def _resume_worker(rank, world, port, values, folder):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    import torch.distributed as dist
+
+    from saescope.io.checkpoint import save_sae
+    from saescope.parallel import init_from_environment
+    from saescope.training import Trainer
+
+    init_from_environment("cpu")
+    try:
+        jobs, config = _jobs_and_config(os.path.join(folder, "checkpoint"))
+        try:
+            Trainer(jobs, config).fit(_CrashingSource(values, crash_at=5))
+        except _Crash:
+            pass
+        from saescope.io.trainer_state import load_trainer_state
+        from saescope.parallel import current
+
+        info, _tensors = load_trainer_state(current().checkpoint_folder(os.path.join(folder, "checkpoint")))
+        assert info["step"] == 4 and info["processes"] == {"rank": rank, "world": 2}, info["step"]
+        jobs, config = _jobs_and_config(os.path.join(folder, "checkpoint"))
+        source = _CrashingSource(values, crash_at=None)
+        for name, sae in Trainer(jobs, config).fit(source, resume=True).items():
+            save_sae(sae, os.path.join(folder, name))
+        assert source.started_at == 4  # it resumed, it did not start again
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_killed_two_process_run_resumes_to_the_uninterrupted_one_process_result(data, tmp_path):
+    from saescope.training import Trainer
+
+    values = np.load(data / "x.npy")
+    jobs, config = _jobs_and_config(None)
+    straight = Trainer(jobs, config).fit(values)
+    mp.spawn(_resume_worker, args=(2, _free_port(), values, str(tmp_path)), nprocs=2, join=True)
+    for name, sae in straight.items():
+        resumed = saescope.load(tmp_path / name)
+        for key, tensor in sae.state_dict().items():
+            assert torch.equal(tensor, resumed.state_dict()[key]), f"{name}.{key}"
