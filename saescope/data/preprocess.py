@@ -62,18 +62,20 @@ def input_statistics(source: Any, standardize: bool = False, max_rows: int = 1_0
     return InputAffine(mean.float(), None if std is None else std.float(), rows)
 
 
-class AffineSource:
-    """``source`` with every batch shifted and scaled: (x - mean) / std."""
+class MappedSource:
+    """``source`` with every batch passed through ``_apply``; ``_record`` is added to its fingerprint."""
 
     reiterable = True
 
-    def __init__(self, source: Any, affine: InputAffine) -> None:
-        self.source, self.affine = source, affine
+    def __init__(self, source: Any) -> None:
+        self.source = source
         self.d_in, self.n_tokens = source.d_in, source.n_tokens
 
     def _apply(self, batch: Tensor) -> Tensor:
-        shifted = batch - self.affine.mean
-        return shifted / self.affine.std if self.affine.std is not None else shifted
+        raise NotImplementedError
+
+    def _record(self) -> dict[str, Any]:
+        raise NotImplementedError
 
     def iter_batches(self, batch_size: int, **options: Any) -> Iterator[Tensor]:
         for batch in self.source.iter_batches(batch_size, **options):
@@ -84,17 +86,30 @@ class AffineSource:
 
     def fingerprint(self) -> dict[str, Any]:
         inner = self.source.fingerprint() if hasattr(self.source, "fingerprint") else {}
-        return {**inner, "centered": True, "standardized": self.affine.std is not None}
+        return {**inner, **self._record()}
 
 
-class Log1pSource:
+class AffineSource(MappedSource):
+    """``source`` with every batch shifted and scaled: (x - mean) / std."""
+
+    def __init__(self, source: Any, affine: InputAffine) -> None:
+        super().__init__(source)
+        self.affine = affine
+
+    def _apply(self, batch: Tensor) -> Tensor:
+        shifted = batch - self.affine.mean
+        return shifted / self.affine.std if self.affine.std is not None else shifted
+
+    def _record(self) -> dict[str, Any]:
+        return {"centered": True, "standardized": self.affine.std is not None}
+
+
+class Log1pSource(MappedSource):
     """``source`` with every batch through log(1 + x); a negative value stops the run naming ``where`` (counts cannot be negative)."""
 
-    reiterable = True
-
     def __init__(self, source: Any, where: str) -> None:
-        self.source, self.where = source, where
-        self.d_in, self.n_tokens = source.d_in, source.n_tokens
+        super().__init__(source)
+        self.where = where
 
     def _apply(self, batch: Tensor) -> Tensor:
         lowest = float(batch.min()) if batch.numel() else 0.0
@@ -103,13 +118,5 @@ class Log1pSource:
                                "is the data already log-transformed or centred? (then leave out --log1p)")
         return torch.log1p(batch)
 
-    def iter_batches(self, batch_size: int, **options: Any) -> Iterator[Tensor]:
-        for batch in self.source.iter_batches(batch_size, **options):
-            yield self._apply(batch)
-
-    def head(self, n_tokens: int) -> Tensor:
-        return self._apply(self.source.head(n_tokens))
-
-    def fingerprint(self) -> dict[str, Any]:
-        inner = self.source.fingerprint() if hasattr(self.source, "fingerprint") else {}
-        return {**inner, "log1p": True}
+    def _record(self) -> dict[str, Any]:
+        return {"log1p": True}

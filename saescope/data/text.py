@@ -55,7 +55,8 @@ def _txt_documents(path: Path) -> Iterator[str]:
         yield "".join(paragraph).strip()
 
 
-def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
+def jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
+    """The non-empty ``text_field`` of each line of a .jsonl file; a bad line is named by number."""
     for number, line in _utf8_lines(path):
         if not line.strip():
             continue
@@ -96,7 +97,7 @@ def _file_documents(path: Path, text_field: str) -> Iterator[str]:
     if path.suffix == ".txt":
         return _txt_documents(path)
     if path.suffix == ".jsonl":
-        return _jsonl_documents(path, text_field)
+        return jsonl_documents(path, text_field)
     if path.suffix == ".parquet":
         return _parquet_documents(path, text_field)
     raise InvalidInput(f"{path}: unsupported file type {path.suffix!r}; use .txt, .jsonl or .parquet")

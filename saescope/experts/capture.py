@@ -43,21 +43,20 @@ def capture_routing(model: nn.Module, input_ids: Tensor, attention_mask: Tensor 
     layers = find_moe_layers(model)
     modules = dict(model.named_modules())
     b, s = input_ids.shape
-    seen: dict[tuple[int, str], Tensor] = {}
+    seen: dict[tuple[int, str], object] = {}
     handles = []
 
     def keep(index: int, what: str, take):
         def hook(_module, args, output):
-            seen[(index, what)] = take(args, output).detach()
+            seen[(index, what)] = take(args, output)
         return hook
 
     for layer in layers:
-        handles.append(modules[layer.block].register_forward_hook(keep(layer.layer, "hidden", lambda a, o: a[0])))
-        handles.append(modules[layer.router].register_forward_hook(keep(layer.layer, "router", lambda a, o: torch.cat(
-            [o[0].reshape(b * s, -1).float(), o[1].reshape(b * s, -1).float(), o[2].reshape(b * s, -1).float()], dim=-1))))
-        handles.append(modules[layer.experts].register_forward_hook(keep(layer.layer, "routed", lambda a, o: o)))
+        handles.append(modules[layer.block].register_forward_hook(keep(layer.layer, "hidden", lambda a, o: a[0].detach())))
+        handles.append(modules[layer.router].register_forward_hook(keep(layer.layer, "router", lambda a, o: tuple(t.detach() for t in o[:3]))))
+        handles.append(modules[layer.experts].register_forward_hook(keep(layer.layer, "routed", lambda a, o: o.detach())))
         if layer.shared:
-            handles.append(modules[layer.shared].register_forward_hook(keep(layer.layer, "shared", lambda a, o: o)))
+            handles.append(modules[layer.shared].register_forward_hook(keep(layer.layer, "shared", lambda a, o: o.detach())))
     try:
         with torch.no_grad():
             model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -66,12 +65,11 @@ def capture_routing(model: nn.Module, input_ids: Tensor, attention_mask: Tensor 
             handle.remove()
     routing = {}
     for layer in layers:
-        router = seen[(layer.layer, "router")]
-        n, k = layer.n_experts, layer.top_k
+        logits, weights, indices = seen[(layer.layer, "router")]
         shared = seen.get((layer.layer, "shared"))
         routing[layer.layer] = LayerRouting(
-            layer=layer, hidden=seen[(layer.layer, "hidden")].reshape(b, s, -1), logits=router[:, :n].reshape(b, s, n),
-            weights=router[:, n:n + k].reshape(b, s, k), indices=router[:, n + k:].long().reshape(b, s, k),
+            layer=layer, hidden=seen[(layer.layer, "hidden")].reshape(b, s, -1), logits=logits.reshape(b, s, -1),
+            weights=weights.reshape(b, s, -1), indices=indices.long().reshape(b, s, -1),
             routed=seen[(layer.layer, "routed")].reshape(b, s, -1), shared=shared.reshape(b, s, -1) if shared is not None else None)
     return routing
 

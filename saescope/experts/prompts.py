@@ -3,28 +3,10 @@ file (one object per line with a text field), or a list of strings in the Python
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from saescope.errors import InvalidInput, MissingFile
-
-
-def _jsonl_prompts(path: Path, text_field: str) -> list[str]:
-    prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InvalidInput(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict) or text_field not in record:
-            found = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise InvalidInput(f"{path}:{number}: no field {text_field!r} (found {found}); pass --text-field")
-        if str(record[text_field]).strip():
-            prompts.append(str(record[text_field]))
-    return prompts
 
 
 def read_prompts(source: str | Path | Sequence[str], text_field: str = "text", where: str = "prompts") -> list[str]:
@@ -38,7 +20,9 @@ def read_prompts(source: str | Path | Sequence[str], text_field: str = "text", w
     if not path.is_file():
         raise MissingFile(f"{where}: {path} does not exist (give a .txt file with one prompt per line, or a .jsonl file)")
     if path.suffix == ".jsonl":
-        prompts = _jsonl_prompts(path, text_field)
+        from saescope.data.text import jsonl_documents
+
+        prompts = [p for p in jsonl_documents(path, text_field) if p.strip()]
     elif path.suffix in (".txt", ""):
         try:
             prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

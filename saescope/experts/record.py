@@ -35,6 +35,18 @@ def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
 
 
+def padded(id_lists: Sequence[list[int]], pad: int, left: bool) -> tuple[Tensor, Tensor]:
+    """(input ids, attention mask) [n, longest], padded on the left (for ``generate``) or on the right."""
+    length = max(len(ids) for ids in id_lists)
+    input_ids = torch.full((len(id_lists), length), pad, dtype=torch.long)
+    attention = torch.zeros(len(id_lists), length, dtype=torch.long)
+    for row, ids in enumerate(id_lists):
+        span = slice(length - len(ids), length) if left else slice(0, len(ids))
+        input_ids[row, span] = torch.tensor(ids)
+        attention[row, span] = 1
+    return input_ids, attention
+
+
 def greedy_continuations(loaded: Any, id_lists: Sequence[list[int]], max_new_tokens: int, batch_size: int = 16) -> list[list[int]]:
     """Greedy continuations of many prompts, ``batch_size`` at a time, left-padded (what ``generate``
     expects of a decoder-only model); each stops at its first EOS."""
@@ -42,13 +54,8 @@ def greedy_continuations(loaded: Any, id_lists: Sequence[list[int]], max_new_tok
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out: list[list[int]] = []
     for first in range(0, len(id_lists), batch_size):
-        batch = id_lists[first:first + batch_size]
-        length = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), length), pad, dtype=torch.long)
-        attention = torch.zeros(len(batch), length, dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, length - len(ids):] = torch.tensor(ids)
-            attention[row, length - len(ids):] = 1
+        input_ids, attention = padded(id_lists[first:first + batch_size], pad, left=True)
+        length = input_ids.shape[1]
         with torch.no_grad():
             generated = model.generate(input_ids.to(loaded.device), attention_mask=attention.to(loaded.device),
                                        max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
@@ -81,13 +88,11 @@ def count_selections(loaded: Any, prompts: Sequence[str], generated: bool = Fals
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for first in range(0, len(sequences), batch_size):
         batch = sequences[first:first + batch_size]
-        length = max(len(s) for s in batch)
-        input_ids = torch.full((len(batch), length), pad, dtype=torch.long)
-        counted = torch.zeros(len(batch), length, dtype=torch.bool)
-        for row, sequence in enumerate(batch):
-            input_ids[row, :len(sequence)] = torch.tensor(sequence)
-            counted[row, starts[first + row]:len(sequence)] = True
-        attention = (torch.arange(length)[None, :] < torch.tensor([len(s) for s in batch])[:, None]).long()
+        input_ids, attention = padded(batch, pad, left=False)
+        length = input_ids.shape[1]
+        counted = attention.bool()
+        for row in range(len(batch)):
+            counted[row, :starts[first + row]] = False
         chosen: dict[int, Tensor] = {}
 
         def recorder(position: int, store: dict[int, Tensor] = chosen, shape: tuple[int, int] = (len(batch), length)):
