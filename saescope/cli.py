@@ -110,6 +110,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from saescope.suite import train
 
     plan = plan_from_args(args, _train_extras(args))
+    if args.estimate_only:
+        from saescope.suite.plan_estimate import estimate_plan
+
+        planned = estimate_plan(plan, args.out, processes=args.processes or 1,
+                                device_flops=args.device_tflops * 1e12 if args.device_tflops else None)
+        print("\n".join(planned.lines()))
+        return 0
+    if args.processes or args.device_tflops:
+        raise InvalidInput("--processes and --device-tflops plan a run with --estimate-only; to train on several processes, "
+                           "launch with torchrun --nproc_per_node N -m saescope train ...")
     result = train(plan, args.out, resume=args.resume, progress=True, report=lambda line: print(line, file=sys.stderr), overwrite=args.overwrite)
     _print_trained(plan, args, result)
     return 0
@@ -451,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--expansion", type=positive_float, nargs="+", help="widths as latents per input dimension (8 means 8 x d_in)")
     train.add_argument("--k", type=positive_int, help="active latents per token for topk/batchtopk (instead of round(target L0))")
     train.add_argument("--sparsity-coefficient", type=positive_float, help="a fixed λ for jumprelu/relu/gated (with no target L0 controller)")
+    train.add_argument("--estimate-only", action="store_true", help="print the suite's memory per process, traffic, disk and time from the "
+                       "model's config alone (no weights loaded, nothing trained), e.g. to plan a multi-GPU run")
+    train.add_argument("--processes", type=positive_int, default=None, help="with --estimate-only: torchrun processes to plan for (default: 1)")
+    train.add_argument("--device-tflops", type=positive_float, help="with --estimate-only: one device's matmul TFLOP/s (default: measured here)")
     add_plan_arguments(train)
     train.set_defaults(func=_cmd_train)
 

@@ -26,6 +26,12 @@ from saescope.data.tokens import trainable_mask
 from saescope.errors import InvalidInput
 from saescope.lm.capture import replace_activation
 from saescope.lm.hookpoints import Hookpoint
+from saescope.lm.resume import (
+    can_replay,
+    keep_layer_outputs,
+    replayed_layers,
+    stacked_logits,
+)
 from saescope.saes import SparseAutoencoder
 
 
@@ -64,11 +70,57 @@ def zero_splice(mask: Tensor) -> Callable[[Tensor], Tensor]:
     return replace
 
 
-def _scores(logits: Tensor, input_ids: Tensor, score_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-position log-probs [n, vocab] and CE [n] at scored positions (predicting token t+1 from t)."""
-    log_probs = logits[:, :-1].float().log_softmax(dim=-1)[score_mask]
-    targets = input_ids[:, 1:][score_mask]
-    return log_probs, -log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
+class _Scores:
+    """Next-token cross-entropy at the scored positions, and what KL(p_clean ‖ p) needs, without a log-softmax matrix.
+
+    With lse = logsumexp(logits) per position: CE = lse − logit[target], and for a clean distribution p,
+    KL(p ‖ q) = Σ p·log p − Σ p·logits_q + lse_q. So each splice costs a logsumexp and one row-wise dot
+    product over the vocabulary; the clean distribution's probabilities and Σ p·log p are computed once.
+    """
+
+    def __init__(self, logits: Tensor, input_ids: Tensor, score_mask: Tensor) -> None:
+        self.logits = logits[:, :-1][score_mask].float()  # [n_scored, vocab]
+        self.lse = torch.logsumexp(self.logits, dim=-1)
+        targets = input_ids[:, 1:][score_mask]
+        self.ce = self.lse - self.logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+
+    def as_reference(self) -> _Scores:
+        """Keep p = softmax(logits) and Σ p·log p for KL against later splices."""
+        self.probs = (self.logits - self.lse.unsqueeze(1)).exp_()
+        self.neg_entropy = _row_dot(self.probs, self.logits) - self.lse
+        self.logits = None  # only the probabilities are needed from here
+        return self
+
+    def kl_from(self, reference: _Scores) -> Tensor:
+        """KL(p_reference ‖ p_self) per scored position."""
+        return reference.neg_entropy - _row_dot(reference.probs, self.logits) + self.lse
+
+
+def _row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """Σ_v a[n, v]·b[n, v] per row, as a batched matrix product (no [n, vocab] temporary)."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(-1)
+
+
+LOGIT_BUDGET = 1 << 27
+"""Most logits (float32 elements) one stacked forward may produce: several splices share a forward up to this."""
+
+
+def _splice_groups(saes: Mapping[str, tuple[Hookpoint, SparseAutoencoder]]) -> dict[str, tuple[Hookpoint, list[str]]]:
+    """The SAEs by hookpoint, in forward order: each hookpoint's zero ablation and SAEs resume from the same layer."""
+    groups: dict[str, tuple[Hookpoint, list[str]]] = {}
+    for name, (point, _) in sorted(saes.items(), key=lambda item: item[1][0].order):
+        groups.setdefault(point.name, (point, []))[1].append(name)
+    return groups
+
+
+def _stacked(functions: list[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor]:
+    """One replacement over the batch repeated len(functions) times: copy k gets function k."""
+
+    def replace(activation: Tensor) -> Tensor:
+        parts = activation.chunk(len(functions), dim=0)
+        return torch.cat([fn(part) for fn, part in zip(functions, parts)], dim=0)
+
+    return replace
 
 
 @torch.no_grad()
@@ -79,15 +131,26 @@ def splice_evaluate(
     excluded_ids: list[int],
     batch_contexts: int = 8,
     progress: bool = True,
+    resume: bool = True,
 ) -> dict[str, SpliceMetrics]:
-    """ΔLM loss, loss recovered and KL for each named ``(hookpoint, sae)`` over ``contexts`` [n, T]."""
+    """ΔLM loss, loss recovered and KL for each named ``(hookpoint, sae)`` over ``contexts`` [n, T].
+
+    With ``resume`` (the default) each splice resumes from its hookpoint's layer, replaying the clean
+    forward's earlier layers, and the splices at one hookpoint (its zero ablation and every SAE there)
+    share stacked forwards of up to ``LOGIT_BUDGET`` logits (``saescope/lm/resume.py``). The figures
+    equal the full-forward path's (``resume=False``, one forward per splice from the tokens) up to float
+    rounding of the larger batches (tested).
+    """
     if contexts.ndim != 2 or contexts.shape[1] < 2:
         raise InvalidInput(f"contexts must have shape [n, T >= 2], got {tuple(contexts.shape)}")
     device = next(model.parameters()).device
     totals = {name: torch.zeros(3, dtype=torch.float64) for name in saes}  # spliced CE, KL, zero CE
     clean_total = torch.zeros((), dtype=torch.float64)
     n_scored = 0
-    hookpoints = {point.name: point for point, _ in saes.values()}
+    groups = _splice_groups(saes)
+    resume = resume and can_replay(model)
+    kept_layers = sorted({point.layer - 1 for point, _ in groups.values() if point.layer > 0}) if resume else []
+    vocab = None
     batches = range(0, contexts.shape[0], batch_contexts)
     for start in tqdm(batches, desc="ΔLM loss", disable=not progress, leave=False):
         input_ids = contexts[start : start + batch_contexts].to(device)
@@ -95,18 +158,35 @@ def splice_evaluate(
         score_mask = mask[:, :-1]
         if not score_mask.any():
             continue
-        clean_log_probs, clean_ce = _scores(model(input_ids=input_ids, use_cache=False).logits, input_ids, score_mask)
-        clean_total += clean_ce.double().sum().cpu()
+        with keep_layer_outputs(model, kept_layers) as kept:
+            logits = model(input_ids=input_ids, use_cache=False).logits
+        vocab = logits.shape[-1]
+        clean = _Scores(logits, input_ids, score_mask).as_reference()
+        del logits
+        clean_total += clean.ce.double().sum().cpu()
         n_scored += int(score_mask.sum())
-        zero_ce: dict[str, Tensor] = {}
-        for name, point in hookpoints.items():
-            with replace_activation(model, point, zero_splice(mask)):
-                zero_ce[name] = _scores(model(input_ids=input_ids, use_cache=False).logits, input_ids, score_mask)[1].double().sum().cpu()
-        for name, (point, sae) in saes.items():
-            with replace_activation(model, point, sae_splice(sae, mask)):
-                log_probs, ce = _scores(model(input_ids=input_ids, use_cache=False).logits, input_ids, score_mask)
-            kl = (clean_log_probs.exp() * (clean_log_probs - log_probs)).sum(dim=-1)
-            totals[name] += torch.stack([ce.double().sum().cpu(), kl.double().sum().cpu(), zero_ce[point.name]])
+        n_contexts = input_ids.shape[0]
+        per_forward = max(1, LOGIT_BUDGET // (n_contexts * input_ids.shape[1] * vocab)) if resume else 1
+        for point, names in groups.values():
+            variants = [(None, zero_splice(mask))] + [(name, sae_splice(saes[name][1], mask)) for name in names]  # None: the ablation
+            zero_ce = None
+            for first in range(0, len(variants), per_forward):
+                chunk = variants[first : first + per_forward]
+                if resume:
+                    with replayed_layers(model, point.layer, kept.get(point.layer - 1), len(chunk), n_contexts), \
+                            replace_activation(model, point, _stacked([fn for _, fn in chunk])):
+                        logits = stacked_logits(model, input_ids, len(chunk))
+                else:
+                    with replace_activation(model, point, chunk[0][1]):
+                        logits = model(input_ids=input_ids, use_cache=False).logits
+                for k, (name, _) in enumerate(chunk):
+                    spliced = _Scores(logits[k * n_contexts : (k + 1) * n_contexts], input_ids, score_mask)
+                    if name is None:
+                        zero_ce = spliced.ce.double().sum().cpu()
+                        continue
+                    kl = spliced.kl_from(clean)
+                    totals[name] += torch.stack([spliced.ce.double().sum().cpu(), kl.double().sum().cpu(), zero_ce])
+                del logits
     if n_scored == 0:
         raise InvalidInput("no scored positions: every context holds only BOS/EOS/pad tokens")
     clean = float(clean_total / n_scored)

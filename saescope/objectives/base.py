@@ -87,6 +87,10 @@ class Objective:
     """Adam's β₁. None: the objective's default (0 for JumpReLU and Gated, as their papers)."""
     optimizer: OptimizerName | None = None
     """"adam", "signum", "schedule_free_adam" or "schedule_free_signum". None: "adam"."""
+    sparse_step: bool | None = None
+    """Train through the sparse path (dense encoder forward; backward and decode through the kept entries
+    only, ``saescope/saes/sparse_encoder.py``) or the dense reference. None: sparse where the objective has
+    one and the code is sparse enough (at most 1/8 of the entries). Both give the same values and gradients."""
 
     name: ClassVar[str] = ""
     architectures: ClassVar[tuple[str, ...]] = ()
@@ -140,6 +144,12 @@ class Objective:
         """Refuse settings that cannot work with this SAE (called once when the job is built)."""
         if self.target_l0 is not None and self.target_l0 > sae.d_sae:
             raise InvalidInput(f"target_l0={self.target_l0:g} exceeds the SAE's {sae.d_sae} latents")
+
+    def use_sparse_step(self, kept_per_token: float, d_sae: int) -> bool:
+        """The sparse path when asked, or by default when at most 1/8 of the entries are kept."""
+        if self.sparse_step is not None:
+            return self.sparse_step
+        return kept_per_token * 8 <= d_sae
 
     def optimizer_name(self) -> str:
         return self.optimizer or "adam"

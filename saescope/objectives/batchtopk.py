@@ -15,6 +15,8 @@ from saescope.errors import InvalidInput
 from saescope.objectives.base import LossOutput, StepContext, loss_output, squared_error
 from saescope.objectives.topk import TopKObjective
 from saescope.saes import FeatureCode, SparseAutoencoder
+from saescope.saes.sparse_encoder import EncoderPass
+from saescope.saes.sparse_ops import decode_entries
 
 
 @dataclass
@@ -40,7 +42,23 @@ class BatchTopKObjective(TopKObjective):
             self._track_threshold(sae, smallest_kept.detach())
         return pre, feature_acts
 
+    def select_sparse(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> tuple[EncoderPass, FeatureCode]:
+        """``select`` for the sparse step: the kept entries as a code of entries, gradient through them only."""
+        encoder = EncoderPass(sae, x)
+        acts = torch.relu(encoder.pre)
+        n_keep = min(int(self.training_k(sae, ctx.progress) * x.shape[0]), acts.numel())
+        rows, cols, smallest_kept = batch_top_k_entries(acts, n_keep, sae.threshold[0])
+        if sae.training:
+            self._track_threshold(sae, smallest_kept)
+        values = torch.relu(encoder.take(rows, cols))
+        return encoder, FeatureCode.entries(rows, cols, values, encoder.n_tokens, sae.d_sae)
+
     def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
+        if self.use_sparse_step(self.training_k(sae, ctx.progress), sae.d_sae):
+            encoder, code = self.select_sparse(sae, x, ctx)
+            reconstruction = decode_entries(code.rows, code.indices, code.values, code.n_tokens, sae.W_dec, sae.b_dec)
+            terms = {"mse": squared_error(reconstruction, x), **self.aux_terms(sae, encoder, x, reconstruction, ctx)}
+            return loss_output(code, reconstruction, terms)
         pre, feature_acts = self.select(sae, x, ctx)
         reconstruction = sae.decode(feature_acts)
         terms = {"mse": squared_error(reconstruction, x), **self.aux_terms(sae, pre, x, reconstruction, ctx)}
@@ -73,14 +91,35 @@ def batch_top_k(acts: Tensor, n_keep: int, tracked_threshold: Tensor) -> tuple[T
         values, indices = flat.topk(n_keep, sorted=False)
         kept = torch.zeros_like(flat).scatter(0, indices, values).view_as(acts)
         return kept, values.min()
-    pool = values = flat.detach()
+    cutoff = _cpu_cutoff(flat.detach(), n_keep, tracked_threshold)
+    return torch.where(acts >= cutoff, acts, 0.0), cutoff
+
+
+def _cpu_cutoff(values: Tensor, n_keep: int, tracked_threshold: Tensor) -> Tensor:
+    """The n_keep-th largest of ``values``, searched among those above 0.8 × the tracked threshold when enough are."""
+    pool = values
     guess = 0.8 * float(tracked_threshold)
     if guess > 0:
         above = values[values > guess]
         if above.numel() >= n_keep:
             pool = above
-    cutoff = pool.kthvalue(pool.numel() - n_keep + 1).values
-    return torch.where(acts >= cutoff, acts, 0.0), cutoff
+    return pool.kthvalue(pool.numel() - n_keep + 1).values
+
+
+def batch_top_k_entries(acts: Tensor, n_keep: int, tracked_threshold: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``batch_top_k`` as (rows, cols, smallest kept value) of the kept positive entries, rows ascending (no gradient).
+
+    The same entries as the dense selection (ties with the cut-off included); entries at 0 are left
+    out, since they contribute nothing and receive no gradient through the ReLU.
+    """
+    acts = acts.detach()
+    if acts.is_cuda:
+        values, indices = acts.flatten().topk(n_keep, sorted=False)
+        indices = indices[values > 0].sort().values
+        return indices // acts.shape[1], indices % acts.shape[1], values.min()
+    cutoff = _cpu_cutoff(acts.flatten(), n_keep, tracked_threshold)
+    rows, cols = ((acts >= cutoff) & (acts > 0)).nonzero(as_tuple=True)
+    return rows, cols, cutoff
 
 
 @dataclass

@@ -22,6 +22,8 @@ from saescope.errors import InvalidInput
 from saescope.objectives.base import LossOutput, StepContext, loss_output, squared_error
 from saescope.objectives.topk import TopKObjective
 from saescope.saes import FeatureCode, SparseAutoencoder
+from saescope.saes.sparse_encoder import EncoderPass
+from saescope.saes.sparse_ops import decode_entries
 
 
 def uniform_capacities(budget: int, n_latents: int, device: torch.device | str = "cpu") -> Tensor:
@@ -95,6 +97,8 @@ class FeatureChoiceObjective(TopKObjective):
         return zipf_capacities(ctx.firing_rate, budget, n_tokens, self.zipf_exponent, self.zipf_offset)
 
     def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
+        if self.use_sparse_step(self.training_k(sae, ctx.progress), sae.d_sae):
+            return self._sparse_loss(sae, x, ctx)
         pre = sae.pre_activations(x)
         acts = torch.relu(pre)
         capacities = self.capacities(sae, x.shape[0], ctx)
@@ -104,6 +108,18 @@ class FeatureChoiceObjective(TopKObjective):
         if sae.training:
             self._track_threshold(sae, last_kept.detach(), capacities > 0)
         return loss_output(FeatureCode.from_dense(feature_acts), reconstruction, terms)
+
+    def _sparse_loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
+        encoder = EncoderPass(sae, x)
+        capacities = self.capacities(sae, x.shape[0], ctx)
+        rows, cols, last_kept = feature_choice_entries(torch.relu(encoder.pre), capacities)
+        values = torch.relu(encoder.take(rows, cols))
+        code = FeatureCode.entries(rows, cols, values, encoder.n_tokens, sae.d_sae)
+        reconstruction = decode_entries(rows, cols, values, encoder.n_tokens, sae.W_dec, sae.b_dec)
+        terms = {"mse": squared_error(reconstruction, x), **self.aux_terms(sae, encoder, x, reconstruction, ctx)}
+        if sae.training:
+            self._track_threshold(sae, last_kept, capacities > 0)
+        return loss_output(code, reconstruction, terms)
 
     @torch.no_grad()
     def _track_threshold(self, sae: SparseAutoencoder, last_kept: Tensor, chose: Tensor) -> None:
@@ -129,3 +145,18 @@ def feature_choice(acts: Tensor, capacities: Tensor) -> tuple[Tensor, Tensor]:
     kept = torch.zeros_like(acts).scatter(0, rows, values * keep)
     last = values.detach().gather(0, (capacities - 1).clamp_min(0).unsqueeze(0)).squeeze(0)
     return kept, torch.where(capacities > 0, last, 0.0)
+
+
+def feature_choice_entries(acts: Tensor, capacities: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``feature_choice`` as (rows, cols, each column's last kept value) of the kept positive entries, rows ascending."""
+    acts = acts.detach()
+    most = int(capacities.max())
+    if most == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=acts.device)
+        return empty, empty, torch.zeros(acts.shape[1], dtype=acts.dtype, device=acts.device)
+    values, rows = acts.topk(most, dim=0)  # [M, F], sorted descending
+    keep = (torch.arange(most, device=acts.device).unsqueeze(1) < capacities.unsqueeze(0)) & (values > 0)
+    cols = torch.arange(acts.shape[1], device=acts.device).expand_as(rows)
+    flat = (rows * acts.shape[1] + cols)[keep].sort().values  # token-major order
+    last = values.gather(0, (capacities - 1).clamp_min(0).unsqueeze(0)).squeeze(0)
+    return flat // acts.shape[1], flat % acts.shape[1], torch.where(capacities > 0, last, 0.0)

@@ -18,6 +18,7 @@ from saescope.errors import InvalidInput
 from saescope.objectives.base import LossOutput, StepContext, loss_output, squared_error
 from saescope.objectives.batchtopk import BatchTopKObjective
 from saescope.saes import FeatureCode, SparseAutoencoder
+from saescope.saes.sparse_ops import decode_entries
 
 
 @dataclass
@@ -39,9 +40,11 @@ class MatryoshkaObjective(BatchTopKObjective):
             raise InvalidInput(f"MatryoshkaObjective.prefix_weights has {len(self.prefix_weights)} weights for {len(sae.cfg.prefixes)} prefixes")
 
     def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
-        pre, feature_acts = self.select(sae, x, ctx)
         prefixes = sae.cfg.prefixes
         weights = self.prefix_weights or [1.0 / len(prefixes)] * len(prefixes)
+        if self.use_sparse_step(self.training_k(sae, ctx.progress), sae.d_sae):
+            return self._sparse_loss(sae, x, ctx, prefixes, weights)
+        pre, feature_acts = self.select(sae, x, ctx)
         reconstruction = sae.b_dec.expand_as(x)
         start, terms = 0, {}
         for size, weight in zip(prefixes, weights):
@@ -50,3 +53,17 @@ class MatryoshkaObjective(BatchTopKObjective):
             start = size
         terms.update(self.aux_terms(sae, pre, x, reconstruction, ctx))
         return loss_output(FeatureCode.from_dense(feature_acts), reconstruction, terms)
+
+    def _sparse_loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext, prefixes: list[int], weights: list[float]) -> LossOutput:
+        """Each group decodes its own entries (rows stay ascending within a group) onto the previous prefix's reconstruction."""
+        encoder, code = self.select_sparse(sae, x, ctx)
+        reconstruction = sae.b_dec.expand_as(x)
+        start, terms = 0, {}
+        for size, weight in zip(prefixes, weights):
+            group = (code.indices >= start) & (code.indices < size)
+            reconstruction = reconstruction + decode_entries(
+                code.rows[group], code.indices[group], code.values[group], code.n_tokens, sae.W_dec, torch.zeros_like(sae.b_dec))
+            terms[f"mse_prefix_{size}"] = weight * squared_error(reconstruction, x)
+            start = size
+        terms.update(self.aux_terms(sae, encoder, x, reconstruction, ctx))
+        return loss_output(code, reconstruction, terms)

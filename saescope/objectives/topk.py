@@ -5,6 +5,11 @@
 The AuxK term is divided by the batch variance of e, as dictionary_learning does, so dead latents
 get a signal of order one however small the residual is. It is off when no latent is dead. The code
 stays (indices, values) throughout: nothing builds the [n_tokens, d_sae] matrix.
+
+Two paths with the same values and gradients (tested): the dense reference backpropagates through the
+whole pre-activation matrix; the sparse step (the default when k ≤ d_sae/8) backpropagates through the
+k + aux_k selected entries per token only (``saescope/saes/sparse_encoder.py``), and AuxK selects among
+the dead latents' columns instead of masking the whole matrix.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from saescope.objectives.base import (
     loss_output,
     squared_error,
 )
-from saescope.saes import SparseAutoencoder
+from saescope.saes import FeatureCode, SparseAutoencoder
+from saescope.saes.sparse_encoder import EncoderPass
 from saescope.saes.sparse_ops import decode_dense, decode_sparse
 
 
@@ -43,10 +49,34 @@ def aux_k_loss(
     aux_k = min(aux_k, sae.d_sae)
     eligible_pre = pre.masked_fill(~eligible, float("-inf"))
     values, indices = eligible_pre.topk(aux_k, dim=-1, sorted=False)
-    values = torch.relu(values)  # -inf (not eligible) becomes 0
+    return _aux_reconstruction_loss(sae, indices, torch.relu(values), residual, eligible, coefficient, weights)  # relu: -inf becomes 0
+
+
+def sparse_aux_k_loss(
+    sae: SparseAutoencoder, encoder: EncoderPass, residual: Tensor, eligible: Tensor, aux_k: int, coefficient: float, weights: Tensor | None = None,
+) -> Tensor:
+    """``aux_k_loss`` through the sparse path: the top-aux_k of the eligible columns only, gradient through those entries."""
+    pre = encoder.pre
+    if pre.is_cuda:  # no host read on a GPU: mask the whole matrix
+        indices = pre.masked_fill(~eligible, float("-inf")).topk(min(aux_k, sae.d_sae), dim=-1, sorted=False).indices
+    else:  # a CPU reads the eligible count for free, and selecting among those columns is far cheaper
+        columns = eligible.nonzero().squeeze(1)
+        if columns.numel() == 0:
+            return pre.new_zeros(())
+        chosen = pre.index_select(1, columns).topk(min(aux_k, columns.numel()), dim=-1, sorted=False).indices
+        indices = columns[chosen]
+    values = torch.relu(encoder.take_selected(indices))
+    values = torch.where(eligible[indices], values, 0.0)  # a GPU's -inf columns, as the dense path's ReLU(-inf)
+    return _aux_reconstruction_loss(sae, indices, values, residual, eligible, coefficient, weights)
+
+
+def _aux_reconstruction_loss(
+    sae: SparseAutoencoder, indices: Tensor, values: Tensor, residual: Tensor, eligible: Tensor, coefficient: float, weights: Tensor | None,
+) -> Tensor:
+    """α·‖residual − Σ values·W_dec[indices]‖² / Var(residual), off (0) when nothing is eligible."""
     if weights is not None:
         values = values * weights[indices]
-    decode = decode_sparse if aux_k * 8 <= sae.d_sae else decode_dense
+    decode = decode_sparse if indices.shape[1] * 8 <= sae.d_sae else decode_dense
     aux_reconstruction = decode(indices, values, sae.W_dec, torch.zeros_like(sae.b_dec))
     error = (aux_reconstruction - residual).pow(2).sum(dim=-1).mean()
     variance = (residual - residual.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)
@@ -134,21 +164,33 @@ class TopKObjective(Objective):
     def uses_firing_rate(self) -> bool:  # type: ignore[override]
         return self.aux_target == "zipf"
 
-    def aux_terms(self, sae: SparseAutoencoder, pre: Tensor, x: Tensor, reconstruction: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+    def aux_terms(self, sae: SparseAutoencoder, pre: Tensor | EncoderPass, x: Tensor, reconstruction: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+        """The auxiliary loss from the pre-activations (dense path) or the encoder pass (sparse path)."""
         aux_k = self.aux_k if self.aux_k is not None else max(1, sae.d_in // 2)
         residual = x - reconstruction.detach()
+        weights = None
         if self.aux_target == "zipf":
             if ctx.firing_rate is None or ctx.step == 0:
                 return {}
-            shortfall = zipf_shortfall(ctx.firing_rate)
-            return {"aux": aux_k_loss(sae, pre, residual, shortfall > 0, aux_k, self.aux_coefficient, weights=shortfall)}
-        if ctx.dead_mask is None:
+            weights = zipf_shortfall(ctx.firing_rate)
+            eligible = weights > 0
+        elif ctx.dead_mask is None:
             return {}
-        return {"aux": aux_k_loss(sae, pre, residual, ctx.dead_mask, aux_k, self.aux_coefficient)}
+        else:
+            eligible = ctx.dead_mask
+        aux = sparse_aux_k_loss if isinstance(pre, EncoderPass) else aux_k_loss
+        return {"aux": aux(sae, pre, residual, eligible, aux_k, self.aux_coefficient, weights=weights)}
 
     def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
-        pre = sae.pre_activations(x)
-        code = sae.select(pre, self.training_k(sae, ctx.progress))
+        k = self.training_k(sae, ctx.progress)
+        if self.use_sparse_step(k, sae.d_sae):
+            encoder = EncoderPass(sae, x)
+            indices = encoder.pre.topk(k, dim=-1, sorted=False).indices
+            code = FeatureCode.selected(indices, torch.relu(encoder.take_selected(indices)), sae.d_sae)
+            pre: Tensor | EncoderPass = encoder
+        else:
+            pre = sae.pre_activations(x)
+            code = sae.select(pre, k)
         reconstruction = sae.decode_code(code)
         terms = {"mse": squared_error(reconstruction, x), **self.aux_terms(sae, pre, x, reconstruction, ctx)}
         return loss_output(code, reconstruction, terms)

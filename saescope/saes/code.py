@@ -1,13 +1,19 @@
-"""The output contract of every SAE: a batch's latent code, dense or as selected (indices, values).
+"""The output contract of every SAE: a batch's latent code, dense, as selected (indices, values), or as entries.
 
-Architectures that select latents (TopK, and later Feature- or Mutual-Choice) produce ``k`` pairs per
-token; building the dense ``[n_tokens, d_sae]`` matrix from them costs more memory traffic than the
-sparse decode saves. So a ``FeatureCode`` keeps whichever form the architecture produced and answers
-the questions its consumers ask (L0 per token, which latents fired, per-latent counts, sums and
-maxima, the active entries) from that form, without a host synchronisation. ``dense()`` builds the
-matrix on demand, once.
+Architectures that select latents produce few (token, latent) pairs; building the dense
+``[n_tokens, d_sae]`` matrix from them costs more memory traffic than the sparse decode saves. So a
+``FeatureCode`` keeps whichever form the architecture produced and answers the questions its
+consumers ask (L0 per token, which latents fired, per-latent counts, sums and maxima, the active
+entries) from that form, without a host synchronisation. ``dense()`` builds the matrix on demand, once.
 
-Selected values may contain zeros (a ReLU after the selection); they count as inactive everywhere.
+The three forms:
+- dense: the ``[n_tokens, d_sae]`` matrix;
+- selected: ``indices``/``values`` of shape ``[n_tokens, k]`` (TopK: the same count on every token);
+- entries: flat ``rows``/``indices``/``values`` of shape ``[nnz]`` with ``rows`` ascending (token-major),
+  for codes whose count varies by token (JumpReLU, BatchTopK, Feature Choice in the sparse training path).
+
+Values may contain zeros (a ReLU after the selection, or entries kept only for a gradient); they count
+as inactive everywhere.
 """
 
 from __future__ import annotations
@@ -25,18 +31,23 @@ class FeatureCode:
         ([[1.5, 0.0, 0.0, 0.0]], [1.0])
     """
 
-    __slots__ = ("_active", "_dense", "d_sae", "indices", "values")
+    __slots__ = ("_active", "_dense", "_n_tokens", "d_sae", "indices", "rows", "values")
 
-    def __init__(self, d_sae: int, dense: Tensor | None = None, indices: Tensor | None = None, values: Tensor | None = None) -> None:
+    def __init__(self, d_sae: int, dense: Tensor | None = None, indices: Tensor | None = None, values: Tensor | None = None,
+                 rows: Tensor | None = None, n_tokens: int | None = None) -> None:
         if (dense is None) == (indices is None):
             raise ValueError("FeatureCode needs either a dense matrix or (indices, values)")
         if indices is not None and (values is None or indices.shape != values.shape):
             raise ValueError(f"FeatureCode: indices {tuple(indices.shape)} and values {None if values is None else tuple(values.shape)} must have one shape")
+        if rows is not None and (rows.shape != indices.shape or rows.dim() != 1 or n_tokens is None):
+            raise ValueError("FeatureCode entries need 1-D rows, indices and values of one shape, and n_tokens")
         self.d_sae = d_sae
         self._active: Tensor | None = None
         self._dense = dense
         self.indices = indices
         self.values = values
+        self.rows = rows
+        self._n_tokens = n_tokens
 
     @classmethod
     def from_dense(cls, feature_acts: Tensor) -> FeatureCode:
@@ -47,34 +58,64 @@ class FeatureCode:
         """``values[t, j]`` is the activation of latent ``indices[t, j]`` on token ``t``."""
         return cls(d_sae, indices=indices, values=values)
 
+    @classmethod
+    def entries(cls, rows: Tensor, indices: Tensor, values: Tensor, n_tokens: int, d_sae: int) -> FeatureCode:
+        """``values[j]`` is the activation of latent ``indices[j]`` on token ``rows[j]``; ``rows`` ascending."""
+        return cls(d_sae, indices=indices, values=values, rows=rows, n_tokens=n_tokens)
+
     @property
     def is_sparse(self) -> bool:
+        """True for the selected and the entries forms."""
         return self.indices is not None
 
     @property
+    def is_entries(self) -> bool:
+        return self.rows is not None
+
+    @property
     def n_tokens(self) -> int:
+        if self._n_tokens is not None:
+            return self._n_tokens
         return (self.indices if self.indices is not None else self._dense).shape[0]
 
     def dense(self) -> Tensor:
-        """The [n_tokens, d_sae] matrix (built once for a selected code)."""
+        """The [n_tokens, d_sae] matrix (built once for a sparse code)."""
         if self._dense is None:
-            out = torch.zeros(self.indices.shape[0], self.d_sae, dtype=self.values.dtype, device=self.values.device)
-            self._dense = out.scatter_(1, self.indices, self.values)
+            out = torch.zeros(self.n_tokens, self.d_sae, dtype=self.values.dtype, device=self.values.device)
+            if self.is_entries:
+                self._dense = out.index_put_((self.rows, self.indices), self.values, accumulate=True)
+            else:
+                self._dense = out.scatter_(1, self.indices, self.values)
         return self._dense
+
+    def _like(self, values: Tensor) -> FeatureCode:
+        """The same sparse positions with other values."""
+        if self.is_entries:
+            return FeatureCode.entries(self.rows, self.indices, values, self.n_tokens, self.d_sae)
+        return FeatureCode.selected(self.indices, values, self.d_sae)
 
     def detach(self) -> FeatureCode:
         if self.is_sparse:
-            return FeatureCode.selected(self.indices, self.values.detach(), self.d_sae)
+            return self._like(self.values.detach())
         return FeatureCode.from_dense(self._dense.detach())
 
+    def token_rows(self) -> Tensor:
+        """The token of every sparse entry, shaped like ``indices``."""
+        if self.is_entries:
+            return self.rows
+        return torch.arange(self.indices.shape[0], device=self.indices.device).unsqueeze(1).expand_as(self.indices)
+
     def active(self) -> Tensor:
-        """bool mask of active entries: [n_tokens, k] for a selected code, [n_tokens, d_sae] for a dense one (computed once)."""
+        """bool mask of active entries, shaped like ``values`` (sparse) or the matrix (dense); computed once."""
         if self._active is None:
             self._active = (self.values if self.is_sparse else self._dense) > 0
         return self._active
 
     def l0_per_token(self) -> Tensor:
         """Active latents per token, float32 [n_tokens]."""
+        if self.is_entries:
+            out = torch.zeros(self.n_tokens, dtype=torch.float32, device=self.values.device)
+            return out.index_add_(0, self.rows, self.active().float())
         return self.active().sum(dim=-1, dtype=torch.float32)
 
     def count_per_feature(self) -> Tensor:
@@ -109,8 +150,7 @@ class FeatureCode:
         """(token rows, latent columns, values) of every active entry."""
         if self.is_sparse:
             mask = self.values > 0
-            rows = torch.arange(self.indices.shape[0], device=self.indices.device).unsqueeze(1).expand_as(self.indices)
-            return rows[mask], self.indices[mask], self.values[mask]
+            return self.token_rows()[mask], self.indices[mask], self.values[mask]
         rows, cols = (self._dense > 0).nonzero(as_tuple=True)
         return rows, cols, self._dense[rows, cols]
 
@@ -119,7 +159,7 @@ class FeatureCode:
         if self.is_sparse:
             mask = self.values > 0
             values = torch.zeros_like(self.values).masked_scatter_(mask, new_values.to(self.values.dtype))
-            return FeatureCode.selected(self.indices, values, self.d_sae)
+            return self._like(values)
         rows, cols = (self._dense > 0).nonzero(as_tuple=True)
         dense = torch.zeros_like(self._dense)
         dense[rows, cols] = new_values.to(dense.dtype)
@@ -127,13 +167,18 @@ class FeatureCode:
 
     def feature(self, index: int) -> Tensor:
         """One latent's activation on every token, [n_tokens]."""
+        if self.is_entries:
+            mine = torch.where(self.indices == index, self.values, 0.0).clamp_min(0)
+            return torch.zeros(self.n_tokens, dtype=self.values.dtype, device=self.values.device).index_add_(0, self.rows, mine)
         if self.is_sparse:
             return torch.where(self.indices == index, self.values, 0.0).sum(dim=-1).clamp_min(0)
         return self._dense[:, index]
 
     def masked(self, keep: Tensor) -> FeatureCode:
         """Zero every token where ``keep`` [n_tokens] (bool) is False, e.g. BOS and padding."""
+        if self.is_entries:
+            return self._like(self.values * keep.reshape(-1)[self.rows])
         keep = keep.reshape(-1, 1)
         if self.is_sparse:
-            return FeatureCode.selected(self.indices, self.values * keep, self.d_sae)
+            return self._like(self.values * keep)
         return FeatureCode.from_dense(self._dense * keep)

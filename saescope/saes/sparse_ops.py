@@ -30,3 +30,20 @@ def scatter_dense(indices: Tensor, values: Tensor, d_sae: int) -> Tensor:
     """The dense [n, d_sae] activation matrix with ``values`` at ``indices`` (no gradient needed)."""
     out = torch.zeros(indices.shape[0], d_sae, dtype=values.dtype, device=values.device)
     return out.scatter_(1, indices, values)
+
+
+def entry_offsets(rows: Tensor, n_tokens: int) -> Tensor:
+    """Where each token's entries start in ``rows`` (ascending), for ``F.embedding_bag``'s ``offsets``."""
+    counts = torch.bincount(rows, minlength=n_tokens)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
+
+
+def decode_entries(rows: Tensor, indices: Tensor, values: Tensor, n_tokens: int, W_dec: Tensor, b_dec: Tensor) -> Tensor:
+    """x̂[t] = Σ_{j: rows[j]=t} values[j]·W_dec[indices[j]] + b_dec, for flat entries with ``rows`` ascending.
+
+    A token with no entries decodes to b_dec. The gradient reaches ``values`` (W_dec[i]·∂L/∂x̂[t] per entry,
+    also for entries whose value is 0) and the decoder rows that were used.
+    """
+    offsets = entry_offsets(rows, n_tokens)
+    gathered = F.embedding_bag(indices, W_dec, offsets, per_sample_weights=values, mode="sum")
+    return gathered + b_dec

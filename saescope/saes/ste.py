@@ -126,3 +126,46 @@ def jumprelu(pre: Tensor, threshold: Tensor, bandwidth: float, ste_to_input: boo
 def step_count(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
     """Per-token L0, Σ_i H(pre_i - θ_i), shape [n_tokens], differentiable in θ through the STE."""
     return StepCountFunction.apply(pre, threshold, bandwidth)
+
+
+class JumpReLUEntriesFunction(torch.autograd.Function):
+    """``JumpReLUWithL0Function`` over flat entries: the sparse step's JumpReLU.
+
+    The entries are every (token, latent) with pre > θ − ε/2: the active ones and those in the lower half of
+    the kernel window, which carry the threshold's gradient although their activation is 0. ``threshold``
+    is θ gathered per entry; the per-token L0 sums the active entries of each row. Same values and
+    gradients as the dense function on those entries (the rest contribute nothing there either).
+    """
+
+    @staticmethod
+    def forward(pre: Tensor, threshold: Tensor, rows: Tensor, n_tokens: int, bandwidth: float, ste_to_input: bool) -> tuple[Tensor, Tensor]:
+        active = pre > threshold
+        l0 = torch.zeros(n_tokens, dtype=pre.dtype, device=pre.device).index_add_(0, rows, active.to(pre.dtype))
+        return torch.where(active, pre, 0.0), l0
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: tuple) -> None:
+        pre, threshold, rows, _, bandwidth, ste_to_input = inputs
+        ctx.save_for_backward(pre, threshold, rows)
+        ctx.bandwidth = bandwidth
+        ctx.ste_to_input = ste_to_input
+
+    @staticmethod
+    def backward(ctx, grad_acts: Tensor, grad_l0: Tensor):
+        pre, threshold, rows = ctx.saved_tensors
+        eps = ctx.bandwidth
+        window = rectangle_window(pre, threshold, eps)
+        grad_pre = grad_threshold = None
+        if ctx.needs_input_grad[0]:
+            grad_pre = torch.where(pre > threshold, grad_acts, 0.0)
+            if ctx.ste_to_input:
+                grad_pre = grad_pre + torch.where(window, grad_acts * (threshold / eps), 0.0)
+        if ctx.needs_input_grad[1]:
+            per_entry = torch.addcmul(grad_l0[rows], grad_acts, threshold)
+            grad_threshold = torch.where(window, per_entry, 0.0).mul_(-1.0 / eps)
+        return grad_pre, grad_threshold, None, None, None, None
+
+
+def jumprelu_entries(pre: Tensor, threshold: Tensor, rows: Tensor, n_tokens: int, bandwidth: float, ste_to_input: bool = False) -> tuple[Tensor, Tensor]:
+    """(activations per entry, per-token L0) for flat entries; see ``JumpReLUEntriesFunction``."""
+    return JumpReLUEntriesFunction.apply(pre, threshold, rows, n_tokens, bandwidth, ste_to_input)

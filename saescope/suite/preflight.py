@@ -66,6 +66,8 @@ class Estimate:
     processes: int = 1
     gathered_bytes_per_step: int = 0
     """Activation rows each process receives from the others per training step (data-parallel harvest)."""
+    memory_parts: dict[str, int] | None = None
+    """``memory_bytes`` by what holds it."""
 
     def summary(self) -> str:
         available = f" of {self.available_memory_bytes / GIB:.1f} GiB available" if self.available_memory_bytes else ""
@@ -73,7 +75,7 @@ class Estimate:
         per = f" per process ({self.processes} processes)" if self.processes > 1 else ""
         traffic = f"; {self.gathered_bytes_per_step / 2**20:.1f} MiB of activations gathered per step" if self.gathered_bytes_per_step else ""
         return (f"estimate: memory {self.memory_bytes / GIB:.2f} GiB{per}{available} ({self.device}); "
-                f"disk {self.disk_bytes / GIB:.2f} GiB{free}; time about {_duration(self.seconds)}{traffic}")
+                f"disk {self.disk_bytes / GIB:.2f} GiB{free}; time about {format_duration(self.seconds)}{traffic}")
 
 
 def available_memory(device: str) -> int | None:
@@ -125,10 +127,12 @@ def estimate(
     device: str,
     live_model: bool = True,
     processes: int = 1,
+    flops_per_second: float | None = None,
 ) -> Estimate:
     """The whole suite's needs; with ``processes`` > 1 (torchrun, sharded placement: SAE ``i`` on process
     ``i mod processes``) the memory of the busiest process, and the time with the SAE steps, the model
-    forwards and the evaluation shared out."""
+    forwards and the evaluation shared out. ``flops_per_second``: one device's matmul peak, for planning
+    on hardware other than this machine's (default: measured here)."""
     shares = [saes[rank::processes] for rank in range(processes)]
     busiest = max(shares, key=lambda share: sum(s.n_params for s in share))
     state = sum(4 * 4 * s.n_params for s in busiest)
@@ -139,7 +143,9 @@ def estimate(
     eval_acts = 4 * eval_tokens * d_total
     from saescope.training.trainer import NORMALIZATION_SAMPLE_BYTES
 
-    memory = state + transients + buffer + eval_acts + model_bytes + min(NORMALIZATION_SAMPLE_BYTES, 4 * tokens * d_total)
+    parts = {"SAE state": state, "step transients": transients, "shuffle buffer": buffer, "evaluation activations": eval_acts,
+             "model": model_bytes, "normalisation sample": min(NORMALIZATION_SAMPLE_BYTES, 4 * tokens * d_total)}
+    memory = sum(parts.values())
     weights = sum(4 * s.n_params for s in saes)
     waiting_rows = 4 * shuffle_buffer_tokens * d_total if live_model else 0
     disk = weights + (4 * weights + waiting_rows if checkpointing else 0)  # activations are written only as the buffer's rows
@@ -147,9 +153,9 @@ def estimate(
     if live_model:
         flops += tokens * 2 * model_params * forward_fraction / processes
     flops += eval_tokens * 2 * model_params * (max(sum(len(s.hookpoints) for s in share) for share in shares) + 2 * len(widths))
-    seconds = flops / (EFFICIENCY * matmul_flops_per_second(device))
+    seconds = flops / (EFFICIENCY * (flops_per_second or matmul_flops_per_second(device)))
     gathered = 4 * batch_size * d_total * (processes - 1) // processes if live_model and processes > 1 else 0
-    return Estimate(memory, available_memory(device), disk, _free_disk(out_dir), seconds, device, processes, gathered)
+    return Estimate(memory, available_memory(device), disk, _free_disk(out_dir), seconds, device, processes, gathered, parts)
 
 
 def check(estimate_: Estimate, out_dir: str | Path) -> None:
@@ -177,7 +183,7 @@ def _free_disk(path: str | Path) -> int | None:
         return None
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
