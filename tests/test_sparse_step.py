@@ -138,6 +138,10 @@ def test_entries_code_answers_like_its_dense_matrix() -> None:
     assert [t.tolist() for t in code.active_entries()] == [[0, 2, 2, 2], [1, 0, 3, 2], [0.5, 2.0, 1.0, 0.25]]
     W_dec, b_dec = torch.randn(5, 3), torch.randn(3)
     torch.testing.assert_close(decode_entries(rows, cols, values, 4, W_dec, b_dec), code.dense() @ W_dec + b_dec)
+    from saescope.saes import create_sae
+
+    sae = create_sae("jumprelu", 3, 5)  # any SAE decodes an entries code through the shared contract
+    torch.testing.assert_close(sae.decode_code(code), sae.decode(code.dense()))
 
 
 def test_jumprelu_dense_fallback_on_the_same_forward_matches_dense() -> None:

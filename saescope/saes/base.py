@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from saescope.errors import InvalidInput
 from saescope.saes.code import FeatureCode
-from saescope.saes.sparse_ops import decode_dense, decode_sparse
+from saescope.saes.sparse_ops import decode_dense, decode_entries, decode_sparse
 
 INPUT_TRANSFORMS = {"log1p": "log(1 + x) of non-negative counts"}
 
@@ -192,6 +192,8 @@ class SparseAutoencoder(nn.Module):
         """x̂ from a ``FeatureCode``: gathers k decoder rows per token when the code is selected and k ≪ d_sae."""
         if not code.is_sparse:
             return self.decode(code.dense())
+        if code.is_entries:
+            return decode_entries(code.rows, code.indices, code.values, code.n_tokens, self.W_dec, self.b_dec)
         decode = decode_sparse if code.indices.shape[-1] * 8 <= self.d_sae else decode_dense
         return decode(code.indices, code.values, self.W_dec, self.b_dec)
 

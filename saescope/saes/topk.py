@@ -60,7 +60,7 @@ class TopKSae(SparseAutoencoder):
         return self.encode_code(x).dense()
 
     def decode_code(self, code: FeatureCode) -> Tensor:
-        if not code.is_sparse:
-            return self.decode(code.dense())
+        if not code.is_sparse or code.is_entries:
+            return super().decode_code(code)
         decode = decode_sparse if self.cfg.sparse_decode else decode_dense
         return decode(code.indices, code.values, self.W_dec, self.b_dec)
