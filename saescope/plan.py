@@ -102,6 +102,13 @@ class TrainingPlan:
     """Steps between resumable checkpoints. None: about every tenth of the run; 0: never."""
     keep_checkpoint: bool = False
     """Keep OUT/checkpoint after a successful run (it is about 3× the size of the weights)."""
+    end_to_end_tokens: int = 0
+    """After training, fine-tune each per-hookpoint SAE on this many tokens with KL to the model's own next-token
+    distribution plus MSE, the SAE spliced in (Karvonen 2025; ``saescope/training/end_to_end.py``). 0: off."""
+    tf32: bool = True
+    """On CUDA, train with TF32 float32 matmuls (several times faster on Ampere/Hopper, ~3e-4 relative error)."""
+    step_autocast: Literal["bfloat16"] | None = None
+    """Run each SAE forward under this autocast dtype (parameters stay float32). None: float32 (TF32 on CUDA)."""
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -112,6 +119,8 @@ class TrainingPlan:
             raise PlanError(f"tokens: {self.tokens} is less than one batch ({self.batch_size})")
         if self.checkpoint_every is not None and self.checkpoint_every < 0:
             raise PlanError(f"checkpoint_every: must be >= 0, got {self.checkpoint_every}")
+        if self.end_to_end_tokens < 0:
+            raise PlanError(f"end_to_end_tokens: must be >= 0, got {self.end_to_end_tokens!r}")
         if self.sparsity_proportional_gain is not None and self.sparsity_proportional_gain < 0:
             raise PlanError(f"sparsity_proportional_gain: must be >= 0, got {self.sparsity_proportional_gain}")
 

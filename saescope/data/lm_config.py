@@ -26,3 +26,7 @@ class LmDataConfig:
     outlier_norm_ratio: float | None = None
     """Also drop training tokens whose activation norm at any hookpoint exceeds this multiple of the
     batch's median (dictionary_learning's filter for sink-like outliers; 10 is a common choice). None keeps them."""
+    harvest_autocast: bool = True
+    """On CUDA with a float32 model, run the forward that produces training activations under bf16 autocast
+    (matmuls in bf16, the residual stream and norms in float32; Gemma Scope trained on bf16 activations).
+    Held-out evaluation always runs in the model's own dtype. No effect on CPU or on a bf16/fp16 model."""

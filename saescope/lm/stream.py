@@ -11,6 +11,7 @@ grows with the number of hookpoints is the fixed-size buffer.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -38,6 +39,7 @@ class ModelActivationSource:
         stop_early: end each forward after the deepest hookpoint.
         outlier_norm_ratio: also drop tokens whose norm at any hookpoint exceeds this multiple of the
             forward's median norm there (None keeps them).
+        autocast: on CUDA with a float32 model, run the forward under bf16 autocast (training activations only).
     """
 
     reiterable = True
@@ -55,6 +57,7 @@ class ModelActivationSource:
         stop_early: bool = True,
         buffer_dtype: torch.dtype = torch.float32,
         outlier_norm_ratio: float | None = None,
+        autocast: bool = True,
     ) -> None:
         if outlier_norm_ratio is not None and not outlier_norm_ratio > 1:
             raise InvalidInput(f"outlier_norm_ratio must be a number above 1 (e.g. 10), got {outlier_norm_ratio!r}")
@@ -69,6 +72,7 @@ class ModelActivationSource:
         self.stop_early = stop_early
         self.buffer_dtype = buffer_dtype
         self.device = model.device
+        self.autocast = autocast and self.device.type == "cuda" and model.model.dtype == torch.float32
         self.d_in = site_widths(model.model, self.points)
         self.contexts_read = 0
         """Contexts consumed so far in the current ``iter_batches`` (resume state)."""
@@ -120,7 +124,8 @@ class ModelActivationSource:
         found: dict[str, list[Tensor]] = {name: [] for name in self.names}
         if input_ids.shape[0]:
             flat_mask = self.position_mask(input_ids)
-            capture(self.loaded.model, self.points, masked_collector(found, flat_mask, to_cpu=False), input_ids, stop_early=self.stop_early)
+            with torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else nullcontext():
+                capture(self.loaded.model, self.points, masked_collector(found, flat_mask, to_cpu=False), input_ids, stop_early=self.stop_early)
             rows = {name: parts[0] for name, parts in found.items()}
         else:  # fewer contexts than processes in this batch: this rank contributes nothing
             rows = {name: torch.zeros(0, self.d_in[name], dtype=self.loaded.model.dtype, device=self.device) for name in self.names}

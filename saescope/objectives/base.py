@@ -25,6 +25,7 @@ from saescope.errors import InvalidInput
 from saescope.saes import SparseAutoencoder
 from saescope.saes.base import unit_norm_rows
 from saescope.saes.code import FeatureCode
+from saescope.saes.sparse_ops import sparse_pays
 
 OptimizerName = Literal["adam", "signum", "schedule_free_adam", "schedule_free_signum"]
 OPTIMIZER_NAMES: tuple[str, ...] = OptimizerName.__args__  # type: ignore[attr-defined]
@@ -90,7 +91,7 @@ class Objective:
     sparse_step: bool | None = None
     """Train through the sparse path (dense encoder forward; backward and decode through the kept entries
     only, ``saescope/saes/sparse_encoder.py``) or the dense reference. None: sparse where the objective has
-    one and the code is sparse enough (at most 1/8 of the entries). Both give the same values and gradients."""
+    one and the code is sparse enough (at most 1/8 of the entries on a CPU, 1/1024 on a GPU, counting AuxK's). Both give the same values and gradients."""
 
     name: ClassVar[str] = ""
     architectures: ClassVar[tuple[str, ...]] = ()
@@ -145,11 +146,11 @@ class Objective:
         if self.target_l0 is not None and self.target_l0 > sae.d_sae:
             raise InvalidInput(f"target_l0={self.target_l0:g} exceeds the SAE's {sae.d_sae} latents")
 
-    def use_sparse_step(self, kept_per_token: float, d_sae: int) -> bool:
-        """The sparse path when asked, or by default when at most 1/8 of the entries are kept."""
+    def use_sparse_step(self, kept_per_token: float, d_sae: int, device: torch.device | str = "cpu") -> bool:
+        """The sparse path when asked, or by default where it pays on ``device`` (``saescope.saes.sparse_ops.sparse_pays``)."""
         if self.sparse_step is not None:
             return self.sparse_step
-        return kept_per_token * 8 <= d_sae
+        return sparse_pays(kept_per_token, d_sae, device)
 
     def optimizer_name(self) -> str:
         return self.optimizer or "adam"

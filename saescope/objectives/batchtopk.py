@@ -54,7 +54,7 @@ class BatchTopKObjective(TopKObjective):
         return encoder, FeatureCode.entries(rows, cols, values, encoder.n_tokens, sae.d_sae)
 
     def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
-        if self.use_sparse_step(self.training_k(sae, ctx.progress), sae.d_sae):
+        if self.use_sparse_step(self.kept_per_token(sae, self.training_k(sae, ctx.progress), ctx, x.device), sae.d_sae, x.device):
             encoder, code = self.select_sparse(sae, x, ctx)
             reconstruction = decode_entries(code.rows, code.indices, code.values, code.n_tokens, sae.W_dec, sae.b_dec)
             terms = {"mse": squared_error(reconstruction, x), **self.aux_terms(sae, encoder, x, reconstruction, ctx)}

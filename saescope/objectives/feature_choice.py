@@ -97,7 +97,7 @@ class FeatureChoiceObjective(TopKObjective):
         return zipf_capacities(ctx.firing_rate, budget, n_tokens, self.zipf_exponent, self.zipf_offset)
 
     def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
-        if self.use_sparse_step(self.training_k(sae, ctx.progress), sae.d_sae):
+        if self.use_sparse_step(self.kept_per_token(sae, self.training_k(sae, ctx.progress), ctx, x.device), sae.d_sae, x.device):
             return self._sparse_loss(sae, x, ctx)
         pre = sae.pre_activations(x)
         acts = torch.relu(pre)

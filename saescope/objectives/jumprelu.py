@@ -28,7 +28,7 @@ from saescope.objectives.base import (
 )
 from saescope.saes import FeatureCode, JumpReLUSae, SparseAutoencoder
 from saescope.saes.sparse_encoder import EncoderPass
-from saescope.saes.sparse_ops import decode_entries
+from saescope.saes.sparse_ops import decode_entries, sparse_pays
 from saescope.saes.ste import jumprelu, jumprelu_entries, jumprelu_with_l0, step_count
 
 
@@ -178,13 +178,13 @@ class JumpReLUObjective(_JumpReLURecipe):
 
     def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
         pre = None
-        if self.sparse_step is not False and not self._needs_dense_pre(ctx):
+        if self._sparse_may_pay(sae, x) and not self._needs_dense_pre(ctx):
             encoder = EncoderPass(sae, x)
             eps = self._pick(self.bandwidth, self.recipe_bandwidth)
             # The active entries and the lower half of the window. Their count is known on the host once they are
-            # listed (free on a CPU); a code denser than 1/8 takes the dense path, on the same forward.
+            # listed (free on a CPU); a code denser than the device's crossover (sparse_pays) takes the dense path, on the same forward.
             rows, cols = (encoder.pre > (sae.threshold.detach() - eps / 2)).nonzero(as_tuple=True)
-            if self.use_sparse_step(rows.numel() / encoder.n_tokens, sae.d_sae):
+            if self.use_sparse_step(rows.numel() / encoder.n_tokens, sae.d_sae, x.device):
                 return self._sparse_loss(sae, x, encoder, rows, cols, eps, ctx)
             pre = encoder.attached()
         if pre is None:
@@ -194,6 +194,12 @@ class JumpReLUObjective(_JumpReLURecipe):
         terms = {"mse": squared_error(reconstruction, x), "sparsity": self._sparsity_term(l0_per_token, ctx.sparsity_coefficient)}
         terms.update(self._pre_act_term(sae, pre, sae.W_dec.norm(dim=1), ctx))
         return loss_output(FeatureCode.from_dense(feature_acts), reconstruction, terms)
+
+    def _sparse_may_pay(self, sae: SparseAutoencoder, x: Tensor) -> bool:
+        """Whether to list the active entries at all: asked for, or a target L0 within the device's crossover (no target: look)."""
+        if self.sparse_step is not None:
+            return self.sparse_step
+        return self.target_l0 is None or sparse_pays(self.target_l0, sae.d_sae, x.device)
 
     def _needs_dense_pre(self, ctx: StepContext) -> bool:
         """The pre-activation loss reaches every token of a dead latent: that term has no sparse path yet."""

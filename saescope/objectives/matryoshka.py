@@ -42,7 +42,7 @@ class MatryoshkaObjective(BatchTopKObjective):
     def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
         prefixes = sae.cfg.prefixes
         weights = self.prefix_weights or [1.0 / len(prefixes)] * len(prefixes)
-        if self.use_sparse_step(self.training_k(sae, ctx.progress), sae.d_sae):
+        if self.use_sparse_step(self.kept_per_token(sae, self.training_k(sae, ctx.progress), ctx, x.device), sae.d_sae, x.device):
             return self._sparse_loss(sae, x, ctx, prefixes, weights)
         pre, feature_acts = self.select(sae, x, ctx)
         reconstruction = sae.b_dec.expand_as(x)

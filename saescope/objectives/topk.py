@@ -7,7 +7,7 @@ get a signal of order one however small the residual is. It is off when no laten
 stays (indices, values) throughout: nothing builds the [n_tokens, d_sae] matrix.
 
 Two paths with the same values and gradients (tested): the dense reference backpropagates through the
-whole pre-activation matrix; the sparse step (the default when k ≤ d_sae/8) backpropagates through the
+whole pre-activation matrix; the sparse step (the default on a CPU when k ≤ d_sae/8; see sparse_pays) backpropagates through the
 k + aux_k selected entries per token only (``saescope/saes/sparse_encoder.py``), and AuxK selects among
 the dead latents' columns instead of masking the whole matrix.
 """
@@ -30,7 +30,7 @@ from saescope.objectives.base import (
 )
 from saescope.saes import FeatureCode, SparseAutoencoder
 from saescope.saes.sparse_encoder import EncoderPass
-from saescope.saes.sparse_ops import decode_dense, decode_sparse
+from saescope.saes.sparse_ops import decode_dense, decode_sparse, sparse_pays
 
 
 def k_for_target(target_l0: float, d_sae: int) -> int:
@@ -76,7 +76,7 @@ def _aux_reconstruction_loss(
     """α·‖residual − Σ values·W_dec[indices]‖² / Var(residual), off (0) when nothing is eligible."""
     if weights is not None:
         values = values * weights[indices]
-    decode = decode_sparse if indices.shape[1] * 8 <= sae.d_sae else decode_dense
+    decode = decode_sparse if sparse_pays(indices.shape[1], sae.d_sae, sae.W_dec.device) else decode_dense
     aux_reconstruction = decode(indices, values, sae.W_dec, torch.zeros_like(sae.b_dec))
     error = (aux_reconstruction - residual).pow(2).sum(dim=-1).mean()
     variance = (residual - residual.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)
@@ -164,18 +164,36 @@ class TopKObjective(Objective):
     def uses_firing_rate(self) -> bool:  # type: ignore[override]
         return self.aux_target == "zipf"
 
+    def resolved_aux_k(self, sae: SparseAutoencoder) -> int:
+        return min(sae.d_sae, self.aux_k if self.aux_k is not None else max(1, sae.d_in // 2))
+
+    def aux_active(self, ctx: StepContext) -> bool:
+        """Whether this step adds the auxiliary loss (dead latents, or the Zipf target after the first step)."""
+        if self.aux_coefficient == 0:
+            return False
+        if self.aux_target == "zipf":
+            return ctx.firing_rate is not None and ctx.step > 0
+        return ctx.dead_mask is not None
+
+    def kept_per_token(self, sae: SparseAutoencoder, k: float, ctx: StepContext, device: torch.device) -> float:
+        """Entries per token that decide sparse against dense: the code's k, plus AuxK's selection when it runs on a GPU.
+
+        A GPU selects AuxK's latents over the whole masked matrix (no host read), so its aux_k entries per
+        token weigh like the code's; a CPU selects among the dead latents' columns only, which stays cheap.
+        """
+        on_gpu = torch.device(device).type == "cuda"
+        return k + (self.resolved_aux_k(sae) if on_gpu and self.aux_active(ctx) else 0)
+
     def aux_terms(self, sae: SparseAutoencoder, pre: Tensor | EncoderPass, x: Tensor, reconstruction: Tensor, ctx: StepContext) -> dict[str, Tensor]:
         """The auxiliary loss from the pre-activations (dense path) or the encoder pass (sparse path)."""
-        aux_k = self.aux_k if self.aux_k is not None else max(1, sae.d_in // 2)
+        if not self.aux_active(ctx):
+            return {}
+        aux_k = self.resolved_aux_k(sae)
         residual = x - reconstruction.detach()
         weights = None
         if self.aux_target == "zipf":
-            if ctx.firing_rate is None or ctx.step == 0:
-                return {}
             weights = zipf_shortfall(ctx.firing_rate)
             eligible = weights > 0
-        elif ctx.dead_mask is None:
-            return {}
         else:
             eligible = ctx.dead_mask
         aux = sparse_aux_k_loss if isinstance(pre, EncoderPass) else aux_k_loss
@@ -183,7 +201,7 @@ class TopKObjective(Objective):
 
     def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
         k = self.training_k(sae, ctx.progress)
-        if self.use_sparse_step(k, sae.d_sae):
+        if self.use_sparse_step(self.kept_per_token(sae, k, ctx, x.device), sae.d_sae, x.device):
             encoder = EncoderPass(sae, x)
             indices = encoder.pre.topk(k, dim=-1, sorted=False).indices
             code = FeatureCode.selected(indices, torch.relu(encoder.take_selected(indices)), sae.d_sae)

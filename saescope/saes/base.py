@@ -25,7 +25,12 @@ from torch import Tensor, nn
 
 from saescope.errors import InvalidInput
 from saescope.saes.code import FeatureCode
-from saescope.saes.sparse_ops import decode_dense, decode_entries, decode_sparse
+from saescope.saes.sparse_ops import (
+    decode_dense,
+    decode_entries,
+    decode_sparse,
+    sparse_pays,
+)
 
 INPUT_TRANSFORMS = {"log1p": "log(1 + x) of non-negative counts"}
 
@@ -194,7 +199,7 @@ class SparseAutoencoder(nn.Module):
             return self.decode(code.dense())
         if code.is_entries:
             return decode_entries(code.rows, code.indices, code.values, code.n_tokens, self.W_dec, self.b_dec)
-        decode = decode_sparse if code.indices.shape[-1] * 8 <= self.d_sae else decode_dense
+        decode = decode_sparse if sparse_pays(code.indices.shape[-1], self.d_sae, self.W_dec.device) else decode_dense
         return decode(code.indices, code.values, self.W_dec, self.b_dec)
 
     def forward(self, x: Tensor) -> Tensor:

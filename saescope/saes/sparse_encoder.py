@@ -108,7 +108,8 @@ class EncoderPass:
         self.sae = sae
         with torch.no_grad():
             self.x_in = sae.encoder_input(x)  # detached: b_dec, where subtracted, gets its gradient from the backward
-            self.pre = torch.addmm(sae.b_enc, self.x_in, sae.W_enc)
+            # under bf16 autocast the matmul runs in bf16; selection, backward and decode stay float32
+            self.pre = torch.addmm(sae.b_enc, self.x_in, sae.W_enc).to(sae.W_enc.dtype)
         self.b_dec = sae.b_dec if sae.apply_b_dec_to_input else None
 
     @property

@@ -12,10 +12,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+SPARSE_FRACTION = {"cpu": 1 / 8, "cuda": 1 / 1024}
+"""Most entries kept per token, as a fraction of d_sae, at which gathering and scattering rows beats the
+dense matmul, by device type. On a CPU a gathered row costs about as much as its share of a matmul; on a
+GPU the matmul runs on tensor cores while gathers and scatters are bound by memory bandwidth: on an H200
+the dense TopK step was 1.18-1.21x faster than the sparse one at k/d_sae = 1/144 and 1/256 (benchmarks/
+RESULTS.md, "GPU"), so there the sparse path is kept for very wide SAEs only. Other devices use the CPU's."""
+
+
+def sparse_pays(kept_per_token: float, d_sae: int, device: torch.device | str) -> bool:
+    """Whether the sparse path (gathered decode, backward through the kept entries) beats the dense one on ``device``."""
+    kind = torch.device(device).type
+    return kept_per_token <= d_sae * SPARSE_FRACTION.get(kind, SPARSE_FRACTION["cpu"])
+
 
 def decode_sparse(indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
     """x̂[t] = Σ_j values[t, j]·W_dec[indices[t, j]] + b_dec, for indices/values of shape [n, k]."""
-    gathered = F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
+    gathered = F.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
     return gathered + b_dec
 
 
@@ -45,5 +58,5 @@ def decode_entries(rows: Tensor, indices: Tensor, values: Tensor, n_tokens: int,
     also for entries whose value is 0) and the decoder rows that were used.
     """
     offsets = entry_offsets(rows, n_tokens)
-    gathered = F.embedding_bag(indices, W_dec, offsets, per_sample_weights=values, mode="sum")
+    gathered = F.embedding_bag(indices, W_dec, offsets, per_sample_weights=values.to(W_dec.dtype), mode="sum")
     return gathered + b_dec

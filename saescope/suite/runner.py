@@ -119,6 +119,7 @@ def _train_locked_suite(plan: RunPlan, out: Path, resume: bool, progress: bool, 
     from saescope.io.trainer_state import has_trainer_state
     from saescope.parallel import current, gather_objects
     from saescope.training import TrainConfig
+    from saescope.training.end_to_end import EndToEndConfig
     from saescope.training.on_model import SaeSpec, train_on_model
 
     ranks = current()
@@ -172,11 +173,13 @@ def _train_locked_suite(plan: RunPlan, out: Path, resume: bool, progress: bool, 
         log_every=max(1, min(TrainConfig.log_every, training.tokens // training.batch_size // 40)),  # a progress bar that moves
         sparsity_proportional_gain=LM_PROPORTIONAL_GAIN if training.sparsity_proportional_gain is None else training.sparsity_proportional_gain,
         checkpoint_every=checkpoint_every, checkpoint_dir=str(checkpoint_dir) if checkpoint_every else None,
+        tf32=training.tf32, step_autocast=training.step_autocast,
     )
     started = time.perf_counter()
     results = train_on_model(
         loaded if loaded is not None else model_id, list(widths), specs, train, plan.lm_data(), out_dir=str(out), resume=resume,
         dtype=model.dtype, cache=data.cache, eval_tokens=eval_tokens,
+        end_to_end=EndToEndConfig(tokens=training.end_to_end_tokens) if training.end_to_end_tokens else None,
     )
     seconds = time.perf_counter() - started
 

@@ -50,6 +50,12 @@ class TrainConfig:
     """Where TensorBoard event files go."""
     progress: bool = True
     """Show a progress bar."""
+    tf32: bool = True
+    """On CUDA, float32 matmuls use TF32 tensor cores during training (several times faster on Ampere and
+    Hopper; relative error near 3e-4). False: exact float32. The setting is restored after ``fit``."""
+    step_autocast: Literal["bfloat16"] | None = None
+    """Run the SAE forward under this autocast dtype (parameters and optimiser state stay float32).
+    None: float32 (TF32 on CUDA). Measured in benchmarks/RESULTS.md ("GPU")."""
     retain_cpu_memory: bool = True
     """On CPU, keep freed memory for reuse instead of returning it to the OS (~1.4x faster steps;
     the process keeps its peak memory). See saescope/training/cpu_allocator.py."""
@@ -71,6 +77,9 @@ class TrainConfig:
             raise InvalidInput("TrainConfig.checkpoint_every needs a positive value and a checkpoint_dir")
         if self.logger not in ("auto", "none", "tensorboard", "wandb"):
             raise InvalidInput(f"TrainConfig.logger must be auto, none, tensorboard or wandb; got {self.logger!r}")
+        if self.step_autocast not in (None, "bfloat16"):
+            raise InvalidInput(f"TrainConfig.step_autocast must be None or 'bfloat16', got {self.step_autocast!r} "
+                               "(float16 would need a gradient scaler)")
         if self.total_tokens < self.batch_size:
             raise InvalidInput(f"TrainConfig.total_tokens={self.total_tokens} is less than one batch ({self.batch_size})")
 

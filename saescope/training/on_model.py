@@ -28,6 +28,7 @@ from saescope.lm.stream import ModelActivationSource
 from saescope.plan import EvaluationPlan
 from saescope.saes import ARCHITECTURES, SparseAutoencoder
 from saescope.training.config import TrainConfig
+from saescope.training.end_to_end import EndToEndConfig, finetune_suite
 from saescope.training.trainer import Trainer
 
 
@@ -106,6 +107,7 @@ def train_on_model(
     dtype: str | None = None,
     cache: str | None = None,
     eval_tokens: int = EvaluationPlan.eval_tokens,
+    end_to_end: EndToEndConfig | None = None,
 ) -> dict[str, tuple[SparseAutoencoder, dict[str, Any]]]:
     """Train every spec at every hookpoint from one pass over the model; evaluate; save.
 
@@ -121,7 +123,7 @@ def train_on_model(
         # Evaluate on the text the cache was harvested from (a copy: the caller's config is left alone).
         data = replace(data, dataset=manifest.get("dataset", data.dataset), context_size=int(manifest.get("context_size", data.context_size)))
         model_id = manifest.get("model", "unknown")
-        needs_model = eval_tokens > 0
+        needs_model = eval_tokens > 0 or end_to_end is not None
         model = model if model is not None else model_id
     else:
         needs_model = True
@@ -141,7 +143,7 @@ def train_on_model(
         source = ModelActivationSource(
             loaded, contexts, hookpoints, batch_contexts=data.batch_contexts,
             shuffle_buffer_tokens=data.shuffle_buffer_tokens, exclude_special=data.exclude_special,
-            outlier_norm_ratio=data.outlier_norm_ratio,
+            outlier_norm_ratio=data.outlier_norm_ratio, autocast=data.harvest_autocast,
         )
         widths = dict(source.d_in)
     torch.manual_seed(train.seed)  # SAE initialisation
@@ -154,6 +156,8 @@ def train_on_model(
     if out_dir is not None and train.checkpoint_every and not train.checkpoint_dir:
         train = replace(train, checkpoint_dir=str(Path(out_dir) / "checkpoint"))
     trained = Trainer(list(jobs.values()), train).fit(source, resume=resume)
+    if end_to_end is not None and loaded is not None:
+        finetune_suite(trained, loaded, data, end_to_end, progress=train.progress)
     if loaded is not None and eval_tokens > 0:
         metrics = evaluate_on_model(loaded, trained, data, eval_tokens, progress=train.progress)
     else:

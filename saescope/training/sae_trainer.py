@@ -22,6 +22,7 @@ from saescope.saes.base import unit_norm_rows
 from saescope.training.config import TrainConfig
 from saescope.training.cpu_allocator import retain_freed_memory
 from saescope.training.optimizers import ScheduleFreeAdam, build_optimizer
+from saescope.training.precision import step_autocast
 from saescope.training.schedules import lr_multiplier
 from saescope.training.sparsity_control import SparsityController
 
@@ -104,7 +105,8 @@ class SaeTrainer:
             firing_rate=self.firing_rate if objective.uses_firing_rate else None,
             layer_index=layer_index,
         )
-        output = objective.loss(sae, x, ctx)
+        with step_autocast(self.device, config.step_autocast):
+            output = objective.loss(sae, x, ctx)
         self.optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         objective.before_optimizer_step(sae)

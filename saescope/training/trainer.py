@@ -32,6 +32,8 @@ from saescope.saes import SparseAutoencoder
 from saescope.saes.stacked import stacked_normalization
 from saescope.training.config import TrainConfig
 from saescope.training.interrupt import stop_at_step_boundary
+from saescope.training.precision import matmul_precision
+from saescope.training.prefetch import to_device_ahead
 from saescope.training.progress import ProgressReporter
 from saescope.training.sae_trainer import SaeTrainer
 
@@ -140,10 +142,12 @@ class Trainer:
         reporter = ProgressReporter(total_steps, start_step, config.progress and main, config.logger if main else "none",
                                     config.log_dir if main else None, config.to_dict())
         batches = source.iter_batches(config.batch_size, shuffle=config.shuffle, seed=config.seed, start_batch=start_step, loop=True)
+        # a source that checkpoints its own read position (a live model) is read on this thread, in step with the trainer
+        batches = to_device_ahead(batches, self.device, background=not hasattr(source, "resume_state"))
         started = last_log_time = time.perf_counter()
         last_log_step = step = start_step
         try:
-            with stop_at_step_boundary() as stop:
+            with stop_at_step_boundary() as stop, matmul_precision(self.device, config.tf32):
                 for step in range(start_step, total_steps):
                     batch = next(batches, None)
                     if batch is None:
@@ -171,6 +175,7 @@ class Trainer:
                     step = total_steps
         finally:
             reporter.close()
+            batches.close()  # stops a read-ahead thread
         steps_done = min(total_steps, step)
         if steps_done == 0:
             raise InvalidInput("no training steps ran: the activation source produced no batches")
