@@ -64,9 +64,10 @@ def main() -> None:
             row = {"case": case, "variant": label, "l0": values["l0"], "fvu": values["fvu"], "delta_lm_loss": values["delta_lm_loss"],
                    "kl": values["kl"], "delta_lm_change": values["delta_lm_loss"] / base - 1, "seconds": seconds.get(label, 0.0)}
             rows.append(row)
-        print(f"{case} done", flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"tokens": args.tokens, "lr": args.lr, "eval_tokens": args.eval_tokens, "rows": rows}, indent=2))
+            print(f"  {case} {label}: L0 {row['l0']:.1f}, FVU {row['fvu']:.3f}, ΔLM {row['delta_lm_loss']:.4f} "
+                  f"({100 * row['delta_lm_change']:+.1f}%), KL {row['kl']:.4f}", flush=True)
+        args.json.parent.mkdir(parents=True, exist_ok=True)  # written after each case: a long run keeps what it finished
+        args.json.write_text(json.dumps({"tokens": args.tokens, "lr": args.lr, "eval_tokens": args.eval_tokens, "rows": rows}, indent=2))
     print(f"\nend-to-end fine-tune, {args.tokens:,} tokens, lr {args.lr:g}; held-out {args.eval_tokens:,} tokens")
     print(f"{'SAE':<22}{'variant':<24}{'L0':>7}{'FVU':>8}{'ΔLM':>8}{'KL':>8}{'ΔLM change':>12}{'s':>7}")
     for row in rows:

@@ -1,17 +1,23 @@
 """Several processes (``torchrun``), one suite: which process trains which SAE jobs.
 
-**Sharded placement** (what this module implements today): each SAE job lives on one rank, job ``i``
-on rank ``i mod world``. Every rank builds every job in the same order from the same seed, so the
+**Sharded placement** (the default whenever there are at least as many jobs as processes): each SAE job
+lives on one rank (``assign_owners``: balanced blocks of the jobs ordered by hookpoint). Every rank builds every job in the same order from the same seed, so the
 initial weights are the single-process ones, then trains only its own. Every rank reads the same
 global batches (arrays and caches are cheap to read; data order is a pure function of seed and
 step), so each SAE sees exactly the batches it would see in one process, and its result is
 bit-identical to the single-process one. Nothing crosses between ranks in the step; metrics are
 gathered at log steps so rank 0 can print every SAE's line.
 
+**Replicated placement** (fewer jobs than processes, or asked for): every rank holds every job and
+trains it on its share of each global batch, with gradients averaged as DDP does
+(``saescope/training/replicas.py``); rank 0 returns and saves the SAEs.
+
 **Data-parallel harvest** (a live model): each forward batch of contexts is split across the ranks,
-each runs the model on its part, and ``gather_rows`` puts every rank's activation rows back together
-in rank order, which is the order one process would have produced. The shuffle buffer then sees
-the same rows as in one process.
+each runs the model on its part, and the rows come back together in rank order, which is the order
+one process would have produced, so the shuffle buffer sees the same rows as in one process. Under
+sharded placement ``exchange_rows`` sends each rank only its own jobs' hookpoints with one
+all-to-all, and each rank's shuffle buffer holds only those; otherwise (replicated placement, or the
+norm-outlier filter, which needs every hookpoint's rows) ``gather_rows`` gives every rank every row.
 
 Rank 0 alone prints progress, takes the output folder's lock and writes shared files; each rank
 saves its own SAEs and its own checkpoint (``checkpoint/rank-R-of-W``). A run resumes only with
@@ -45,10 +51,6 @@ class Ranks:
     def distributed(self) -> bool:
         return self.world > 1
 
-    def owns(self, job_index: int) -> bool:
-        """Whether this rank trains job number ``job_index`` (round robin)."""
-        return job_index % self.world == self.rank
-
     def checkpoint_folder(self, folder: str | os.PathLike) -> str:
         return str(folder) if not self.distributed else os.path.join(str(folder), f"rank-{self.rank}-of-{self.world}")
 
@@ -76,6 +78,67 @@ def init_from_environment(device: str | None = None) -> Ranks:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if on_cuda else "gloo")
     return current()
+
+
+def assign_owners(hookpoints_per_job: list[tuple[str, ...]], world: int) -> list[int]:
+    """The rank that trains each job under sharded placement: contiguous, balanced blocks of the jobs ordered by hookpoint.
+
+    Jobs of one hookpoint sit next to each other, so each rank reads few hookpoints and, with the
+    all-to-all exchange, holds only those in its shuffle buffer. Block sizes differ by at most one.
+    """
+    first_seen: dict[str, int] = {}
+    for hookpoints in hookpoints_per_job:
+        for name in hookpoints:
+            first_seen.setdefault(name, len(first_seen))
+    order = sorted(range(len(hookpoints_per_job)),
+                   key=lambda i: (first_seen[hookpoints_per_job[i][0]] if hookpoints_per_job[i] else -1, i))
+    owners = [0] * len(order)
+    for position, job in enumerate(order):
+        owners[job] = position * world // max(1, len(order))
+    return owners
+
+
+def exchange_rows(rows: dict[str, torch.Tensor], needs: list[list[str]], ranks: Ranks) -> dict[str, torch.Tensor]:
+    """Every rank's rows of the hookpoints this rank needs, in rank order, with one all-to-all.
+
+    ``rows`` holds this rank's rows ``{name: [n_r, d]}`` for every hookpoint; ``needs[q]`` lists the hookpoints
+    rank ``q`` keeps. Each rank receives only its own hookpoints' rows: the result equals ``gather_rows``
+    restricted to ``needs[rank]``, at a fraction of the traffic and of the buffer memory.
+    """
+    import torch.distributed as dist
+
+    names = sorted(rows)
+    first = rows[names[0]]
+    count = torch.tensor([first.shape[0]], device=first.device)
+    counts = [torch.zeros_like(count) for _ in range(ranks.world)]
+    dist.all_gather(counts, count)
+    sizes = [int(c.item()) for c in counts]
+    widths = {name: rows[name].shape[1] for name in names}
+    mine = needs[ranks.rank]
+    parts = []
+    for wanted in needs:
+        block = torch.cat([rows[name] for name in wanted], dim=1) if wanted else first.new_zeros(first.shape[0], 0)
+        parts.append(block.reshape(-1))
+    send = torch.cat(parts)
+    width = sum(widths[name] for name in mine)
+    received = send.new_empty(sum(sizes) * width)
+    dist.all_to_all_single(received, send, [n * width for n in sizes], [part.numel() for part in parts])
+    by_source = [chunk.view(n, width) for chunk, n in zip(received.split([n * width for n in sizes]), sizes)]
+    stacked = torch.cat(by_source)
+    columns = stacked.split([widths[name] for name in mine], dim=1)
+    return {name: column.contiguous() for name, column in zip(mine, columns)}
+
+
+def choose_placement(requested: str, n_jobs: int, ranks: Ranks) -> str:
+    """"single" in one process; else "sharded" or "replicated" as asked, "auto" choosing sharded when every rank gets a job."""
+    if not ranks.distributed:
+        return "single"
+    if requested == "auto":
+        return "sharded" if n_jobs >= ranks.world else "replicated"
+    if requested == "sharded" and n_jobs < ranks.world:
+        raise InvalidInput(f"{ranks.world} processes for {n_jobs} SAE jobs: sharded placement trains each job on one process, "
+                           f"so run at most {n_jobs} processes, or use placement replicated (or auto)")
+    return requested
 
 
 def barrier(ranks: Ranks) -> None:

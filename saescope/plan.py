@@ -102,6 +102,9 @@ class TrainingPlan:
     """Steps between resumable checkpoints. None: about every tenth of the run; 0: never."""
     keep_checkpoint: bool = False
     """Keep OUT/checkpoint after a successful run (it is about 3× the size of the weights)."""
+    placement: Literal["auto", "sharded", "replicated"] = "auto"
+    """Under torchrun: sharded (each SAE on one process, whole batches), replicated (every SAE on every process,
+    batches split, gradients averaged) or auto (sharded when there are at least as many SAEs as processes)."""
     end_to_end_tokens: int = 0
     """After training, fine-tune each per-hookpoint SAE on this many tokens with KL to the model's own next-token
     distribution plus MSE, the SAE spliced in (Karvonen 2025; ``saescope/training/end_to_end.py``). 0: off."""

@@ -129,7 +129,7 @@ def test_a_suite_on_a_live_model_harvests_in_parallel_and_matches_one_process(tm
 
 
 def test_the_estimate_knows_the_processes(monkeypatch, tmp_path):
-    """Sharded placement: the busiest process holds its share of the SAEs; the harvest's rows are gathered."""
+    """Sharded placement: the busiest process holds its share of the SAEs and only their hookpoints' rows."""
     from saescope.suite import preflight
 
     monkeypatch.setattr(preflight, "matmul_flops_per_second", lambda device: 1e11)
@@ -139,9 +139,11 @@ def test_the_estimate_knows_the_processes(monkeypatch, tmp_path):
     one = preflight.estimate(saes, **common)
     three = preflight.estimate(saes, processes=3, **common)
     state = 4 * 4 * saes[0].n_params
-    assert one.memory_bytes - three.memory_bytes == 4 * state  # 6 SAEs' state on one process, 2 on each of three
+    buffer_per_hookpoint = 2 * 4 * 65536 * 576
+    # 6 SAEs' state and 6 hookpoints' buffer on one process; 2 SAEs at 2 hookpoints on each of three (the all-to-all)
+    assert one.memory_bytes - three.memory_bytes == 4 * state + 4 * buffer_per_hookpoint
     assert three.seconds == pytest.approx(one.seconds / 3, rel=1e-9)
-    assert three.gathered_bytes_per_step == 4 * 4096 * 6 * 576 * 2 // 3 and one.gathered_bytes_per_step == 0
+    assert three.gathered_bytes_per_step == 4 * 4096 * 2 * 576 * 2 // 3 and one.gathered_bytes_per_step == 0
     assert "per process (3 processes)" in three.summary() and "gathered per step" in three.summary()
 
 
@@ -219,3 +221,170 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_one_process_resul
         resumed = saescope.load(tmp_path / name)
         for key, tensor in sae.state_dict().items():
             assert torch.equal(tensor, resumed.state_dict()[key]), f"{name}.{key}"
+
+
+# -- replicated placement ------------------------------------------------------------------------------------
+def _replicated_jobs(aux: bool):
+    from saescope.jobs import create_job
+
+    torch.manual_seed(5)
+    topk_options = {} if aux else {"aux_coefficient": 0.0}
+    return [create_job("topk", 16, 48, target_l0=4, name="topk", **topk_options), create_job("jumprelu", 16, 48, target_l0=4, name="jumprelu"),
+            create_job("batchtopk", 16, 48, target_l0=4, name="batchtopk")]
+
+
+def _replicated_config(placement):
+    from saescope.training import TrainConfig
+
+    return TrainConfig(total_tokens=1024 * 8, batch_size=1024, seed=3, progress=False, logger="none", placement=placement)
+
+
+def _replicated_worker(rank, world, port, values, folder, placement, aux):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    import torch.distributed as dist
+
+    from saescope.parallel import init_from_environment
+    from saescope.training import Trainer
+
+    init_from_environment("cpu")
+    try:
+        jobs = _replicated_jobs(aux)[:1] if placement == "auto" else _replicated_jobs(aux)
+        trained = Trainer(jobs, _replicated_config(placement)).fit(torch.from_numpy(values))
+        # every replica's weights, to check that they stay identical; rank 0 alone returns the SAEs
+        torch.save({name: {k: v.clone() for k, v in sae.state_dict().items()} for name, sae in
+                    {j.name: j.sae for j in jobs}.items()}, os.path.join(folder, f"rank{rank}.pt"))
+        torch.save({"returned": sorted(trained), "summary": {n: s.training_summary for n, s in trained.items()}},
+                   os.path.join(folder, f"returned{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_replicated_placement_matches_one_process_and_keeps_the_replicas_identical(data, tmp_path):
+    """Each of 2 processes trains every SAE on half of each batch, gradients averaged: one process's SAEs, up to float rounding.
+
+    TopK (AuxK off) and JumpReLU have per-token losses: equal within 1e-5. BatchTopK selects over each rank's
+    half of the batch: the replicas agree exactly with each other, and stay close to one process.
+    """
+    from saescope.training import Trainer
+
+    values = np.load(data / "x.npy")
+    single = Trainer(_replicated_jobs(aux=False), _replicated_config("replicated")).fit(torch.from_numpy(values))
+    mp.spawn(_replicated_worker, args=(2, _free_port(), values, str(tmp_path), "replicated", False), nprocs=2, join=True)
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for name in ("topk", "jumprelu", "batchtopk"):
+        for key in rank0[name]:
+            assert torch.equal(rank0[name][key], rank1[name][key]), f"replicas of {name}.{key} differ"
+    folded = {name: sae.state_dict() for name, sae in single.items()}
+    for name in ("topk", "jumprelu"):
+        for key, value in folded[name].items():
+            assert torch.allclose(value, rank0[name][key], rtol=1e-4, atol=1e-5), f"{name}.{key}"
+    relative = (folded["batchtopk"]["W_dec"] - rank0["batchtopk"]["W_dec"]).norm() / folded["batchtopk"]["W_dec"].norm()
+    assert relative < 0.05
+    returned0, returned1 = torch.load(tmp_path / "returned0.pt"), torch.load(tmp_path / "returned1.pt")
+    assert returned0["returned"] == ["batchtopk", "jumprelu", "topk"] and returned1["returned"] == []
+    assert returned0["summary"]["topk"]["placement"] == "replicated" and returned0["summary"]["topk"]["processes"] == 2
+
+
+def test_auto_placement_replicates_when_there_are_fewer_jobs_than_processes(data, tmp_path):
+    from saescope.parallel import Ranks, choose_placement
+
+    assert choose_placement("auto", 3, Ranks(0, 2)) == "sharded" and choose_placement("auto", 1, Ranks(0, 2)) == "replicated"
+    assert choose_placement("auto", 1, Ranks()) == "single"
+    with pytest.raises(InvalidInput, match="at most 1 processes, or use placement replicated"):
+        choose_placement("sharded", 1, Ranks(1, 2))
+    values = np.load(data / "x.npy")
+    mp.spawn(_replicated_worker, args=(2, _free_port(), values, str(tmp_path), "auto", True), nprocs=2, join=True)
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(rank0["topk"][k], rank1["topk"][k]) for k in rank0["topk"])  # AuxK on: the replicas still agree
+    assert torch.load(tmp_path / "returned0.pt")["summary"]["topk"]["placement"] == "replicated"
+
+
+# -- the all-to-all exchange of harvested rows -------------------------------------------------------------------
+def _exchange_worker(rank, world, port, folder):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    import torch.distributed as dist
+
+    from saescope.parallel import (
+        current,
+        exchange_rows,
+        gather_rows,
+        init_from_environment,
+    )
+
+    init_from_environment("cpu")
+    try:
+        ranks = current()
+        n = 3 + 2 * rank  # ranks hold different numbers of rows (masked special tokens)
+        generator = torch.Generator().manual_seed(rank)
+        rows = {"a": torch.randn(n, 4, generator=generator), "b": torch.randn(n, 2, generator=generator),
+                "c": torch.randn(n, 3, generator=generator)}
+        needs = [["a", "c"], ["b"]]
+        torch.save({"exchanged": exchange_rows(rows, needs, ranks), "gathered": gather_rows(rows, ranks)},
+                   os.path.join(folder, f"exchange{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_all_to_all_gives_each_rank_exactly_the_gathered_rows_of_its_hookpoints(tmp_path):
+    mp.spawn(_exchange_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank, wanted in ((0, ["a", "c"]), (1, ["b"])):
+        result = torch.load(tmp_path / f"exchange{rank}.pt")
+        assert sorted(result["exchanged"]) == wanted
+        for name in wanted:
+            assert torch.equal(result["exchanged"][name], result["gathered"][name]) and result["gathered"][name].shape[0] == 3 + 5
+
+
+def test_jobs_are_owned_in_blocks_grouped_by_hookpoint():
+    from saescope.parallel import assign_owners
+
+    jobs = [("h0",), ("h1",), ("h2",), ("h0",), ("h1",), ("h2",)]  # a suite's spec-major order: architecture, then hookpoint
+    owners = assign_owners(jobs, 3)
+    assert owners == [0, 1, 2, 0, 1, 2]  # each rank trains both SAEs of one hookpoint
+    assert assign_owners(jobs, 4) == [0, 1, 2, 0, 2, 3] and assign_owners([(), ()], 2) == [0, 1]
+
+
+def _cache_jobs():
+    from saescope.jobs import create_job
+
+    torch.manual_seed(7)
+    return [create_job("topk", 32, 64, target_l0=4, name=f"topk-{h}", reads=h) for h in ("layers.0.resid_post", "layers.1.mlp_out")]
+
+
+def _cache_worker(rank, world, port, cache, folder):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    import torch.distributed as dist
+
+    from saescope.data.cache import CachedActivations
+    from saescope.parallel import init_from_environment
+    from saescope.training import TrainConfig, Trainer
+
+    init_from_environment("cpu")
+    try:
+        reader = CachedActivations(cache)
+        trained = Trainer(_cache_jobs(), TrainConfig(total_tokens=512 * 6, batch_size=512, progress=False, logger="none")).fit(reader)
+        torch.save({"held": reader.hookpoints, "saes": {n: s.state_dict() for n, s in trained.items()}}, os.path.join(folder, f"cache{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_from_a_cache_each_process_reads_only_its_hookpoints_and_matches_one_process(tmp_path):
+    from lm_helpers import tiny_loaded, write_corpus
+
+    from saescope.data.cache import CachedActivations
+    from saescope.data.tokens import TextContexts
+    from saescope.lm.harvest import write_cache
+    from saescope.lm.stream import ModelActivationSource
+    from saescope.training import TrainConfig, Trainer
+
+    loaded = tiny_loaded("llama", n_layers=2)
+    source = ModelActivationSource(loaded, TextContexts(write_corpus(tmp_path / "c.txt"), loaded.tokenizer, 32, part="all"),
+                                   ["layers.0.resid_post", "layers.1.mlp_out"], batch_contexts=4)
+    write_cache(source, tmp_path / "cache", 2048, shard_tokens=512, progress=False)
+    single = Trainer(_cache_jobs(), TrainConfig(total_tokens=512 * 6, batch_size=512, progress=False, logger="none")).fit(
+        CachedActivations(tmp_path / "cache"))
+    mp.spawn(_cache_worker, args=(2, _free_port(), str(tmp_path / "cache"), str(tmp_path)), nprocs=2, join=True)
+    for rank, hookpoint in enumerate(("layers.0.resid_post", "layers.1.mlp_out")):
+        result = torch.load(tmp_path / f"cache{rank}.pt")
+        assert result["held"] == [hookpoint] and list(result["saes"]) == [f"topk-{hookpoint}"]
+        for key, value in single[f"topk-{hookpoint}"].state_dict().items():
+            assert torch.equal(value, result["saes"][f"topk-{hookpoint}"][key]), f"{hookpoint}.{key}"

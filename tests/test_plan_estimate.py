@@ -41,16 +41,35 @@ def test_estimate_only_plans_per_process_without_loading_weights(tmp_path, capsy
     memory = {n: float(re.search(r"([\d.]+) GiB", lines["memory in the process" if n == 1 else "memory per process"]).group(1))
               for n, lines in ((1, one), (4, four))}
     assert memory[4] < memory[1]
-    assert "received by each process" in four["activations exchanged per step"]
+    assert "received by the busiest process" in four["activations exchanged per step"] and "all-to-all" in four["activations exchanged per step"]
     assert "100 TFLOP/s per device (given)" in four["time"]
+
+
+def test_replicated_placement_holds_every_sae_per_process_and_splits_the_step(tmp_path, capsys, monkeypatch) -> None:
+    from saescope.suite import preflight
+
+    monkeypatch.setattr(preflight, "matmul_flops_per_second", lambda device: 1e11)
+    saes = [preflight.PlannedSae(f"layers.{i}.resid_post", i, "topk", 576, 4608, 32.0) for i in range(2)]
+    common = dict(tokens=10**6, batch_size=4096, shuffle_buffer_tokens=65536, model_params=10**8, model_bytes=4 * 10**8,
+                  forward_fraction=1.0, eval_tokens=0, checkpointing=False, out_dir=tmp_path, device="cpu", processes=2)
+    sharded = preflight.estimate(saes, **common)
+    replicated = preflight.estimate(saes, placement="replicated", **common)
+    state = 4 * 4 * saes[0].n_params
+    assert sharded.memory_parts["SAE state"] == state and replicated.memory_parts["SAE state"] == 2 * state
+    assert replicated.memory_parts["step transients"] == sharded.memory_parts["step transients"] // 2  # half the rows each
+    assert replicated.seconds == pytest.approx(sharded.seconds)  # the same work, split by rows instead of by SAE
+    assert replicated.reduced_bytes_per_step == 4 * 2 * saes[0].n_params and sharded.reduced_bytes_per_step == 0
+    zoo_model("llama").config.save_pretrained(tmp_path)
+    lines = _estimate_lines(capsys, tmp_path, "--processes", "4", "--device-tflops", "100", "--placement", "replicated")
+    assert "replicated placement" in lines["processes"] and "MiB per process" in lines["gradients all-reduced per step"]
 
 
 def test_estimate_only_refusals(tmp_path) -> None:
     zoo_model("llama").config.save_pretrained(tmp_path)
     base = ["train", "--model", str(tmp_path), "--hookpoints", "layers.0.resid_post", "--arch", "topk", "--width", "64",
             "--target-l0", "8", "--out", str(tmp_path / "out")]
-    with pytest.raises(SystemExit, match="more than the plan's 1 SAEs"):
-        main([*base, "--estimate-only", "--processes", "2"])
+    with pytest.raises(SystemExit, match="at most 1 processes, or use placement replicated"):
+        main([*base, "--estimate-only", "--processes", "2", "--placement", "sharded"])
     with pytest.raises(SystemExit, match="torchrun"):
         main([*base, "--processes", "2"])
     with pytest.raises(SystemExit, match="config.json"):

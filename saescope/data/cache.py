@@ -197,6 +197,23 @@ class CachedActivations:
         widths = {name: int(self.manifest["hookpoints"][name]["d"]) for name in chosen}
         self.d_in = widths[chosen[0]] if self.single else widths
 
+    def restrict_to_ranks(self, needs: list[list[str]]) -> None:
+        """Under torchrun (sharded placement): this rank reads only ``needs[rank]``, its own jobs' hookpoints.
+
+        Batches stay dicts, and the shard order and row permutation do not depend on the hookpoints read,
+        so every rank's batches are the single-process batches restricted to its hookpoints."""
+        from saescope.parallel import current
+
+        ranks = current()
+        mine = needs[ranks.rank] if ranks.distributed else None
+        if not mine or sorted(mine) == sorted(self.hookpoints):
+            return
+        unknown = sorted(set(mine) - set(self.hookpoints))
+        if unknown:
+            raise InvalidInput(f"{self.path}: jobs read hookpoint(s) {unknown} that this cache reader does not hold ({self.hookpoints})")
+        self.hookpoints = list(mine)
+        self.single = False
+
     def _shard(self, name: str, index: int) -> Tensor:
         """One shard, checked against the manifest (rows, width, dtype) so a damaged or foreign file is named, not trained on."""
         entry = self.manifest["hookpoints"][name]["shards"][index]

@@ -79,6 +79,7 @@ class ModelActivationSource:
         self._resume_from = 0
         self._buffer: MultiShuffleBuffer | None = None
         self._restored_buffer: dict[str, Tensor] | None = None
+        self._needs: list[list[str]] | None = None
 
     # -- resume ---------------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
@@ -104,6 +105,23 @@ class ModelActivationSource:
         self._resume_from = int(state.get("contexts_read", 0))
         self._restored_buffer = tensors if tensors and "buffer_rng" in tensors else None
 
+    def restrict_to_ranks(self, needs: list[list[str]]) -> None:
+        """Under torchrun: rank ``r`` keeps only the hookpoints ``needs[r]`` (its jobs'), received with one all-to-all.
+
+        Without effect when the norm-outlier filter is on (it needs every hookpoint's rows on every rank)."""
+        unknown = sorted({h for names in needs for h in names} - set(self.names))
+        if unknown:
+            raise InvalidInput(f"jobs read hookpoint(s) {unknown} that this model source does not capture ({self.names})")
+        self._needs = None if self.outlier_norm_ratio is not None else [list(names) for names in needs]
+
+    @property
+    def held(self) -> list[str]:
+        """The hookpoints whose rows this process receives and buffers."""
+        from saescope.parallel import current
+
+        ranks = current()
+        return self._needs[ranks.rank] if self._needs is not None and ranks.distributed else list(self.names)
+
     # -- reading --------------------------------------------------------------------------------
     def position_mask(self, input_ids: Tensor) -> Tensor:
         """Flattened [b·s] mask of the positions whose activations are kept."""
@@ -116,7 +134,7 @@ class ModelActivationSource:
 
         Under torchrun each process runs the model on its share of the contexts and the rows are
         gathered back in order (``saescope.parallel.gather_rows``)."""
-        from saescope.parallel import current, gather_rows
+        from saescope.parallel import current, exchange_rows, gather_rows
 
         ranks = current()
         if ranks.distributed:
@@ -129,6 +147,9 @@ class ModelActivationSource:
             rows = {name: parts[0] for name, parts in found.items()}
         else:  # fewer contexts than processes in this batch: this rank contributes nothing
             rows = {name: torch.zeros(0, self.d_in[name], dtype=self.loaded.model.dtype, device=self.device) for name in self.names}
+        if self._needs is not None and ranks.distributed:
+            rows = exchange_rows(rows, self._needs, ranks)
+            return rows, int(next(iter(rows.values())).shape[0])
         rows = gather_rows(rows, ranks)
         if self.outlier_norm_ratio is not None:
             rows = drop_norm_outliers(rows, self.outlier_norm_ratio)
@@ -145,7 +166,8 @@ class ModelActivationSource:
         """Batches ``{hookpoint: [batch_size, d]}``. ``start_batch`` is ignored: use ``restore`` to resume."""
         max_rows = self.batch_contexts * self.contexts.context_size
         fill = max(self.shuffle_buffer_tokens, batch_size) if shuffle else batch_size
-        buffer = MultiShuffleBuffer(self.d_in, fill + max_rows, seed=seed, dtype=self.buffer_dtype, device=self.device)
+        held = {name: self.d_in[name] for name in self.held}
+        buffer = MultiShuffleBuffer(held, fill + max_rows, seed=seed, dtype=self.buffer_dtype, device=self.device)
         self._buffer = buffer
         start = self._resume_from
         self.contexts_read = start
@@ -163,9 +185,12 @@ class ModelActivationSource:
             yield self._take(buffer, batch_size, shuffle)
 
     def _load_buffer(self, buffer: MultiShuffleBuffer, saved: dict[str, Tensor]) -> None:
-        rows = {name: saved[f"buffer::{name}"] for name in self.names if f"buffer::{name}" in saved}
-        if set(rows) != set(self.names):
-            raise InvalidInput(f"the checkpoint's shuffle buffer holds {sorted(rows)}, this run reads {self.names}; resume with the same hookpoints")
+        held = self.held
+        rows = {name: saved[f"buffer::{name}"] for name in held if f"buffer::{name}" in saved}
+        if set(rows) != set(held) or any(key.startswith("buffer::") and key[8:] not in held for key in saved):
+            stored = sorted(key[8:] for key in saved if key.startswith("buffer::"))
+            raise InvalidInput(f"the checkpoint's shuffle buffer holds {stored}, this process reads {held}; resume with the same hookpoints, "
+                               "SAEs and number of processes")
         size = int(next(iter(rows.values())).shape[0])
         if size > buffer.capacity:
             raise InvalidInput(f"the checkpoint's shuffle buffer holds {size} rows, more than this run's {buffer.capacity}; resume with the same settings")
@@ -181,7 +206,7 @@ class ModelActivationSource:
 
     def head(self, n_tokens: int) -> dict[str, Tensor]:
         """Activations of the first ``n_tokens`` trainable tokens (in corpus order), for normalisation."""
-        chunks: dict[str, list[Tensor]] = {name: [] for name in self.names}
+        chunks: dict[str, list[Tensor]] = {name: [] for name in self.held}
         got = 0
         for input_ids in self.contexts.iter_batches(self.batch_contexts, shuffle=False):
             rows, n_rows = self.rows(input_ids.to(self.device))

@@ -92,7 +92,7 @@ def _train_locked_array(plan: RunPlan, out: Path, resume: bool, progress: bool) 
     config = TrainConfig(
         total_tokens=training.tokens, batch_size=training.batch_size, seed=training.seed, device=plan.model.device, progress=progress,
         checkpoint_every=checkpoint_every, checkpoint_dir=str(checkpoint_dir) if checkpoint_every or resume else None,
-        tf32=training.tf32, step_autocast=training.step_autocast,
+        tf32=training.tf32, step_autocast=training.step_autocast, placement=training.placement,
         **({} if training.sparsity_proportional_gain is None else {"sparsity_proportional_gain": training.sparsity_proportional_gain}),
     )
     config.resolved_device()  # a bad --device is the flag's fault, not the array's: refuse it before the array is named

@@ -18,6 +18,7 @@ from saescope.errors import InvalidInput
 from saescope.lm.hookpoints import find_layers, resolve_hookpoints
 from saescope.lm.models import resolve_dtype
 from saescope.lm.skeleton import model_skeleton, parameter_count, skeleton_site_widths
+from saescope.parallel import Ranks, choose_placement
 from saescope.plan import RunPlan
 from saescope.suite.preflight import (
     GIB,
@@ -45,14 +46,18 @@ class PlanEstimate:
         lines = [
             f"plan: {len(self.saes)} SAEs ({_count(sae_params)} parameters) at {self.hookpoints} hookpoints of a "
             f"{_count(self.model_params)}-parameter model with {self.n_layers} layers",
-            f"processes: {e.processes} (torchrun, sharded placement: SAE i on process i mod {e.processes})",
+            f"processes: {e.processes} (torchrun, " + ("sharded placement: each process trains a block of SAEs, grouped by hookpoint)" if e.placement == "sharded"
+                                                      else "replicated placement: every SAE on every process, batches split)"),
             f"memory {per}: {e.memory_bytes / GIB:.1f} GiB ("
             + ", ".join(f"{name} {size / GIB:.1f}" for name, size in (e.memory_parts or {}).items() if size >= GIB / 20) + ")",
             f"disk: {e.disk_bytes / GIB:.1f} GiB",
         ]
         if e.processes > 1:
-            lines.append(f"activations exchanged per step: {e.gathered_bytes_per_step / 2**20:.1f} MiB received by each process "
-                         "(every hookpoint's rows of the global batch from the other processes)")
+            what = ("every hookpoint's rows of the global batch from the other processes" if e.placement == "replicated" else
+                    "its own SAEs' hookpoints' rows of the global batch from the other processes, one all-to-all")
+            lines.append(f"activations exchanged per step: {e.gathered_bytes_per_step / 2**20:.1f} MiB received by the busiest process ({what})")
+        if e.reduced_bytes_per_step:
+            lines.append(f"gradients all-reduced per step: {e.reduced_bytes_per_step / 2**20:.1f} MiB per process")
         lines.append(f"time: about {format_duration(e.seconds)} on {e.processes} device(s) at {throughput}, 60% efficiency")
         return lines
 
@@ -77,8 +82,7 @@ def estimate_plan(plan: RunPlan, out_dir: str | Path, processes: int = 1, device
     points = resolve_hookpoints(skeleton, plan.sweep.hookpoints, check=False)
     widths = skeleton_site_widths(skeleton, points)
     planned = _expand(plan, widths)
-    if processes > len(planned):
-        raise InvalidInput(f"--processes {processes} is more than the plan's {len(planned)} SAEs: each process trains at least one")
+    placement = choose_placement(plan.training.placement, len(planned), Ranks(0, processes))
     n_layers = len(find_layers(skeleton)[1])
     params = parameter_count(skeleton)
     element = resolve_dtype(plan.model.dtype).itemsize
@@ -87,6 +91,6 @@ def estimate_plan(plan: RunPlan, out_dir: str | Path, processes: int = 1, device
         planned, tokens=training.tokens, batch_size=training.batch_size, shuffle_buffer_tokens=plan.data.shuffle_buffer_tokens,
         model_params=params, model_bytes=params * element, forward_fraction=(max(p.layer for p in points) + 1) / n_layers,
         eval_tokens=plan.evaluation.eval_tokens, checkpointing=training.resolved_checkpoint_every() is not None, out_dir=out_dir,
-        device=device, live_model=True, processes=processes, flops_per_second=device_flops,
+        device=device, live_model=True, processes=processes, flops_per_second=device_flops, placement=placement,
     )
     return PlanEstimate(guess, planned, params, n_layers, len(widths), device_flops)

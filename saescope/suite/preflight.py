@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from saescope.errors import InsufficientDisk, InsufficientResources
+from saescope.parallel import assign_owners
 
 GIB = 2**30
 STEP_TRANSIENTS = 8
@@ -68,6 +69,10 @@ class Estimate:
     """Activation rows each process receives from the others per training step (data-parallel harvest)."""
     memory_parts: dict[str, int] | None = None
     """``memory_bytes`` by what holds it."""
+    placement: str = "sharded"
+    """How SAEs are placed on the processes (``saescope.parallel.choose_placement``)."""
+    reduced_bytes_per_step: int = 0
+    """Replicated placement: gradient bytes each process all-reduces per training step."""
 
     def summary(self) -> str:
         available = f" of {self.available_memory_bytes / GIB:.1f} GiB available" if self.available_memory_bytes else ""
@@ -128,34 +133,51 @@ def estimate(
     live_model: bool = True,
     processes: int = 1,
     flops_per_second: float | None = None,
+    placement: str = "sharded",
 ) -> Estimate:
-    """The whole suite's needs; with ``processes`` > 1 (torchrun, sharded placement: SAE ``i`` on process
-    ``i mod processes``) the memory of the busiest process, and the time with the SAE steps, the model
-    forwards and the evaluation shared out. ``flops_per_second``: one device's matmul peak, for planning
-    on hardware other than this machine's (default: measured here)."""
-    shares = [saes[rank::processes] for rank in range(processes)]
-    busiest = max(shares, key=lambda share: sum(s.n_params for s in share))
-    state = sum(4 * 4 * s.n_params for s in busiest)
-    transients = max((STEP_TRANSIENTS * 4 * batch_size * len(s.hookpoints) * s.width for s in busiest), default=0)
+    """The whole suite's needs; with ``processes`` > 1 (torchrun, sharded placement: balanced blocks of SAEs
+    ordered by hookpoint, ``saescope.parallel.assign_owners``) the memory of the busiest process, and the time with the SAE steps, the model
+    forwards and the evaluation shared out. With ``placement="replicated"`` every process holds every SAE
+    and trains it on 1/``processes`` of each batch, all-reducing its gradients. ``flops_per_second``: one
+    device's matmul peak, for planning on hardware other than this machine's (default: measured here)."""
+    replicated = placement == "replicated" and processes > 1
+    if replicated:
+        shares = [saes] * processes
+    else:
+        owners = assign_owners([tuple(s.hookpoints) for s in saes], processes)
+        shares = [[s for s, owner in zip(saes, owners) if owner == rank] for rank in range(processes)]
+    rows = batch_size // processes if replicated else batch_size
     widths = {h: s.d_in for s in saes for h in s.hookpoints}
     d_total = sum(widths.values())
-    buffer = 2 * 4 * shuffle_buffer_tokens * d_total if live_model else 2 * 4 * batch_size * d_total
-    eval_acts = 4 * eval_tokens * d_total
     from saescope.training.trainer import NORMALIZATION_SAMPLE_BYTES
 
-    parts = {"SAE state": state, "step transients": transients, "shuffle buffer": buffer, "evaluation activations": eval_acts,
-             "model": model_bytes, "normalisation sample": min(NORMALIZATION_SAMPLE_BYTES, 4 * tokens * d_total)}
+    def parts_of(share: list[PlannedSae]) -> dict[str, int]:
+        # sharded with several processes: each holds (and evaluates) only its own SAEs' hookpoints (the all-to-all)
+        held = sum({h: s.d_in for s in share for h in s.hookpoints}.values()) if processes > 1 and not replicated else d_total
+        return {"SAE state": sum(4 * 4 * s.n_params for s in share),
+                "step transients": max((STEP_TRANSIENTS * 4 * rows * len(s.hookpoints) * s.width for s in share), default=0),
+                "shuffle buffer": 2 * 4 * shuffle_buffer_tokens * held if live_model else 2 * 4 * batch_size * held,
+                "evaluation activations": 4 * eval_tokens * held, "model": model_bytes,
+                "normalisation sample": min(NORMALIZATION_SAMPLE_BYTES, 4 * tokens * held)}
+
+    parts = max((parts_of(share) for share in shares), key=lambda p: sum(p.values()))
     memory = sum(parts.values())
+    held_busiest = max(sum({h: s.d_in for s in share for h in s.hookpoints}.values()) for share in shares)
     weights = sum(4 * s.n_params for s in saes)
     waiting_rows = 4 * shuffle_buffer_tokens * d_total if live_model else 0
     disk = weights + (4 * weights + waiting_rows if checkpointing else 0)  # activations are written only as the buffer's rows
     flops = tokens * max(sum(10 * len(s.hookpoints) * s.d_in * s.width for s in share) for share in shares)
+    if replicated:
+        flops /= processes  # each process steps every SAE on its share of the rows
     if live_model:
         flops += tokens * 2 * model_params * forward_fraction / processes
     flops += eval_tokens * 2 * model_params * (max(sum(len(s.hookpoints) for s in share) for share in shares) + 2 * len(widths))
     seconds = flops / (EFFICIENCY * (flops_per_second or matmul_flops_per_second(device)))
-    gathered = 4 * batch_size * d_total * (processes - 1) // processes if live_model and processes > 1 else 0
-    return Estimate(memory, available_memory(device), disk, _free_disk(out_dir), seconds, device, processes, gathered, parts)
+    received = d_total if replicated else held_busiest
+    gathered = 4 * batch_size * received * (processes - 1) // processes if live_model and processes > 1 else 0
+    reduced = 4 * sum(s.n_params for s in saes) if replicated else 0
+    return Estimate(memory, available_memory(device), disk, _free_disk(out_dir), seconds, device, processes, gathered, parts,
+                    "replicated" if replicated else "sharded", reduced)
 
 
 def check(estimate_: Estimate, out_dir: str | Path) -> None:

@@ -173,7 +173,7 @@ def _train_locked_suite(plan: RunPlan, out: Path, resume: bool, progress: bool, 
         log_every=max(1, min(TrainConfig.log_every, training.tokens // training.batch_size // 40)),  # a progress bar that moves
         sparsity_proportional_gain=LM_PROPORTIONAL_GAIN if training.sparsity_proportional_gain is None else training.sparsity_proportional_gain,
         checkpoint_every=checkpoint_every, checkpoint_dir=str(checkpoint_dir) if checkpoint_every else None,
-        tf32=training.tf32, step_autocast=training.step_autocast,
+        tf32=training.tf32, step_autocast=training.step_autocast, placement=training.placement,
     )
     started = time.perf_counter()
     results = train_on_model(

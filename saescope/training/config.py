@@ -50,6 +50,11 @@ class TrainConfig:
     """Where TensorBoard event files go."""
     progress: bool = True
     """Show a progress bar."""
+    placement: Literal["auto", "sharded", "replicated"] = "auto"
+    """Under torchrun: "sharded" trains each SAE job on one process (job i on rank i mod world) on the whole
+    global batch; "replicated" trains every job on every process, each on its share of the batch, with
+    gradients averaged (for a few SAEs too large for one device). "auto": sharded when there are at least as
+    many jobs as processes, else replicated. See saescope/parallel.py."""
     tf32: bool = True
     """On CUDA, float32 matmuls use TF32 tensor cores during training (several times faster on Ampere and
     Hopper; relative error near 3e-4). False: exact float32. The setting is restored after ``fit``."""
@@ -77,6 +82,8 @@ class TrainConfig:
             raise InvalidInput("TrainConfig.checkpoint_every needs a positive value and a checkpoint_dir")
         if self.logger not in ("auto", "none", "tensorboard", "wandb"):
             raise InvalidInput(f"TrainConfig.logger must be auto, none, tensorboard or wandb; got {self.logger!r}")
+        if self.placement not in ("auto", "sharded", "replicated"):
+            raise InvalidInput(f"TrainConfig.placement must be auto, sharded or replicated; got {self.placement!r}")
         if self.step_autocast not in (None, "bfloat16"):
             raise InvalidInput(f"TrainConfig.step_autocast must be None or 'bfloat16', got {self.step_autocast!r} "
                                "(float16 would need a gradient scaler)")

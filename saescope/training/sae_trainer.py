@@ -18,11 +18,18 @@ from torch import Tensor
 from saescope.errors import Diverged, InvalidInput
 from saescope.jobs import SaeJob
 from saescope.objectives import StepContext
+from saescope.parallel import Ranks
 from saescope.saes.base import unit_norm_rows
 from saescope.training.config import TrainConfig
 from saescope.training.cpu_allocator import retain_freed_memory
 from saescope.training.optimizers import ScheduleFreeAdam, build_optimizer
 from saescope.training.precision import step_autocast
+from saescope.training.replicas import (
+    average_buffers,
+    average_gradients,
+    average_tensor,
+    global_step_statistics,
+)
 from saescope.training.schedules import lr_multiplier
 from saescope.training.sparsity_control import SparsityController
 
@@ -72,6 +79,8 @@ class SaeTrainer:
         self.firing_rate_weight = torch.zeros((), dtype=torch.float32, device=device)
         self.firing_rate_decay = 0.5 ** (config.batch_size / FIRING_RATE_HALF_LIFE_TOKENS)
         self.any_dead = False  # refreshed at log cadence; gates auxiliary dead-latent losses
+        self.replicas: Ranks | None = None
+        """Set by the Trainer under replicated placement: gradients and step statistics are averaged over these ranks."""
         self._reset_running()
 
     # -- normalisation --------------------------------------------------------------------------
@@ -109,6 +118,8 @@ class SaeTrainer:
             output = objective.loss(sae, x, ctx)
         self.optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
+        if self.replicas is not None:
+            average_gradients(sae.parameters(), self.replicas)
         objective.before_optimizer_step(sae)
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
@@ -120,15 +131,21 @@ class SaeTrainer:
         with torch.no_grad():
             code = output.code
             batch_l0 = code.l0_per_token().mean()
-            if objective.uses_firing_rate:
+            n_rows = x.shape[0]
+            if self.replicas is not None:  # every replica must see the global batch's statistics
+                batch_l0, counts = global_step_statistics(batch_l0, code.count_per_feature(), self.replicas)
+                n_rows *= self.replicas.world
+                average_buffers(sae, self.replicas)
+            elif objective.uses_firing_rate:
                 counts = code.count_per_feature()
+            if objective.uses_firing_rate:
                 fired = counts > 0
                 decay = self.firing_rate_decay
-                self.firing_rate_sum.mul_(decay).add_(counts.float() / x.shape[0], alpha=1 - decay)
+                self.firing_rate_sum.mul_(decay).add_(counts.float() / n_rows, alpha=1 - decay)
                 self.firing_rate_weight.mul_(decay).add_(1 - decay)
             else:
-                fired = code.fired()
-            self.tokens_since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
+                fired = counts > 0 if self.replicas is not None else code.fired()
+            self.tokens_since_fired.add_(n_rows).masked_fill_(fired, 0)
             self.controller.update(batch_l0, step)
             error = (output.reconstruction - x).pow(2).sum()
             variance = (x - x.mean(dim=0)).pow(2).sum()
@@ -166,7 +183,8 @@ class SaeTrainer:
     def read_metrics(self) -> dict[str, float]:
         """Means over the steps since the last call (one host sync); refreshes the dead-latent gate."""
         dead = self._dead_mask()
-        values = torch.cat([self._running / max(self._running_steps, 1), dead.float().mean().reshape(1)]).tolist()
+        running = self._running if self.replicas is None else average_tensor(self._running, self.replicas)
+        values = torch.cat([running / max(self._running_steps, 1), dead.float().mean().reshape(1)]).tolist()
         l0, fvu, loss, nonfinite, dead_fraction = values
         if nonfinite > 0:
             raise InvalidInput(f"{self.name}: the activations contain NaN or inf; clean the data (the batches since the last log step)")

@@ -26,7 +26,13 @@ from saescope.io.trainer_state import (
     save_trainer_state,
 )
 from saescope.jobs import ReadSpec, SaeJob, default_objective
-from saescope.parallel import Ranks, agree, gather_objects
+from saescope.parallel import (
+    Ranks,
+    agree,
+    assign_owners,
+    choose_placement,
+    gather_objects,
+)
 from saescope.parallel import current as current_ranks
 from saescope.saes import SparseAutoencoder
 from saescope.saes.stacked import stacked_normalization
@@ -35,6 +41,7 @@ from saescope.training.interrupt import stop_at_step_boundary
 from saescope.training.precision import matmul_precision
 from saescope.training.prefetch import to_device_ahead
 from saescope.training.progress import ProgressReporter
+from saescope.training.replicas import my_rows
 from saescope.training.sae_trainer import SaeTrainer
 
 logger = logging.getLogger("saescope")
@@ -104,13 +111,19 @@ class Trainer:
         self.saes = {job.name: job.sae for job in self.jobs}
         self.trainers = [SaeTrainer(job, self.config, self.device) for job in self.jobs]
         self.ranks = current_ranks()
-        # sharded placement (saescope.parallel): this rank trains every world-th job
-        self.owned = [trainer for index, trainer in enumerate(self.trainers) if self.ranks.owns(index)]
+        self.placement = choose_placement(self.config.placement, len(self.jobs), self.ranks)
         if self.ranks.distributed:
-            agree([job.name for job in self.jobs], self.ranks, "the SAE jobs")
-            if len(self.jobs) < self.ranks.world:
-                raise InvalidInput(f"{self.ranks.world} processes for {len(self.jobs)} SAE jobs: each job trains on one process "
-                                   f"(sharded placement), so run at most {len(self.jobs)} processes")
+            agree([[job.name for job in self.jobs], self.placement], self.ranks, "the SAE jobs and their placement")
+        if self.placement == "replicated":  # every rank trains every job on its share of each batch (training/replicas.py)
+            if self.config.batch_size % self.ranks.world:
+                raise InvalidInput(f"batch_size {self.config.batch_size} must be a multiple of the {self.ranks.world} processes "
+                                   "under replicated placement (each process takes an equal share of every batch)")
+            self.owned = list(self.trainers)
+            for trainer in self.owned:
+                trainer.replicas = self.ranks
+        else:  # sharded (saescope.parallel): this rank trains its block of the jobs, ordered by hookpoint
+            self.owners = assign_owners([job.reads.hookpoints for job in self.jobs], self.ranks.world)
+            self.owned = [trainer for trainer, owner in zip(self.trainers, self.owners) if owner == self.ranks.rank]
         self.callbacks: list[Callback] = []
         self._fitted = False
 
@@ -130,6 +143,10 @@ class Trainer:
         config = self.config
         source = as_source(data)
         self._source = source
+        if self.placement == "sharded" and hasattr(source, "restrict_to_ranks"):
+            # each rank reads (a cache) or receives and buffers (a live model, one all-to-all) only its own jobs' hookpoints
+            source.restrict_to_ranks([sorted({h for t, owner in zip(self.trainers, self.owners) if owner == rank for h in t.job.reads.hookpoints})
+                                  for rank in range(self.ranks.world)])
         start_step = 0
         if resume and has_trainer_state(self._checkpoint_dir()):
             start_step = self._load_checkpoint()
@@ -154,6 +171,8 @@ class Trainer:
                         logger.warning("the data ran out after %d of %d steps; stopping early", step, total_steps)
                         break
                     for trainer, x, layer_index in self._route(batch, step):
+                        if self.placement == "replicated":
+                            x, layer_index = my_rows(x, layer_index, self.ranks)
                         trainer.train_step(x, step, layer_index)
                     done = step + 1
                     is_last = done == total_steps
@@ -326,6 +345,9 @@ class Trainer:
             }
             if self.ranks.distributed:
                 sae.training_summary["processes"] = self.ranks.world
+                sae.training_summary["placement"] = self.placement
+        if self.placement == "replicated" and not self.ranks.main:
+            return {}  # identical replicas: rank 0 returns (and the suite saves and evaluates) them
         return {trainer.name: trainer.sae for trainer in self.owned}
 
     # -- checkpoints ---------------------------------------------------------------------------------
