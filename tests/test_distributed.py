@@ -388,3 +388,43 @@ def test_from_a_cache_each_process_reads_only_its_hookpoints_and_matches_one_pro
         assert result["held"] == [hookpoint] and list(result["saes"]) == [f"topk-{hookpoint}"]
         for key, value in single[f"topk-{hookpoint}"].state_dict().items():
             assert torch.equal(value, result["saes"][f"topk-{hookpoint}"][key]), f"{hookpoint}.{key}"
+
+
+def _replicated_resume_worker(rank, world, port, values, folder):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    from dataclasses import replace
+
+    import torch.distributed as dist
+
+    from saescope.parallel import init_from_environment
+    from saescope.training import Trainer
+
+    init_from_environment("cpu")
+
+    def states(jobs):
+        return {job.name: {k: v.clone() for k, v in job.sae.state_dict().items()} for job in jobs}
+
+    try:
+        straight = _replicated_jobs(aux=True)
+        Trainer(straight, _replicated_config("replicated")).fit(values)  # a numpy array, as the crashing source reads
+        config = replace(_replicated_config("replicated"), checkpoint_every=2, checkpoint_dir=os.path.join(folder, "checkpoint"))
+        try:
+            Trainer(_replicated_jobs(aux=True), config).fit(_CrashingSource(values, crash_at=5))
+        except _Crash:
+            pass
+        resumed, source = _replicated_jobs(aux=True), _CrashingSource(values, crash_at=None)
+        Trainer(resumed, config).fit(source, resume=True)
+        torch.save({"straight": states(straight), "resumed": states(resumed), "started_at": source.started_at},
+                   os.path.join(folder, f"resumed{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_killed_replicated_run_resumes_to_the_uninterrupted_replicated_result(data, tmp_path):
+    mp.spawn(_replicated_resume_worker, args=(2, _free_port(), np.load(data / "x.npy"), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        result = torch.load(tmp_path / f"resumed{rank}.pt")
+        assert result["started_at"] == 4  # it resumed from the step-4 checkpoint
+        for name, state in result["straight"].items():
+            for key, tensor in state.items():
+                assert torch.equal(tensor, result["resumed"][name][key]), f"rank {rank}: {name}.{key}"
