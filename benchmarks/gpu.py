@@ -35,6 +35,9 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peer_runners"))
+
+from sparsify_topk import sparsify_step  # noqa: E402
 
 from saescope.jobs import create_job  # noqa: E402
 from saescope.training import TrainConfig, Trainer  # noqa: E402
@@ -160,18 +163,7 @@ def sparsify_case(data: torch.Tensor, width: int, k: int, batch: int, steps: int
 
     def step(index: int) -> Any:
         x = data[(index % per_epoch) * batch:(index % per_epoch + 1) * batch]
-        sae.set_decoder_norm_to_unit_norm()
-        out = sae(x, dead_mask=None)
-        did_fire[out.latent_indices.flatten()] = True
-        out.fvu.backward()
-        sae.remove_gradient_parallel_to_decoder_directions()
-        optimizer.step()
-        optimizer.zero_grad()
-        with torch.no_grad():
-            tokens_since_fired.add_(x.shape[0])
-            tokens_since_fired[did_fire] = 0
-            did_fire.zero_()
-        return out
+        return sparsify_step(sae, optimizer, x, did_fire, tokens_since_fired)
 
     for index in range(warmup):
         step(index)

@@ -98,6 +98,16 @@ def assign_owners(hookpoints_per_job: list[tuple[str, ...]], world: int) -> list
     return owners
 
 
+def _row_counts(local: torch.Tensor, ranks: Ranks) -> list[int]:
+    """Every rank's number of rows, in rank order (ranks hold different numbers after masking special tokens)."""
+    import torch.distributed as dist
+
+    count = torch.tensor([local.shape[0]], device=local.device)
+    counts = [torch.zeros_like(count) for _ in range(ranks.world)]
+    dist.all_gather(counts, count)
+    return [int(c.item()) for c in counts]
+
+
 def exchange_rows(rows: dict[str, torch.Tensor], needs: list[list[str]], ranks: Ranks) -> dict[str, torch.Tensor]:
     """Every rank's rows of the hookpoints this rank needs, in rank order, with one all-to-all.
 
@@ -109,10 +119,7 @@ def exchange_rows(rows: dict[str, torch.Tensor], needs: list[list[str]], ranks: 
 
     names = sorted(rows)
     first = rows[names[0]]
-    count = torch.tensor([first.shape[0]], device=first.device)
-    counts = [torch.zeros_like(count) for _ in range(ranks.world)]
-    dist.all_gather(counts, count)
-    sizes = [int(c.item()) for c in counts]
+    sizes = _row_counts(first, ranks)
     widths = {name: rows[name].shape[1] for name in names}
     mine = needs[ranks.rank]
     parts = []
@@ -173,11 +180,7 @@ def gather_rows(rows: dict[str, torch.Tensor], ranks: Ranks) -> dict[str, torch.
     import torch.distributed as dist
 
     names = sorted(rows)
-    first = rows[names[0]]
-    count = torch.tensor([first.shape[0]], device=first.device)
-    counts = [torch.zeros_like(count) for _ in range(ranks.world)]
-    dist.all_gather(counts, count)
-    sizes = [int(c.item()) for c in counts]
+    sizes = _row_counts(rows[names[0]], ranks)
     longest = max(sizes)
     out = {}
     for name in names:

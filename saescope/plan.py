@@ -251,6 +251,9 @@ class RunPlan:
         if self.data.array is not None:
             if self.sweep.hookpoints:
                 raise PlanError(f"{self.source}: hookpoints: an array has none; give hookpoints with a model or a cache")
+            if self.training.end_to_end_tokens:
+                raise PlanError(f"{self.source}: end_to_end_tokens: the end-to-end fine-tune splices SAEs into a language model; "
+                                "an array has none (train on a model or a cache, or leave it at 0)")
             return
         if not self.sweep.hookpoints and self.data.cache is None:
             raise PlanError(f"{self.source}: hookpoints: give at least one (--hookpoints layers.10.resid_post, or hookpoints "

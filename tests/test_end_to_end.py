@@ -99,3 +99,13 @@ def test_a_suite_option_fine_tunes_each_sae_after_training(tmp_path) -> None:
     (sae, metrics), = results.values()
     assert sae.training_summary["end_to_end"]["steps"] == 3
     assert metrics["training"]["end_to_end"]["hookpoint"] == "layers.1.resid_post"
+
+
+def test_the_fine_tune_is_refused_for_vectors_without_a_model(tmp_path) -> None:
+    import numpy as np
+
+    from saescope.plan import PlanError, RunPlan
+
+    np.save(tmp_path / "x.npy", np.zeros((8, 4), dtype=np.float32))
+    with pytest.raises(PlanError, match="end_to_end_tokens: the end-to-end fine-tune splices SAEs into a language model"):
+        RunPlan.from_dict({"data": {"array": str(tmp_path / "x.npy")}, "training": {"end_to_end_tokens": 1024}})

@@ -21,6 +21,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import Clock, arguments, batches, d_in_of, write_result  # noqa: E402
 
 
+def sparsify_step(sae, optimizer, x: torch.Tensor, did_fire: torch.Tensor, tokens_since_fired: torch.Tensor):  # noqa: ANN001, ANN201
+    """One step of sparsify's ``Trainer.fit`` for one SAE (its default ``auxk_alpha`` 0: no AuxK); returns its forward output."""
+    sae.set_decoder_norm_to_unit_norm()
+    out = sae(x, dead_mask=None)
+    did_fire[out.latent_indices.flatten()] = True
+    out.fvu.backward()
+    sae.remove_gradient_parallel_to_decoder_directions()
+    optimizer.step()
+    optimizer.zero_grad()
+    with torch.no_grad():
+        tokens_since_fired += x.shape[0]
+        tokens_since_fired[did_fire] = 0
+        did_fire.zero_()
+    return out
+
+
 def main() -> None:
     args = arguments(__doc__.splitlines()[0]).parse_args()
     from schedulefree import ScheduleFreeWrapper
@@ -49,19 +65,9 @@ def main() -> None:
         for step, x in enumerate(batches(args.data, args.batch, args.steps)):
             if step == 0:
                 sae.b_dec.data = x.mean(0)
-            sae.set_decoder_norm_to_unit_norm()
-            out = sae(x, dead_mask=None)
-            did_fire[out.latent_indices.flatten()] = True
-            out.fvu.backward()
-            sae.remove_gradient_parallel_to_decoder_directions()
-            optimizer.step()
-            optimizer.zero_grad()
+            sparsify_step(sae, optimizer, x, did_fire, tokens_since_fired)
             for scheduler in schedulers:
                 scheduler.step()
-            with torch.no_grad():
-                tokens_since_fired += x.shape[0]
-                tokens_since_fired[did_fire] = 0
-                did_fire.zero_()
     if isinstance(optimizer, ScheduleFreeWrapper):
         optimizer.eval()
     tensors = {"W_enc": sae.encoder.weight.detach().T.contiguous(), "b_enc": sae.encoder.bias.detach().clone(),
