@@ -132,8 +132,9 @@ class ModelActivationSource:
     def rows(self, input_ids: Tensor) -> tuple[dict[str, Tensor], int]:
         """One forward: each hookpoint's kept rows ``{name: [n, d]}`` (the same positions for all) and n.
 
-        Under torchrun each process runs the model on its share of the contexts and the rows are
-        gathered back in order (``saescope.parallel.gather_rows``)."""
+        Under torchrun each process runs the model on its share of the contexts and the rows come back in
+        order: only this process's hookpoints after ``restrict_to_ranks`` (``saescope.parallel.exchange_rows``),
+        else every hookpoint (``saescope.parallel.gather_rows``)."""
         from saescope.parallel import current, exchange_rows, gather_rows
 
         ranks = current()

@@ -151,9 +151,12 @@ def estimate(
     d_total = sum(widths.values())
     from saescope.training.trainer import NORMALIZATION_SAMPLE_BYTES
 
+    def held_width(share: list[PlannedSae]) -> int:
+        return sum({h: s.d_in for s in share for h in s.hookpoints}.values())
+
     def parts_of(share: list[PlannedSae]) -> dict[str, int]:
         # sharded with several processes: each holds (and evaluates) only its own SAEs' hookpoints (the all-to-all)
-        held = sum({h: s.d_in for s in share for h in s.hookpoints}.values()) if processes > 1 and not replicated else d_total
+        held = held_width(share) if processes > 1 and not replicated else d_total
         return {"SAE state": sum(4 * 4 * s.n_params for s in share),
                 "step transients": max((STEP_TRANSIENTS * 4 * rows * len(s.hookpoints) * s.width for s in share), default=0),
                 "shuffle buffer": 2 * 4 * shuffle_buffer_tokens * held if live_model else 2 * 4 * batch_size * held,
@@ -162,7 +165,6 @@ def estimate(
 
     parts = max((parts_of(share) for share in shares), key=lambda p: sum(p.values()))
     memory = sum(parts.values())
-    held_busiest = max(sum({h: s.d_in for s in share for h in s.hookpoints}.values()) for share in shares)
     weights = sum(4 * s.n_params for s in saes)
     waiting_rows = 4 * shuffle_buffer_tokens * d_total if live_model else 0
     disk = weights + (4 * weights + waiting_rows if checkpointing else 0)  # activations are written only as the buffer's rows
@@ -173,7 +175,7 @@ def estimate(
         flops += tokens * 2 * model_params * forward_fraction / processes
     flops += eval_tokens * 2 * model_params * (max(sum(len(s.hookpoints) for s in share) for share in shares) + 2 * len(widths))
     seconds = flops / (EFFICIENCY * (flops_per_second or matmul_flops_per_second(device)))
-    received = d_total if replicated else held_busiest
+    received = d_total if replicated else max(held_width(share) for share in shares)
     gathered = 4 * batch_size * received * (processes - 1) // processes if live_model and processes > 1 else 0
     reduced = 4 * sum(s.n_params for s in saes) if replicated else 0
     return Estimate(memory, available_memory(device), disk, _free_disk(out_dir), seconds, device, processes, gathered, parts,

@@ -51,7 +51,7 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar."""
     placement: Literal["auto", "sharded", "replicated"] = "auto"
-    """Under torchrun: "sharded" trains each SAE job on one process (job i on rank i mod world) on the whole
+    """Under torchrun: "sharded" trains each SAE job on one process (balanced blocks of the jobs, grouped by hookpoint) on the whole
     global batch; "replicated" trains every job on every process, each on its share of the batch, with
     gradients averaged (for a few SAEs too large for one device). "auto": sharded when there are at least as
     many jobs as processes, else replicated. See saescope/parallel.py."""

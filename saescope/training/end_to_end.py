@@ -18,6 +18,7 @@ encoder changes; it is measured, not controlled. Multi-layer (stacked) SAEs are 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -36,6 +37,8 @@ from saescope.lm.models import LoadedModel
 from saescope.lm.resume import can_replay, keep_layer_outputs, replayed_layers
 from saescope.saes import SparseAutoencoder
 from saescope.saes.stacked import is_stacked
+
+logger = logging.getLogger("saescope")
 
 
 @dataclass
@@ -180,12 +183,10 @@ def finetune_end_to_end(
 def finetune_suite(saes: dict[str, SparseAutoencoder], model: LoadedModel, data: LmDataConfig, config: EndToEndConfig,
                    progress: bool = True) -> None:
     """The fine-tune for every per-hookpoint SAE of a suite, on the training part of the suite's text; stacked SAEs are skipped."""
-    import logging
-
     contexts = TextContexts(data.dataset, model.tokenizer, data.context_size, part="train", eval_fraction=data.eval_fraction,
                             text_field=data.text_field, split=data.split)
     for name, sae in saes.items():
         if is_stacked(sae):
-            logging.getLogger("saescope").warning("%s: a multi-layer SAE; the end-to-end fine-tune is per hookpoint, so it is skipped", name)
+            logger.warning("%s: a multi-layer SAE; the end-to-end fine-tune is per hookpoint, so it is skipped", name)
             continue
         finetune_end_to_end(sae, model, contexts, config, progress=progress)

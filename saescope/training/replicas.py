@@ -52,7 +52,7 @@ def average_gradients(parameters: Iterable[nn.Parameter], ranks: Ranks) -> None:
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+        p.grad = flat[offset:offset + n].view_as(p)
         offset += n
 
 

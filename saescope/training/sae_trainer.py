@@ -131,20 +131,18 @@ class SaeTrainer:
         with torch.no_grad():
             code = output.code
             batch_l0 = code.l0_per_token().mean()
-            n_rows = x.shape[0]
+            n_rows, counts = x.shape[0], None
             if self.replicas is not None:  # every replica must see the global batch's statistics
                 batch_l0, counts = global_step_statistics(batch_l0, code.count_per_feature(), self.replicas)
                 n_rows *= self.replicas.world
                 average_buffers(sae, self.replicas)
             elif objective.uses_firing_rate:
                 counts = code.count_per_feature()
+            fired = code.fired() if counts is None else counts > 0
             if objective.uses_firing_rate:
-                fired = counts > 0
                 decay = self.firing_rate_decay
                 self.firing_rate_sum.mul_(decay).add_(counts.float() / n_rows, alpha=1 - decay)
                 self.firing_rate_weight.mul_(decay).add_(1 - decay)
-            else:
-                fired = counts > 0 if self.replicas is not None else code.fired()
             self.tokens_since_fired.add_(n_rows).masked_fill_(fired, 0)
             self.controller.update(batch_l0, step)
             error = (output.reconstruction - x).pow(2).sum()

@@ -145,8 +145,7 @@ class Trainer:
         self._source = source
         if self.placement == "sharded" and hasattr(source, "restrict_to_ranks"):
             # each rank reads (a cache) or receives and buffers (a live model, one all-to-all) only its own jobs' hookpoints
-            source.restrict_to_ranks([sorted({h for t, owner in zip(self.trainers, self.owners) if owner == rank for h in t.job.reads.hookpoints})
-                                  for rank in range(self.ranks.world)])
+            source.restrict_to_ranks(self._hookpoints_by_rank())
         start_step = 0
         if resume and has_trainer_state(self._checkpoint_dir()):
             start_step = self._load_checkpoint()
@@ -200,6 +199,13 @@ class Trainer:
             raise InvalidInput("no training steps ran: the activation source produced no batches")
         self._fitted = True
         return self._finish(steps_done, start_step, time.perf_counter() - started)
+
+    def _hookpoints_by_rank(self) -> list[list[str]]:
+        """Under sharded placement, the hookpoints each rank's own jobs read, sorted."""
+        needs: list[set[str]] = [set() for _ in range(self.ranks.world)]
+        for job, owner in zip(self.jobs, self.owners):
+            needs[owner].update(job.reads.hookpoints)
+        return [sorted(names) for names in needs]
 
     def _gather_metrics(self, mine: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
         """Every SAE's metrics, in job order, from whichever rank trains it."""
