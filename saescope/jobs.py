@@ -22,9 +22,9 @@ class ReadSpec:
     ``hookpoints=()`` reads the data as given (an array of vectors). One hookpoint reads that entry of
     a dict batch (a language model's activations). Several hookpoints are *stacked*: every hookpoint's
     vectors are extra examples of one SAE (a multi-layer SAE), each row keeping its position in
-    ``hookpoints`` as its layer index, and each hookpoint gets its own input scale. ``target`` would
-    name a second site to predict (a transcoder); the spec holds it so the routing contract does not
-    change when transcoders arrive.
+    ``hookpoints`` as its layer index, and each hookpoint gets its own input scale. ``target`` names
+    a second site the job predicts from the one it reads (a transcoder: ``layers.L.mlp_in`` →
+    ``layers.L.mlp_out``); the trainer hands it the target's rows beside the input's, scaled apart.
     """
 
     hookpoints: tuple[str, ...] = ()
@@ -41,7 +41,15 @@ class ReadSpec:
         if duplicates:
             raise InvalidInput(f"ReadSpec{self.hookpoints}: hookpoint(s) {duplicates} listed twice; list each once")
         if self.target is not None:
-            raise InvalidInput(f"ReadSpec(target={self.target!r}): transcoders (predicting another site) are not trainable yet")
+            if len(self.hookpoints) != 1:
+                raise InvalidInput(f"ReadSpec{self.hookpoints} with target={self.target!r}: a transcoder reads exactly one hookpoint "
+                                   "(its MLP's input); cross-layer transcoders are not built yet")
+            if self.target in self.hookpoints:
+                raise InvalidInput(f"ReadSpec: target {self.target!r} is the hookpoint it reads; leave target=None for an SAE")
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``cfg.json`` records under ``reads``."""
+        return {"hookpoints": list(self.hookpoints), "target": self.target}
 
     @property
     def stacked(self) -> bool:
@@ -115,6 +123,11 @@ def create_job(
     reads = reads or ReadSpec((sae_options["hookpoint"],) if sae_options.get("hookpoint") else ())
     if reads.hookpoint is not None:
         sae_options.setdefault("hookpoint", reads.hookpoint)
+    if reads.target is not None:
+        if sae_options.setdefault("target", reads.target) != reads.target:
+            raise InvalidInput(f"{architecture}: target={sae_options['target']!r} differs from the job's reads.target={reads.target!r}; give one")
+    elif sae_options.get("target") is not None:
+        reads = ReadSpec(reads.hookpoints, target=sae_options["target"])
     elif reads.stacked and sae_options.get("hookpoint"):
         raise InvalidInput(f"{architecture}: hookpoint={sae_options['hookpoint']!r} names one site, but the job reads {len(reads.hookpoints)} "
                            "stacked hookpoints; drop hookpoint= (a stacked SAE records its hookpoints in its normalisation)")

@@ -51,10 +51,10 @@ def test_aliases_globs_and_order():
 
 def test_unknown_hookpoint_lists_the_valid_ones():
     model = tiny_model("llama")
-    with pytest.raises(ValueError, match=r"unknown hookpoint 'layers.7.resid_post'.*layers.0-2.\{resid_pre, attn_z, attn_out, resid_mid, mlp_post, mlp_out, resid_post\}"):
+    with pytest.raises(ValueError, match=r"unknown hookpoint 'layers.7.resid_post'.*layers.0-2.\{resid_pre, attn_z, attn_out, resid_mid, mlp_in, mlp_post, mlp_out, resid_post\}"):
         resolve_hookpoints(model, ["layers.7.resid_post"])
-    with pytest.raises(ValueError, match="unknown hookpoint 'layers.1.mlp_in'"):
-        resolve_hookpoints(model, "layers.1.mlp_in")
+    with pytest.raises(ValueError, match="unknown hookpoint 'layers.1.mlp_inn'"):
+        resolve_hookpoints(model, "layers.1.mlp_inn")
     with pytest.raises(ValueError, match="no hookpoints"):
         resolve_hookpoints(model, [])
 

@@ -165,7 +165,7 @@ def test_bad_configs_are_rejected():
         create_sae("jumprelu", 8, 32, kk=3)
     with pytest.raises(ValueError, match="training settings such as target_l0.* go to saescope.create_job"):
         create_sae("jumprelu", 8, 32, target_l0=3)
-    with pytest.raises(ValueError, match=r"unknown options \['kk'\]; SAE fields: \['hookpoint', 'input_transform', 'model_id', 'threshold_param'\]"):
+    with pytest.raises(ValueError, match=r"unknown options \['kk'\]; SAE fields: \['d_out', 'hookpoint', 'input_transform', 'model_id', 'skip', 'target', 'threshold_param'\]"):
         create_job("jumprelu", 8, 32, kk=3)
     with pytest.raises(ValueError, match="unknown objective 'l1'; known: .*jumprelu_tanh"):
         create_job("jumprelu", 8, 32, objective="l1")

@@ -117,3 +117,36 @@ def test_transformer_lens_aliases_for_the_new_sites():
     assert [p.name for p in resolve_hookpoints(model, names)] == ["layers.0.resid_pre", "layers.1.resid_pre", "layers.1.resid_mid", "layers.1.mlp_post"]
     acts = capture_dict(model, resolve_hookpoints(model, ["layers.1.mlp_post"]), IDS)
     assert acts["layers.1.mlp_post"].shape == (1, IDS.shape[1], 4 * 32)  # GPT-2's MLP hidden width
+
+
+def test_mlp_in_is_what_the_mlp_reads_on_every_family(family_model):
+    """A transcoder's input: the MLP's output must be a function of mlp_in alone, token by token (the runtime check)."""
+    from saescope.lm.site_check import mlp_input_errors
+
+    family, model = family_model
+    points = resolve_hookpoints(model, ["layers.*.mlp_in"])  # raises if the runtime check fails
+    assert [p.site for p in points] == ["mlp_in"] * 3, family
+    errors = mlp_input_errors(model, [0, 1, 2])
+    assert sorted(errors) == [0, 1, 2] and max(errors.values()) < 1e-5, (family, errors)
+    acts = capture_dict(model, points, IDS)
+    assert acts["layers.1.mlp_in"].shape[-1] == 32  # the residual width: what the pre-MLP norm returns
+
+
+def test_an_mlp_that_reads_more_than_mlp_in_is_refused():
+    """An MLP that also reads the raw residual stream (outside the hooked input) cannot be replaced by a transcoder."""
+    model = zoo_model("llama")
+    block = model.model.layers[1]
+    mlp_forward = block.mlp.forward
+    kept = {}
+    block.register_forward_pre_hook(lambda module, args, kwargs: kept.__setitem__("residual", args[0] if args else kwargs["hidden_states"]),
+                                    with_kwargs=True)
+    block.mlp.forward = lambda x: mlp_forward(x) + 0.5 * kept["residual"]
+    resolve_hookpoints(model, ["layers.0.mlp_in"])  # an intact layer passes
+    with pytest.raises(ValueError, match=r"LlamaForCausalLM: layers\.1\.mlp_in is not all the MLP reads.*layers\.1\.mlp_out instead"):
+        resolve_hookpoints(model, ["layers.1.mlp_in"])
+
+
+def test_transformer_lens_and_circuit_tracer_names_of_mlp_in():
+    model = zoo_model("gpt2")
+    assert [p.name for p in resolve_hookpoints(model, ["blocks.2.ln2.hook_normalized", "blocks.1.mlp.hook_in"])] == [
+        "layers.1.mlp_in", "layers.2.mlp_in"]

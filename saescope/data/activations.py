@@ -9,7 +9,7 @@ resume exact; iterable sources resume by skipping batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -211,11 +211,15 @@ class IterableSource:
 
 
 def as_source(data: Any, name: str = "activations") -> ActivationSource:
-    """Wrap a tensor, numpy array/memmap, iterable of batches or batch-iterator factory."""
+    """Wrap a tensor, numpy array/memmap, ``{site: array}`` mapping, iterable of batches or batch-iterator factory."""
     if isinstance(data, (ArraySource, IterableSource)) or (hasattr(data, "iter_batches") and hasattr(data, "head")):
         return data
     if isinstance(data, (Tensor, np.ndarray)):
         return ArraySource(data, name)
+    if isinstance(data, Mapping):  # {site: array}: row-aligned activations of several sites (a transcoder's input and target)
+        from saescope.data.by_site import SiteArraysSource
+
+        return SiteArraysSource(data, name)
     if isinstance(data, Iterable) or callable(data):
         return IterableSource(data, name)
     raise TypeError(f"{name}: cannot read activations from a {type(data).__name__}; pass a tensor, numpy array, memmap or iterable of batches")

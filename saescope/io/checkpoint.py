@@ -19,11 +19,13 @@ from safetensors.torch import load_file, save_file
 from saescope.errors import InvalidInput, MissingFile
 from saescope.io.atomic import atomic_write, atomic_write_json, file_sha256, read_json
 from saescope.saes import SparseAutoencoder, get_architecture
+from saescope.saes.stacked import reads_record
 
 CONFIG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae_weights.safetensors"
 WEIGHTS_CHECKSUM_KEY = "weights_sha256"
-_PROVENANCE_KEYS = ("architecture", "saescope_version", "dtype", "apply_b_dec_to_input", "normalization", "training", "context_size", "dataset")
+_PROVENANCE_KEYS = ("architecture", "saescope_version", "dtype", "apply_b_dec_to_input", "normalization", "training", "context_size", "dataset",
+                    "reads")
 
 
 def save_sae(sae: SparseAutoencoder, path: str | os.PathLike, **extra: Any) -> Path:
@@ -38,6 +40,7 @@ def save_sae(sae: SparseAutoencoder, path: str | os.PathLike, **extra: Any) -> P
         **sae.cfg.to_dict(),
         "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),
         "apply_b_dec_to_input": sae.apply_b_dec_to_input,
+        "reads": reads_record(sae),
         "normalization": sae.normalization,
         "training": sae.training_summary,
         "saescope_version": __version__,
@@ -75,6 +78,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SparseA
     except ValueError as error:
         raise InvalidInput(f"{cfg_path}: {error}") from None
     fields = {k: v for k, v in cfg.items() if k not in _PROVENANCE_KEYS and k not in _legacy_recipe_keys(sae_class)}
+    fields.update(_restored_reads(cfg, fields, cfg_path))
     try:
         sae = sae_class(sae_class.config_class.from_dict(fields))
     except (TypeError, ValueError) as error:
@@ -90,6 +94,25 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SparseA
     sae.normalization = cfg.get("normalization") or {}
     sae.training_summary = cfg.get("training") or {}
     return sae.to(device).eval()
+
+
+def _restored_reads(cfg: dict[str, Any], fields: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
+    """The ``hookpoint`` and ``target`` fields that ``reads`` implies where the flat fields leave them out.
+
+    Folders written before ``reads`` existed have no such key and load as they did.
+    """
+    reads = cfg.get("reads")
+    if reads is None:
+        return {}
+    if not isinstance(reads, dict) or not isinstance(reads.get("hookpoints", []), list):
+        raise InvalidInput(f"{cfg_path}: 'reads' must be {{\"hookpoints\": [...], \"target\": ...}}, found {reads!r}; re-save the SAE")
+    restored: dict[str, Any] = {}
+    hookpoints = reads.get("hookpoints") or []
+    if len(hookpoints) == 1 and fields.get("hookpoint") is None:
+        restored["hookpoint"] = hookpoints[0]
+    if reads.get("target") is not None and fields.get("target") is None:
+        restored["target"] = reads["target"]
+    return restored
 
 
 def _legacy_recipe_keys(sae_class: type[SparseAutoencoder]) -> set[str]:

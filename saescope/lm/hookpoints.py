@@ -11,6 +11,8 @@ Every decoder layer ``L`` offers these sites, named ``layers.L.<site>``, in forw
   Bloom adds inside its attention module);
 - ``resid_mid``: ``resid_pre + attn_out``, the residual stream between the sublayers; only for
   sequential blocks (GPT-J, Phi, Cohere, Falcon and GPT-NeoX-style parallel blocks have none);
+- ``mlp_in``: what the MLP reads (the normalised residual stream, after the pre-MLP norm), the input
+  of a transcoder that replaces the MLP (``mlp_in`` → ``mlp_out``);
 - ``mlp_post``: the MLP's hidden activation (its neurons), the input of its down projection; only
   where the MLP has one (not in mixture-of-experts layers);
 - ``mlp_out``: what the MLP sublayer adds to the residual stream (with the same corrections);
@@ -37,7 +39,7 @@ from torch import nn
 
 from saescope.errors import InvalidInput
 
-SITES = ("resid_pre", "attn_z", "attn_out", "resid_mid", "mlp_post", "mlp_out", "resid_post")
+SITES = ("resid_pre", "attn_z", "attn_out", "resid_mid", "mlp_in", "mlp_post", "mlp_out", "resid_post")
 """In execution order within a block: the deepest requested site is where the forward can stop."""
 
 SUBLAYER_SITES = ("attn_out", "resid_mid", "mlp_out")
@@ -58,6 +60,8 @@ _TRANSFORMER_LENS = {
     "mlp.hook_post": "mlp_post",
     "attn.hook_z": "attn_z",
     "hook_z": "attn_z",
+    "ln2.hook_normalized": "mlp_in",
+    "mlp.hook_in": "mlp_in",
 }
 
 
@@ -155,6 +159,10 @@ def _block_sites(block: nn.Module, base: str, parallel: bool) -> list[tuple[str,
         mlp_path, mlp_module = None, None
     if mlp_module is not None:
         rows_of = base if mlp_module is block else None  # OPT flattens the tokens before its MLP
+        up = _child(mlp_module, ("fc1",)) if mlp_module is block else None
+        mlp_in_path = f"{base}.{up}" if up is not None else (mlp_path if mlp_module is not block else None)
+        if mlp_in_path is not None:
+            sites.append(("mlp_in", mlp_in_path, True, 1.0, None, rows_of))
         down = _child(mlp_module, _DOWN_PROJ_NAMES)
         down_path = f"{mlp_path}.{down}" if down is not None else None
         if down_path is not None:
@@ -224,7 +232,7 @@ def _why_missing(model: nn.Module, name: str) -> str:
         return f"; {model_class} has parallel blocks (attention and MLP both read resid_pre), so there is no resid_mid: use resid_pre, attn_out or resid_post"
     if site == "mlp_post":
         return f"; this layer of {model_class} has no single MLP hidden layer (a mixture of experts, or no down projection found): use mlp_out"
-    if site == "mlp_out":
+    if site in ("mlp_out", "mlp_in"):
         return f"; found no MLP module in {model_class}'s decoder block: use resid_post"
     return ""
 

@@ -8,6 +8,10 @@ forward on fixed token ids verifies, at that layer,
     resid_post(L) = resid_pre(L) + attn_out(L) + mlp_out(L)
 
 within a tolerance, and stops with a message naming the model class and the site if it does not hold.
+Before a run uses ``mlp_in`` (a transcoder's input), a second check verifies that the MLP's output is a
+function of that tensor alone, token by token: with ``mlp_in`` replaced by its own rows in reversed
+order, ``mlp_out`` must come out reversed. A transcoder spliced in place of the MLP then sees exactly
+what the MLP saw.
 ``resid_mid`` is built as ``resid_pre + attn_out``, so the same identity vouches for it. Each model
 is checked once per layer (remembered in a weak dictionary); the token ids are fixed, so the check
 draws nothing from the random generator and leaves seeded runs unchanged.
@@ -65,8 +69,41 @@ def sublayer_errors(model: nn.Module, layers: list[int]) -> dict[int, float]:
     return errors
 
 
+def mlp_input_errors(model: nn.Module, layers: list[int]) -> dict[int, float]:
+    """Relative error of ``mlp_out`` computed from a token-reversed ``mlp_in`` against the reversed ``mlp_out``.
+
+    Zero (to rounding) where the MLP reads ``mlp_in`` and nothing else, per token. Layers without both
+    sites are left out.
+    """
+    from saescope.lm.capture import capture_dict, hooked
+
+    points = available_hookpoints(model)
+    layers = [layer for layer in layers if f"layers.{layer}.mlp_in" in points and f"layers.{layer}.mlp_out" in points]
+    if not layers:
+        return {}
+    parameter = next(model.parameters(), None)
+    ids = _check_ids(model, parameter.device if parameter is not None else torch.device("cpu"))
+    clean = capture_dict(model, [points[f"layers.{layer}.mlp_out"] for layer in layers], ids)
+    errors = {}
+    for layer in layers:
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(tensor: torch.Tensor) -> None:
+            seen["out"] = tensor.detach().clone()
+            return None
+
+        with torch.no_grad(), hooked(model, [(points[f"layers.{layer}.mlp_in"], lambda t: t.flip(1)),
+                                             (points[f"layers.{layer}.mlp_out"], keep)]):
+            model(input_ids=ids, use_cache=False)
+        expected = clean[f"layers.{layer}.mlp_out"].flip(1).double()
+        errors[layer] = float((seen["out"].double() - expected).norm() / expected.norm().clamp_min(1e-12))
+    return errors
+
+
 def check_sites(model: nn.Module, hookpoints: list[Hookpoint]) -> None:
-    """Refuse sublayer sites that do not add up to the residual stream on this model (once per layer)."""
+    """Refuse sublayer sites that do not add up to the residual stream on this model (once per layer), and
+    ``mlp_in`` sites whose MLP reads something else (once per layer)."""
+    _check_mlp_inputs(model, hookpoints)
     layers = sorted({p.layer for p in hookpoints if p.site in SUBLAYER_SITES})
     done = _checked.setdefault(model, set())
     todo = [layer for layer in layers if layer not in done]
@@ -82,5 +119,25 @@ def check_sites(model: nn.Module, hookpoints: list[Hookpoint]) -> None:
                 f"resid_post - resid_pre - attn_out - mlp_out is {error:.3g} of resid_post - resid_pre "
                 f"(tolerance {limit:g}), so this model class wires its blocks in a way saescope does not understand. "
                 f"Use layers.{layer}.resid_pre or layers.{layer}.resid_post, which are always right, and please report the model class."
+            )
+    done.update(todo)
+
+
+_mlp_checked: weakref.WeakKeyDictionary[nn.Module, set[int]] = weakref.WeakKeyDictionary()
+
+
+def _check_mlp_inputs(model: nn.Module, hookpoints: list[Hookpoint]) -> None:
+    done = _mlp_checked.setdefault(model, set())
+    todo = sorted({p.layer for p in hookpoints if p.site == "mlp_in"} - done)
+    if not todo:
+        return
+    parameter = next(model.parameters(), None)
+    limit = tolerance(parameter.dtype if parameter is not None else torch.float32)
+    for layer, error in mlp_input_errors(model, todo).items():
+        if error > limit:
+            raise InvalidInput(
+                f"{type(model).__name__}: layers.{layer}.mlp_in is not all the MLP reads: with it replaced, layers.{layer}.mlp_out "
+                f"moved by {error:.3g} of its norm from what the replaced input implies (tolerance {limit:g}), so a transcoder "
+                f"could not stand in for this MLP. Train SAEs on layers.{layer}.mlp_out instead, and please report the model class."
             )
     done.update(todo)

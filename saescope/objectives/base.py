@@ -48,6 +48,13 @@ class StepContext:
     sets ``uses_firing_rate``."""
     layer_index: Tensor | None = None
     """long [n_tokens]: for stacked reads, which hookpoint each row came from."""
+    target: Tensor | None = None
+    """[n_tokens, d_out]: what the decoder must reproduce when it is not the input: a transcoder's target site,
+    scaled by its own input scale, minus the skip connection's output. None: the SAE reconstructs ``x``."""
+
+    def reference(self, x: Tensor) -> Tensor:
+        """The tensor the reconstruction is compared with: ``x`` for an SAE, the target for a transcoder."""
+        return x if self.target is None else self.target
 
 
 class LossOutput(NamedTuple):
@@ -56,7 +63,7 @@ class LossOutput(NamedTuple):
     code: FeatureCode
     """The batch's latent code (dense or selected), detached from the graph."""
     reconstruction: Tensor
-    """x̂, shape [n_tokens, d_in]."""
+    """x̂, shape [n_tokens, d_out] (d_out = d_in for an SAE); a transcoder's skip output is not included."""
     loss: Tensor
     """Scalar training loss: the sum of ``terms``."""
     terms: dict[str, Tensor]

@@ -57,11 +57,11 @@ class BatchTopKObjective(TopKObjective):
         if self.use_sparse_step(self.kept_per_token(sae, self.training_k(sae, ctx.progress), ctx, x.device), sae.d_sae, x.device):
             encoder, code = self.select_sparse(sae, x, ctx)
             reconstruction = decode_entries(code.rows, code.indices, code.values, code.n_tokens, sae.W_dec, sae.b_dec)
-            terms = {"mse": squared_error(reconstruction, x), **self.aux_terms(sae, encoder, x, reconstruction, ctx)}
+            terms = {"mse": squared_error(reconstruction, ctx.reference(x)), **self.aux_terms(sae, encoder, ctx.reference(x), reconstruction, ctx)}
             return loss_output(code, reconstruction, terms)
         pre, feature_acts = self.select(sae, x, ctx)
         reconstruction = sae.decode(feature_acts)
-        terms = {"mse": squared_error(reconstruction, x), **self.aux_terms(sae, pre, x, reconstruction, ctx)}
+        terms = {"mse": squared_error(reconstruction, ctx.reference(x)), **self.aux_terms(sae, pre, ctx.reference(x), reconstruction, ctx)}
         return loss_output(FeatureCode.from_dense(feature_acts), reconstruction, terms)
 
     @torch.no_grad()

@@ -104,7 +104,7 @@ class FeatureChoiceObjective(TopKObjective):
         capacities = self.capacities(sae, x.shape[0], ctx)
         feature_acts, last_kept = feature_choice(acts, capacities)
         reconstruction = sae.decode(feature_acts)
-        terms = {"mse": squared_error(reconstruction, x), **self.aux_terms(sae, pre, x, reconstruction, ctx)}
+        terms = {"mse": squared_error(reconstruction, ctx.reference(x)), **self.aux_terms(sae, pre, ctx.reference(x), reconstruction, ctx)}
         if sae.training:
             self._track_threshold(sae, last_kept.detach(), capacities > 0)
         return loss_output(FeatureCode.from_dense(feature_acts), reconstruction, terms)
@@ -116,7 +116,7 @@ class FeatureChoiceObjective(TopKObjective):
         values = torch.relu(encoder.take(rows, cols))
         code = FeatureCode.entries(rows, cols, values, encoder.n_tokens, sae.d_sae)
         reconstruction = decode_entries(rows, cols, values, encoder.n_tokens, sae.W_dec, sae.b_dec)
-        terms = {"mse": squared_error(reconstruction, x), **self.aux_terms(sae, encoder, x, reconstruction, ctx)}
+        terms = {"mse": squared_error(reconstruction, ctx.reference(x)), **self.aux_terms(sae, encoder, ctx.reference(x), reconstruction, ctx)}
         if sae.training:
             self._track_threshold(sae, last_kept, capacities > 0)
         return loss_output(code, reconstruction, terms)

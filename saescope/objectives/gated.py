@@ -46,8 +46,8 @@ class GatedObjective(Objective):
         gate_acts = torch.relu(gate)
         frozen_reconstruction = torch.addmm(sae.b_dec.detach(), gate_acts, sae.W_dec.detach())
         terms = {
-            "mse": squared_error(reconstruction, x),
+            "mse": squared_error(reconstruction, ctx.reference(x)),
             "sparsity": ctx.sparsity_coefficient * gate_acts.sum(dim=-1).mean(),
-            "aux": squared_error(frozen_reconstruction, x),
+            "aux": squared_error(frozen_reconstruction, ctx.reference(x)),
         }
         return loss_output(FeatureCode.from_dense(feature_acts), reconstruction, terms)

@@ -191,7 +191,7 @@ class JumpReLUObjective(_JumpReLURecipe):
             pre = sae.pre_activations(x)
         feature_acts, l0_per_token = self._activations(sae, pre, with_l0=True)
         reconstruction = sae.decode(feature_acts)
-        terms = {"mse": squared_error(reconstruction, x), "sparsity": self._sparsity_term(l0_per_token, ctx.sparsity_coefficient)}
+        terms = {"mse": squared_error(reconstruction, ctx.reference(x)), "sparsity": self._sparsity_term(l0_per_token, ctx.sparsity_coefficient)}
         terms.update(self._pre_act_term(sae, pre, sae.W_dec.norm(dim=1), ctx))
         return loss_output(FeatureCode.from_dense(feature_acts), reconstruction, terms)
 
@@ -211,7 +211,7 @@ class JumpReLUObjective(_JumpReLURecipe):
         acts, l0_per_token = jumprelu_entries(encoder.take(rows, cols), sae.threshold[cols], rows, n, eps,
                                               self._pick(self.input_ste, self.recipe_input_ste))
         reconstruction = decode_entries(rows, cols, acts, n, sae.W_dec, sae.b_dec)
-        terms = {"mse": squared_error(reconstruction, x), "sparsity": self._sparsity_term(l0_per_token, ctx.sparsity_coefficient)}
+        terms = {"mse": squared_error(reconstruction, ctx.reference(x)), "sparsity": self._sparsity_term(l0_per_token, ctx.sparsity_coefficient)}
         return loss_output(FeatureCode.entries(rows, cols, acts, n, sae.d_sae), reconstruction, terms)
 
 
@@ -243,6 +243,6 @@ class JumpReLUTanhObjective(_JumpReLURecipe):
         reconstruction = sae.decode(feature_acts)
         decoder_norms = sae.W_dec.norm(dim=1)
         scaled = torch.tanh(self.tanh_scale * feature_acts * decoder_norms)
-        terms = {"mse": squared_error(reconstruction, x), "sparsity": ctx.sparsity_coefficient * scaled.sum(dim=-1).mean()}
+        terms = {"mse": squared_error(reconstruction, ctx.reference(x)), "sparsity": ctx.sparsity_coefficient * scaled.sum(dim=-1).mean()}
         terms.update(self._pre_act_term(sae, pre, decoder_norms, ctx))
         return loss_output(FeatureCode.from_dense(feature_acts), reconstruction, terms)

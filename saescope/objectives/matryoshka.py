@@ -45,25 +45,25 @@ class MatryoshkaObjective(BatchTopKObjective):
         if self.use_sparse_step(self.kept_per_token(sae, self.training_k(sae, ctx.progress), ctx, x.device), sae.d_sae, x.device):
             return self._sparse_loss(sae, x, ctx, prefixes, weights)
         pre, feature_acts = self.select(sae, x, ctx)
-        reconstruction = sae.b_dec.expand_as(x)
+        reconstruction = sae.b_dec.expand(x.shape[0], -1)
         start, terms = 0, {}
         for size, weight in zip(prefixes, weights):
             reconstruction = torch.addmm(reconstruction, feature_acts[:, start:size], sae.W_dec[start:size])
-            terms[f"mse_prefix_{size}"] = weight * squared_error(reconstruction, x)
+            terms[f"mse_prefix_{size}"] = weight * squared_error(reconstruction, ctx.reference(x))
             start = size
-        terms.update(self.aux_terms(sae, pre, x, reconstruction, ctx))
+        terms.update(self.aux_terms(sae, pre, ctx.reference(x), reconstruction, ctx))
         return loss_output(FeatureCode.from_dense(feature_acts), reconstruction, terms)
 
     def _sparse_loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext, prefixes: list[int], weights: list[float]) -> LossOutput:
         """Each group decodes its own entries (rows stay ascending within a group) onto the previous prefix's reconstruction."""
         encoder, code = self.select_sparse(sae, x, ctx)
-        reconstruction = sae.b_dec.expand_as(x)
+        reconstruction = sae.b_dec.expand(x.shape[0], -1)
         start, terms = 0, {}
         for size, weight in zip(prefixes, weights):
             group = (code.indices >= start) & (code.indices < size)
             reconstruction = reconstruction + decode_entries(
                 code.rows[group], code.indices[group], code.values[group], code.n_tokens, sae.W_dec, torch.zeros_like(sae.b_dec))
-            terms[f"mse_prefix_{size}"] = weight * squared_error(reconstruction, x)
+            terms[f"mse_prefix_{size}"] = weight * squared_error(reconstruction, ctx.reference(x))
             start = size
-        terms.update(self.aux_terms(sae, encoder, x, reconstruction, ctx))
+        terms.update(self.aux_terms(sae, encoder, ctx.reference(x), reconstruction, ctx))
         return loss_output(code, reconstruction, terms)

@@ -53,5 +53,5 @@ class ReLUObjective(Objective):
         reconstruction = sae.decode(feature_acts)
         # Σ_i f_i ‖d_i‖ as one matrix-vector product instead of an [n_tokens, d_sae] temporary.
         weighted_l1 = (feature_acts @ sae.W_dec.norm(dim=1)).mean()
-        terms = {"mse": squared_error(reconstruction, x), "sparsity": ctx.sparsity_coefficient * weighted_l1}
+        terms = {"mse": squared_error(reconstruction, ctx.reference(x)), "sparsity": ctx.sparsity_coefficient * weighted_l1}
         return loss_output(FeatureCode.from_dense(feature_acts), reconstruction, terms)

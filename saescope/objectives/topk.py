@@ -210,5 +210,5 @@ class TopKObjective(Objective):
             pre = sae.pre_activations(x)
             code = sae.select(pre, k)
         reconstruction = sae.decode_code(code)
-        terms = {"mse": squared_error(reconstruction, x), **self.aux_terms(sae, pre, x, reconstruction, ctx)}
+        terms = {"mse": squared_error(reconstruction, ctx.reference(x)), **self.aux_terms(sae, pre, ctx.reference(x), reconstruction, ctx)}
         return loss_output(code, reconstruction, terms)

@@ -51,6 +51,13 @@ class SaeConfig:
     """A nonlinear transform the SAE applies to its input first (``"log1p"`` for counts; see
     ``INPUT_TRANSFORMS``). It cannot be folded into weights, so it is part of the SAE: the SAE takes
     the raw vectors, and it reconstructs the *transformed* vectors (``reconstruction_target``)."""
+    target: str | None = None
+    """The site it writes when that is not the site it reads (a transcoder: ``hookpoint`` is the MLP's input,
+    ``target`` its output). None: an SAE, which reconstructs its input."""
+    d_out: int | None = None
+    """Width of what the decoder writes (``target``'s width). None: ``d_in``."""
+    skip: bool = False
+    """A linear skip connection ``x @ W_skip`` [d_in, d_out] added to the output (a skip transcoder)."""
 
     def __post_init__(self) -> None:
         if self.input_transform is not None and self.input_transform not in INPUT_TRANSFORMS:
@@ -59,6 +66,24 @@ class SaeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise InvalidInput(f"{name} must be a positive integer, got {value!r}")
+        if self.d_out is not None and (not isinstance(self.d_out, int) or isinstance(self.d_out, bool) or self.d_out <= 0):
+            raise InvalidInput(f"d_out must be a positive integer or None, got {self.d_out!r}")
+        if self.d_out == self.d_in and self.target is None:
+            self.d_out = None  # an SAE: one width
+        if (self.skip or self.d_out is not None) and self.target is None:
+            raise InvalidInput("skip connections and a separate output width are for transcoders: give target=<the site the "
+                               "transcoder writes, e.g. layers.3.mlp_out>")
+        if self.target is not None and self.input_transform is not None:
+            raise InvalidInput(f"input_transform {self.input_transform!r} applies to SAEs on counts, not to transcoders (target={self.target!r})")
+
+    @property
+    def is_transcoder(self) -> bool:
+        """True when the SAE writes another site than it reads."""
+        return self.target is not None
+
+    @property
+    def output_width(self) -> int:
+        return self.d_in if self.d_out is None else self.d_out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,11 +129,16 @@ class SparseAutoencoder(nn.Module):
         if not isinstance(cfg, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(cfg).__name__}")
         self.cfg = cfg
-        d_in, d_sae = cfg.d_in, cfg.d_sae
+        d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.output_width
+        if cfg.is_transcoder and type(self).apply_b_dec_to_input:
+            # b_dec lives in the output space of a transcoder: it cannot also be the input's pre-encoder bias
+            self.apply_b_dec_to_input = False
         self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.W_dec = nn.Parameter(torch.empty(d_sae, d_in))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.W_dec = nn.Parameter(torch.empty(d_sae, d_out))
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        if cfg.skip:
+            self.W_skip = nn.Parameter(torch.zeros(d_in, d_out))
         self.add_parameters()
         self.normalization: dict[str, Any] = {}
         """How training inputs were scaled and whether that scale is folded into the weights."""
@@ -121,19 +151,30 @@ class SparseAutoencoder(nn.Module):
         """Hook for architectures with extra tensors (a threshold, gate biases); runs before init."""
 
     def reset_parameters(self, decoder_row_norm: float = 1.0) -> None:
-        """Kaiming-uniform decoder rows rescaled to ``decoder_row_norm``; W_enc = W_dec^T; biases 0."""
+        """Kaiming-uniform decoder rows rescaled to ``decoder_row_norm``; W_enc = W_dec^T; biases 0; W_skip 0."""
         with torch.no_grad():
             nn.init.kaiming_uniform_(self.W_dec, a=math.sqrt(5))
             self.W_dec.mul_(decoder_row_norm / self.W_dec.norm(dim=1, keepdim=True))
-            self.W_enc.copy_(self.W_dec.T)
+            self.tie_encoder()
             self.b_enc.zero_()
             self.b_dec.zero_()
+            if self.cfg.skip:
+                self.W_skip.zero_()
+
+    @torch.no_grad()
+    def tie_encoder(self) -> None:
+        """W_enc = W_dec^T; a transcoder whose output width differs draws its own encoder columns of the same norms."""
+        if self.W_dec.shape[1] == self.d_in:
+            self.W_enc.copy_(self.W_dec.T)
+            return
+        nn.init.kaiming_uniform_(self.W_enc, a=math.sqrt(5))
+        self.W_enc.mul_(self.W_dec.norm(dim=1) / self.W_enc.norm(dim=0).clamp_min(1e-12))
 
     @torch.no_grad()
     def set_decoder_row_norm(self, norm: float) -> None:
         """Rescale every decoder row to ``norm`` and tie the encoder to it (W_enc = W_dec^T), keeping directions."""
         self.W_dec.mul_(norm / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
-        self.W_enc.copy_(self.W_dec.T)
+        self.tie_encoder()
 
     # -- inference --------------------------------------------------------------------------------
     @property
@@ -143,6 +184,15 @@ class SparseAutoencoder(nn.Module):
     @property
     def d_sae(self) -> int:
         return self.cfg.d_sae
+
+    @property
+    def d_out(self) -> int:
+        """Width of the output: ``d_in`` for an SAE, the target site's width for a transcoder."""
+        return self.cfg.output_width
+
+    def skip_output(self, x: Tensor) -> Tensor | None:
+        """``x @ W_skip`` for a skip transcoder (raw input units), else None."""
+        return x @ self.W_skip if self.cfg.skip else None
 
     def encoder_input(self, x: Tensor) -> Tensor:
         """The encoder's input (the input transform, then ``x - b_dec`` where the architecture subtracts it); checks the shape first."""
@@ -203,8 +253,13 @@ class SparseAutoencoder(nn.Module):
         return decode(code.indices, code.values, self.W_dec, self.b_dec)
 
     def forward(self, x: Tensor) -> Tensor:
-        """The reconstruction x̂ of ``x`` [n_tokens, d_in] (training losses live in the objectives)."""
-        return self.decode_code(self.encode_code(x))
+        """The reconstruction x̂ of ``x`` [n_tokens, d_in], or a transcoder's prediction of its target (skip included).
+
+        Training losses live in the objectives.
+        """
+        output = self.decode_code(self.encode_code(x))
+        skip = self.skip_output(x)
+        return output if skip is None else output + skip
 
     # -- conversions ---------------------------------------------------------------------------------
     def export_tensors(self) -> dict[str, Tensor]:
@@ -224,11 +279,28 @@ class SparseAutoencoder(nn.Module):
         choice; SAELens instead rescales W_enc and W_dec). Feature activations come out divided by
         ``scale``, i.e. in raw input units.
         """
-        if not math.isfinite(scale) or scale <= 0:
-            raise InvalidInput(f"input scale must be a positive finite number, got {scale}")
+        self.fold_scales(scale, scale)
+
+    @torch.no_grad()
+    def fold_scales(self, input_scale: float, output_scale: float) -> None:
+        """Make a transcoder trained to map ``c_in·x`` to ``c_out·y`` map raw ``x`` to raw ``y``, exactly.
+
+        Positively homogeneous encoders (ReLU, JumpReLU, TopK, Gated) give f(c_in·x; W_enc, b) =
+        c_out·f(x; W_enc·c_in/c_out, b/c_out), so W_enc (and W_skip) take the ratio c_in/c_out and
+        every tensor in input units (biases, thresholds) is divided by c_out; decoder rows keep their
+        norm and feature activations come out in output units. With c_in = c_out (an SAE) only the
+        biases and thresholds change (``fold_input_scale``).
+        """
+        for scale in (input_scale, output_scale):
+            if not math.isfinite(scale) or scale <= 0:
+                raise InvalidInput(f"input scale must be a positive finite number, got {scale}")
         tensors = self.export_tensors()
         for name in self.scaled_tensor_names:
-            tensors[name] = tensors[name] / scale
+            tensors[name] = tensors[name] / output_scale
+        if input_scale != output_scale:
+            for name in ("W_enc", "W_skip"):
+                if name in tensors:
+                    tensors[name] = tensors[name] * (input_scale / output_scale)
         self.load_export_tensors(tensors)
 
     @torch.no_grad()
@@ -239,6 +311,8 @@ class SparseAutoencoder(nn.Module):
         subtracted): the pre-activations, hence the codes, are unchanged; the decoder absorbs the
         scale and the mean (x̂ = std·(f W_dec + b_dec) + mean).
         """
+        if self.cfg.is_transcoder:
+            raise InvalidInput("fold_input_affine: centring folds into SAEs that reconstruct their input, not into transcoders")
         mean = mean.to(self.W_dec.device, self.W_dec.dtype).reshape(-1)
         std = torch.ones_like(mean) if std is None else std.to(mean.device, mean.dtype).reshape(-1)
         if mean.numel() != self.d_in or std.numel() != self.d_in or not bool((std > 0).all()):
@@ -253,4 +327,6 @@ class SparseAutoencoder(nn.Module):
         return copy.deepcopy(self)
 
     def extra_repr(self) -> str:
+        if self.cfg.is_transcoder:
+            return f"d_in={self.d_in}, d_sae={self.d_sae}, d_out={self.d_out}, target={self.cfg.target!r}, skip={self.cfg.skip}"
         return f"d_in={self.d_in}, d_sae={self.d_sae}"

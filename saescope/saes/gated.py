@@ -40,9 +40,11 @@ class GatedSae(SparseAutoencoder):
         with torch.no_grad():
             nn.init.kaiming_uniform_(self.W_dec)
             self.W_dec.mul_(decoder_row_norm / self.W_dec.norm(dim=1, keepdim=True))
-            self.W_enc.copy_(self.W_dec.T)
+            self.tie_encoder()
             for tensor in (self.b_dec, self.b_gate, self.b_mag, self.r_mag):
                 tensor.zero_()
+            if self.cfg.skip:
+                self.W_skip.zero_()
 
     def pre_activations(self, x: Tensor) -> Tensor:
         """The gate pre-activation π_gate (what decides which latents fire)."""

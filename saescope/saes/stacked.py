@@ -37,6 +37,16 @@ def stacked_hookpoints(sae: SparseAutoencoder) -> list[str]:
     return list((sae.normalization or {}).get(MULTIPLIERS_KEY) or {})
 
 
+def reads_record(sae: SparseAutoencoder) -> dict[str, Any]:
+    """What the SAE reads and what it writes, as ``cfg.json`` records it: ``{"hookpoints": [...], "target": ...}``.
+
+    ``hookpoints`` is [] for an SAE on plain arrays, one name for a single site, several for a stacked
+    SAE; ``target`` is the site a transcoder writes (None: the SAE reconstructs what it reads).
+    """
+    hookpoints = stacked_hookpoints(sae) or ([sae.cfg.hookpoint] if sae.cfg.hookpoint else [])
+    return {"hookpoints": hookpoints, "target": sae.cfg.target}
+
+
 def is_stacked(sae: SparseAutoencoder) -> bool:
     return bool(stacked_hookpoints(sae))
 

@@ -46,13 +46,15 @@ class ThresholdedSae(SparseAutoencoder):
 
     def to_jumprelu(self) -> JumpReLUSae:
         """An equivalent JumpReLU SAE (inference rule), with the pre-encoder bias folded into b_enc."""
-        cfg = JumpReLUConfig(d_in=self.d_in, d_sae=self.d_sae, hookpoint=self.cfg.hookpoint, model_id=self.cfg.model_id)
+        cfg = JumpReLUConfig(d_in=self.d_in, d_sae=self.d_sae, hookpoint=self.cfg.hookpoint, model_id=self.cfg.model_id,
+                             target=self.cfg.target, d_out=self.cfg.d_out, skip=self.cfg.skip)
         sae = JumpReLUSae(cfg).to(self.W_enc.device)
         with torch.no_grad():
-            b_enc = self.b_enc - self.b_dec @ self.W_enc
-            sae.load_export_tensors(
-                {"W_enc": self.W_enc, "W_dec": self.W_dec, "b_dec": self.b_dec, "b_enc": b_enc, "threshold": self.threshold}
-            )
+            b_enc = self.b_enc - self.b_dec @ self.W_enc if self.apply_b_dec_to_input else self.b_enc
+            tensors = {"W_enc": self.W_enc, "W_dec": self.W_dec, "b_dec": self.b_dec, "b_enc": b_enc, "threshold": self.threshold}
+            if self.cfg.skip:
+                tensors["W_skip"] = self.W_skip
+            sae.load_export_tensors(tensors)
         sae.normalization = dict(self.normalization)
         sae.training_summary = dict(self.training_summary)
         return sae

@@ -71,6 +71,8 @@ class SaeTrainer:
             proportional_gain=config.sparsity_proportional_gain,
         )
         self.input_scale = 1.0
+        self.output_scale: float | None = None
+        """A transcoder's target scale (None for an SAE, whose output is its input)."""
         self.layer_scales = torch.ones(max(1, len(job.reads.hookpoints)), device=device)
         self.dead_window = config.resolved_dead_window()
         self.tokens_since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
@@ -84,25 +86,35 @@ class SaeTrainer:
         self._reset_running()
 
     # -- normalisation --------------------------------------------------------------------------
-    def set_input_scale(self, mean_squared_norms: list[float], sample: Tensor, layer_index: Tensor | None = None) -> None:
+    def set_input_scale(self, mean_squared_norms: list[float], sample: Tensor, layer_index: Tensor | None = None,
+                        target_sample: Tensor | None = None) -> None:
         """Choose c so that E‖c·x‖² matches the objective's convention, and seed data-based init.
 
         A stacked read gets one c per hookpoint (residual norms grow with depth); ``input_scale`` is
         then their geometric mean, the scale folded into the saved weights, and the per-hookpoint
-        ratios are recorded beside it (``saescope.saes.stacked``).
+        ratios are recorded beside it (``saescope.saes.stacked``). A transcoder's target gets its own
+        scale by the same rule (``output_scale``), and its output bias starts at the scaled target's mean.
         """
-        target = 1.0 if self.objective.input_norm == "unit_mean_square" else float(self.sae.d_in)
-        scales = [math.sqrt(target / value) for value in mean_squared_norms]
+        wanted = 1.0 if self.objective.input_norm == "unit_mean_square" else float(self.sae.d_in)
+        scales = [math.sqrt(wanted / value) for value in mean_squared_norms]
         self.layer_scales = torch.tensor(scales, dtype=torch.float32, device=self.device)
         self.input_scale = math.exp(sum(math.log(c) for c in scales) / len(scales))
         scaled = sample.to(self.device) * (self.input_scale if layer_index is None else self.layer_scales[layer_index].unsqueeze(1))
         self.objective.init_from_data(self.sae, scaled)
+        if target_sample is not None:
+            target_sample = target_sample.to(self.device).double()
+            wanted = 1.0 if self.objective.input_norm == "unit_mean_square" else float(self.sae.d_out)
+            self.output_scale = math.sqrt(wanted / target_sample.pow(2).sum(dim=1).mean().item())
+            with torch.no_grad():
+                self.sae.b_dec.copy_((target_sample * self.output_scale).mean(dim=0).to(self.sae.b_dec.dtype))
 
     # -- the hot step ---------------------------------------------------------------------------
-    def train_step(self, x_raw: Tensor, step: int, layer_index: Tensor | None = None) -> None:
-        """One optimiser step on raw activations (rows of a stacked read carry their ``layer_index``)."""
+    def train_step(self, x_raw: Tensor, step: int, layer_index: Tensor | None = None, target_raw: Tensor | None = None) -> None:
+        """One optimiser step on raw activations (rows of a stacked read carry their ``layer_index``; a transcoder's
+        rows come with the raw ``target_raw`` they must predict)."""
         sae, objective, config = self.sae, self.objective, self.config
         x = x_raw * (self.input_scale if layer_index is None else self.layer_scales[layer_index].unsqueeze(1))
+        y = x if target_raw is None else target_raw * self.output_scale
         lr = self.base_lr * lr_multiplier(step, config.total_steps, config.lr_warmup_fraction, self.lr_decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -115,6 +127,10 @@ class SaeTrainer:
             layer_index=layer_index,
         )
         with step_autocast(self.device, config.step_autocast):
+            if target_raw is not None:
+                # the loss compares the decoder's output with what the skip connection leaves (W_skip trains through it)
+                skip = sae.skip_output(x)
+                ctx.target = y if skip is None else y - skip
             output = objective.loss(sae, x, ctx)
         self.optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
@@ -145,8 +161,8 @@ class SaeTrainer:
                 self.firing_rate_weight.mul_(decay).add_(1 - decay)
             self.tokens_since_fired.add_(n_rows).masked_fill_(fired, 0)
             self.controller.update(batch_l0, step)
-            error = (output.reconstruction - x).pow(2).sum()
-            variance = (x - x.mean(dim=0)).pow(2).sum()
+            error = (output.reconstruction - ctx.reference(x)).pow(2).sum()
+            variance = (y - y.mean(dim=0)).pow(2).sum()
             self._running += torch.stack([batch_l0, error / variance, output.loss.detach(), (~torch.isfinite(x)).any().float()])
             self._running_steps += 1
 
@@ -211,6 +227,7 @@ class SaeTrainer:
             "config": self.sae.cfg.to_dict(),
             "objective": self.objective.to_dict(),
             "input_scale": self.input_scale,
+            "output_scale": self.output_scale,
             "layer_scales": self.layer_scales.tolist(),
             "any_dead": self.any_dead,
             "param_groups": self.optimizer.state_dict()["param_groups"],
@@ -233,5 +250,6 @@ class SaeTrainer:
         self.firing_rate_sum.copy_(tensors["firing_rate_sum"])
         self.firing_rate_weight.copy_(tensors["firing_rate_weight"])
         self.input_scale = info["input_scale"]
+        self.output_scale = info.get("output_scale")
         self.layer_scales = torch.tensor(info.get("layer_scales", [self.input_scale]), dtype=torch.float32, device=self.device)
         self.any_dead = info["any_dead"]

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -82,6 +82,17 @@ def as_jobs(items: Sequence[SaeJob | SparseAutoencoder] | Mapping[str, SaeJob | 
     if duplicates:
         raise InvalidInput(f"two SAE jobs share the name(s) {duplicates}; give each job its own name")
     return jobs
+
+
+class Routed(NamedTuple):
+    """One SAE's share of a batch."""
+
+    trainer: SaeTrainer
+    x: Tensor
+    layer_index: Tensor | None
+    """For stacked reads, the hookpoint each row came from."""
+    target: Tensor | None
+    """For transcoders, the target site's rows (raw)."""
 
 
 SOURCE_PREFIX = "source::"
@@ -169,10 +180,11 @@ class Trainer:
                     if batch is None:
                         logger.warning("the data ran out after %d of %d steps; stopping early", step, total_steps)
                         break
-                    for trainer, x, layer_index in self._route(batch, step):
+                    for trainer, x, layer_index, target in self._route(batch, step):
                         if self.placement == "replicated":
                             x, layer_index = my_rows(x, layer_index, self.ranks)
-                        trainer.train_step(x, step, layer_index)
+                            target = None if target is None else my_rows(target, None, self.ranks)[0]
+                        trainer.train_step(x, step, layer_index, target)
                     done = step + 1
                     is_last = done == total_steps
                     if done % config.log_every == 0 or is_last:
@@ -234,12 +246,13 @@ class Trainer:
                           "(this run keeps no checkpoint: give --checkpoint-every N to make runs resumable)")
 
     # -- routing ------------------------------------------------------------------------------------
-    def _route(self, batch: Tensor | Mapping[str, Tensor], where: int | str) -> list[tuple[SaeTrainer, Tensor, Tensor | None]]:
-        """Pair each SAE with its input and, for stacked reads, each row's layer index.
+    def _route(self, batch: Tensor | Mapping[str, Tensor], where: int | str) -> list[Routed]:
+        """Pair each SAE with its input, for stacked reads each row's layer index, and for transcoders the target.
 
         A plain batch goes to every SAE as it is; a dict batch gives each SAE the entry of its
-        hookpoint, or for a stacked read every one of its hookpoints' entries one after another.
-        Each distinct tensor is moved to the device once, whatever the number of SAEs reading it.
+        hookpoint, or for a stacked read every one of its hookpoints' entries one after another, and a
+        transcoder the entry of its target site beside its input. Each distinct tensor is moved to the
+        device once, whatever the number of SAEs reading it.
         """
         moved: dict[int, Tensor] = {}
 
@@ -258,14 +271,15 @@ class Trainer:
                         "train it on a model or a cache, or build the job without reads="
                     )
                 self._check_width(trainer, batch, None, where)
-                pairs.append((trainer, on_device(batch), None))
+                pairs.append(Routed(trainer, on_device(batch), None, None))
                 continue
             if not hookpoints:
                 raise InvalidInput(
                     f"SAE {trainer.name!r} reads plain arrays, but the data is a dict by hookpoint ({sorted(batch)}); "
                     "give the job reads=ReadSpec(('<hookpoint>',)) or create it with hookpoint=..."
                 )
-            missing = [h for h in hookpoints if h not in batch]
+            target_site = trainer.job.reads.target
+            missing = [h for h in (*hookpoints, *([target_site] if target_site else [])) if h not in batch]
             if missing:
                 raise InvalidInput(
                     f"SAE {trainer.name!r} reads hookpoint(s) {missing} but the data provides {sorted(batch)}; "
@@ -273,20 +287,26 @@ class Trainer:
                 )
             for hookpoint in hookpoints:
                 self._check_width(trainer, batch[hookpoint], hookpoint, where)
+            target = None
+            if target_site:
+                self._check_width(trainer, batch[target_site], target_site, where, output=True)
+                target = on_device(batch[target_site])
             if len(hookpoints) == 1:
-                pairs.append((trainer, on_device(batch[hookpoints[0]]), None))
+                pairs.append(Routed(trainer, on_device(batch[hookpoints[0]]), None, target))
                 continue
             parts = [on_device(batch[h]) for h in hookpoints]
             layer_index = torch.cat([torch.full((len(part),), i, dtype=torch.long, device=self.device) for i, part in enumerate(parts)])
-            pairs.append((trainer, torch.cat(parts), layer_index))
+            pairs.append(Routed(trainer, torch.cat(parts), layer_index, None))
         return pairs
 
     @staticmethod
-    def _check_width(trainer: SaeTrainer, tensor: Tensor, hookpoint: str | None, where: int | str) -> None:
-        if tensor.shape[-1] != trainer.sae.d_in:
+    def _check_width(trainer: SaeTrainer, tensor: Tensor, hookpoint: str | None, where: int | str, output: bool = False) -> None:
+        expected, side = (trainer.sae.d_out, "its decoder writes d_out") if output else (trainer.sae.d_in, "expects d_in")
+        if tensor.shape[-1] != expected:
             label = f" at {hookpoint!r}" if hookpoint else ""
             where_text = f" (batch {where})" if isinstance(where, int) else f" ({where})"
-            raise InvalidInput(f"activations{label} have width {tensor.shape[-1]}{where_text}, but SAE {trainer.name!r} expects d_in={trainer.sae.d_in}")
+            what = "target activations" if output else "activations"
+            raise InvalidInput(f"{what}{label} have width {tensor.shape[-1]}{where_text}, but SAE {trainer.name!r} {side}={expected}")
 
     # -- before and after --------------------------------------------------------------------------
     def normalization_tokens(self) -> int:
@@ -301,7 +321,7 @@ class Trainer:
 
     def _estimate_normalization(self, source: Any) -> None:
         head = source.head(self.normalization_tokens())
-        for trainer, sample, layer_index in self._route(head, "used for normalisation"):
+        for trainer, sample, layer_index, target in self._route(head, "used for normalisation"):
             if sample.shape[0] == 0:
                 raise InvalidInput("no activations: the data source is empty")
             if not torch.isfinite(sample).all():
@@ -317,7 +337,9 @@ class Trainer:
                 if value <= 0:
                     where = f" at {hookpoint}" if hookpoint else ""
                     raise InvalidInput(f"the activations{where} are all zero; there is nothing to train on")
-            trainer.set_input_scale(mean_squared_norms, sample.float(), layer_index)
+            if target is not None and not target.pow(2).sum(dim=1).double().mean().item() > 0:
+                raise InvalidInput(f"the target activations at {trainer.job.reads.target} are all zero; there is nothing to predict")
+            trainer.set_input_scale(mean_squared_norms, sample.float(), layer_index, None if target is None else target.float())
 
     def _finish(self, steps_done: int, start_step: int, seconds: float) -> dict[str, SparseAutoencoder]:
         config = self.config
@@ -325,13 +347,17 @@ class Trainer:
         for trainer in self.owned:
             sae = trainer.sae
             trainer.finalize()
-            sae.fold_input_scale(trainer.input_scale)
+            output_scale = trainer.output_scale or trainer.input_scale
+            sae.fold_scales(trainer.input_scale, output_scale)
             sae.normalization = {
                 "method": trainer.objective.input_norm,
                 "input_scale": trainer.input_scale,
                 "folded": True,
                 "note": "training used c*x with this c; weights are folded so the SAE takes raw activations",
             }
+            if trainer.output_scale is not None:
+                sae.normalization.update(output_scale=output_scale, note="training mapped c_in*x to c_out*y (input_scale, output_scale); "
+                                         "weights are folded so the transcoder maps raw activations to raw activations")
             if trainer.job.reads.stacked:
                 sae.normalization.update(stacked_normalization(trainer.job.reads.hookpoints, trainer.layer_scales.tolist(), trainer.input_scale))
             sae.training_summary = {
