@@ -154,7 +154,9 @@ def _print_trained(plan: Any, args: argparse.Namespace, result: dict[str, Any]) 
         return
     for entry in result["saes"]:
         print(f"{Path(args.out) / entry['path']}: {_format_metrics(entry.get('metrics', {}))}")
-    print(f"\n{len(result['saes'])} SAEs in {args.out} (index: {Path(args.out) / 'suite.json'}); "
+    transcoders = sum(entry.get("kind", "sae") != "sae" for entry in result["saes"])
+    counted = f"{len(result['saes']) - transcoders} SAEs" + (f" and {transcoders} transcoders" if transcoders else "")
+    print(f"\n{counted} in {args.out} (index: {Path(args.out) / 'suite.json'}); "
           f"next: saescope eval {args.out}   (table, eval.json, eval.csv and plots)")
     if args.interpret:
         from saescope.interpret.run import interpret_suite

@@ -152,6 +152,10 @@ class SweepPlan:
     """Names or globs, e.g. layers.10.resid_post 'layers.*.mlp_out' blocks.5.hook_resid_post."""
     architectures: list[str] = field(default_factory=lambda: ["jumprelu"], metadata={"flag": "--arch"})
     """Architectures, all trained in one pass."""
+    kinds: list[str] = field(default_factory=lambda: ["sae"], metadata={"flag": "--kinds"})
+    """What each job reads and writes: sae (reconstructs its hookpoint); transcoder (at an mlp_out hookpoint, reads
+    that layer's mlp_in and predicts mlp_out: the MLP replaced by sparse features); skip_transcoder (a transcoder
+    with a linear skip connection). Several train side by side on the same tokens."""
     widths: list[int | str] = field(default_factory=lambda: ["8x"], metadata={"flag": "--width"})
     """Latents per SAE: counts such as 4608 or expansion factors of d_in such as 8x; several for a sweep."""
     target_l0s: list[float] = field(default_factory=lambda: [32.0], metadata={"flag": "--target-l0"})
@@ -173,7 +177,7 @@ class SweepPlan:
         for name in ("hookpoints", "multilayer_baselines"):
             if isinstance(getattr(self, name), str):
                 setattr(self, name, [getattr(self, name)])
-        for name in ("architectures", "widths", "target_l0s"):
+        for name in ("architectures", "kinds", "widths", "target_l0s"):
             value = getattr(self, name)
             if isinstance(value, (str, int, float)):
                 setattr(self, name, [value])
@@ -183,6 +187,10 @@ class SweepPlan:
         for arch in self.architectures:
             if arch not in ARCHITECTURES:
                 raise PlanError(f"architectures: unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
+        kinds = ("sae", "transcoder", "skip_transcoder")
+        unknown = [kind for kind in self.kinds if kind not in kinds]
+        if unknown or not self.kinds or len(set(self.kinds)) < len(self.kinds):
+            raise PlanError(f"kinds: {self.kinds!r}: give each of {list(kinds)} at most once, at least one")
         if not self.widths:
             raise PlanError("widths: give at least one width (e.g. 4608) or expansion factor (e.g. '8x')")
         for width in self.widths:

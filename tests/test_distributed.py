@@ -18,6 +18,8 @@ import torch.multiprocessing as mp
 
 import saescope
 from saescope.errors import InvalidInput
+from saescope.jobs import ReadSpec
+from saescope.plan_jobs import PlannedJob
 
 ARCHS = ["topk", "jumprelu", "batchtopk"]
 
@@ -133,7 +135,7 @@ def test_the_estimate_knows_the_processes(monkeypatch, tmp_path):
     from saescope.suite import preflight
 
     monkeypatch.setattr(preflight, "matmul_flops_per_second", lambda device: 1e11)
-    saes = [preflight.PlannedSae(f"layers.{i}.resid_post", i, "topk", 576, 4608, 32.0) for i in range(6)]
+    saes = [PlannedJob(f"layers.{i}.resid_post/topk", f"layers.{i}.resid_post", i, "sae", "topk", 576, 4608, 32.0, ReadSpec((f"layers.{i}.resid_post",))) for i in range(6)]
     common = dict(tokens=10**6, batch_size=4096, shuffle_buffer_tokens=65536, model_params=10**8, model_bytes=4 * 10**8,
                   forward_fraction=1.0, eval_tokens=0, checkpointing=False, out_dir=tmp_path, device="cpu")
     one = preflight.estimate(saes, **common)

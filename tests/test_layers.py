@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "saescope.evaluation.metrics": 4,
     "saescope.evaluation.description_length": 4,
     "saescope.plan": 4,
+    "saescope.plan_jobs": 4,
     "saescope.training": 5,
     "saescope.evaluation": 5,
     "saescope.interpret": 5,

@@ -11,6 +11,8 @@ from saescope.cli import main
 from saescope.lm.capture import site_widths
 from saescope.lm.hookpoints import available_hookpoints, resolve_hookpoints
 from saescope.lm.skeleton import model_skeleton, parameter_count, skeleton_site_widths
+from saescope.jobs import ReadSpec
+from saescope.plan_jobs import PlannedJob
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -49,7 +51,7 @@ def test_replicated_placement_holds_every_sae_per_process_and_splits_the_step(tm
     from saescope.suite import preflight
 
     monkeypatch.setattr(preflight, "matmul_flops_per_second", lambda device: 1e11)
-    saes = [preflight.PlannedSae(f"layers.{i}.resid_post", i, "topk", 576, 4608, 32.0) for i in range(2)]
+    saes = [PlannedJob(f"layers.{i}.resid_post/topk", f"layers.{i}.resid_post", i, "sae", "topk", 576, 4608, 32.0, ReadSpec((f"layers.{i}.resid_post",))) for i in range(2)]
     common = dict(tokens=10**6, batch_size=4096, shuffle_buffer_tokens=65536, model_params=10**8, model_bytes=4 * 10**8,
                   forward_fraction=1.0, eval_tokens=0, checkpointing=False, out_dir=tmp_path, device="cpu", processes=2)
     sharded = preflight.estimate(saes, **common)

@@ -183,7 +183,7 @@ def measure_description_length(
     finest bin count and decodes each quantisation. ``max_fvu`` None means the SAE's own FVU + 0.01.
     """
     from saescope.data import as_source
-    from saescope.evaluation.metrics import checked_batch, reconstruction_stats
+    from saescope.evaluation.metrics import checked_pair, reconstruction_stats
 
     if variant not in VARIANTS:
         raise InvalidInput(f"variant={variant!r}: choose one of {', '.join(VARIANTS)}")
@@ -206,16 +206,18 @@ def measure_description_length(
     maxima = stats.max_acts.to(device)
     histogram = torch.zeros(sae.d_sae, finest, dtype=torch.long, device=device)
     sq_errors = {b: torch.zeros((), dtype=torch.float64, device=device) for b in counts}
-    for x in source.iter_batches(batch_size):
-        x = checked_batch(x, sae, device)
+    for batch in source.iter_batches(batch_size):
+        x, reference = checked_pair(batch, sae, device)
         code = sae.encode_code(x)
-        x = sae.reconstruction_target(x)
+        skip = sae.skip_output(x)
+        if skip is not None:
+            reference = reference - skip  # the skip connection costs no bits: only the code is quantised
         _rows, cols, values = code.active_entries()
         fine, _ = quantise(values, maxima[cols], finest)
         histogram.view(-1).index_add_(0, cols * finest + fine, torch.ones_like(fine))
         for b in counts:
             _index, midpoints = quantise(values, maxima[cols], b)
-            error = x.double() - sae.decode_code(code.with_active_values(midpoints.to(values.dtype))).double()
+            error = reference.double() - sae.decode_code(code.with_active_values(midpoints.to(values.dtype))).double()
             sq_errors[b] += error.pow(2).sum()
     sae.train(was_training)
 

@@ -200,11 +200,11 @@ def evaluate_sae(
 
 def reconstruction_stats(sae: SparseAutoencoder, source: Any, batch_size: int, device: torch.device) -> ReconstructionStats:
     """One pass of ``sae`` over ``source`` (an activation source), every batch checked, pooled in ``ReconstructionStats``."""
-    stats = ReconstructionStats(sae.d_in, sae.d_sae, device)
-    for x in source.iter_batches(batch_size):
-        x = checked_batch(x, sae, device)
+    stats = ReconstructionStats(sae.d_out, sae.d_sae, device)
+    for batch in source.iter_batches(batch_size):
+        x, reference = checked_pair(batch, sae, device)
         code = sae.encode_code(x)
-        stats.update(sae.reconstruction_target(x), sae.decode_code(code), code)
+        stats.update(reference, sae.output(x, code), code)
     return stats
 
 
@@ -216,6 +216,31 @@ def training_dead(sae: SparseAutoencoder) -> dict[str, Any]:
     if dead is None or window is None:
         return {"dead_fraction": None, "dead_window_tokens": None}
     return {"dead_fraction": float(dead), "dead_window_tokens": int(min(window, training.get("n_tokens") or window))}
+
+
+def checked_pair(batch: Tensor | dict[str, Tensor], sae: SparseAutoencoder, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The SAE's input and what its output is compared with, both checked and on ``device``.
+
+    For an SAE: ``x`` and ``x`` (``log1p(x)`` with that input transform). For a transcoder the batch is
+    ``{site: rows}`` (``SiteArraysSource``, a cache or a harvest) holding its input and its target site.
+    """
+    target = sae.cfg.target
+    if target is None:
+        x = checked_batch(batch[sae.cfg.hookpoint] if isinstance(batch, dict) else batch, sae, device)
+        return x, sae.reconstruction_target(x)
+    if not isinstance(batch, dict) or sae.cfg.hookpoint not in batch or target not in batch:
+        held = sorted(batch) if isinstance(batch, dict) else "one array"
+        raise InvalidInput(f"a transcoder from {sae.cfg.hookpoint} to {target} is measured on both sites' activations: pass "
+                           f"{{{sae.cfg.hookpoint!r}: inputs, {target!r}: targets}} (row-aligned), got {held}")
+    x = checked_batch(batch[sae.cfg.hookpoint], sae, device)
+    reference = batch[target]
+    if reference.shape != (x.shape[0], sae.d_out):
+        raise InvalidInput(f"{target}: target activations have shape {tuple(reference.shape)}, but the transcoder writes "
+                           f"[{x.shape[0]}, d_out={sae.d_out}]; were they harvested at another site or model?")
+    reference = reference.to(device, non_blocking=True)
+    if not torch.isfinite(reference).all():
+        raise InvalidInput(f"{target}: target activations contain NaN or inf; clean the data before evaluating")
+    return x, reference
 
 
 def checked_batch(x: Tensor, sae: SparseAutoencoder, device: torch.device) -> Tensor:

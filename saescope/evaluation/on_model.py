@@ -67,12 +67,10 @@ def evaluate_on_model(
     results: dict[str, dict[str, Any]] = {}
     for name, sae in single.items():
         sae.to(device).eval()
-        metrics = evaluate_sae(sae, activations[sae.cfg.hookpoint], description_length=description_length, device=device)
+        metrics = evaluate_sae(sae, sae_activations(sae, activations), description_length=description_length, device=device)
         results[name] = {**metrics.to_dict(), "eval_tokens": metrics.n_tokens}
-    spliced = splice_evaluate(
-        loaded.model, {name: (points[sae.cfg.hookpoint], sae) for name, sae in single.items()}, contexts, excluded,
-        batch_contexts=max(1, data.batch_contexts // 2), progress=progress,
-    )
+    spliced = splice_evaluate(loaded.model, {name: splice_sites(sae, points) for name, sae in single.items()}, contexts, excluded,
+                              batch_contexts=max(1, data.batch_contexts // 2), progress=progress)
     for name, values in spliced.items():
         results[name].update(values.to_dict())
     for name, sae in saes.items():
@@ -92,6 +90,25 @@ def evaluate_on_model(
     return results
 
 
+def sae_activations(sae: SparseAutoencoder, activations: dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
+    """What ``evaluate_sae`` measures ``sae`` on: its hookpoint's rows, or a transcoder's input and target rows."""
+    if sae.cfg.target is None:
+        return activations[sae.cfg.hookpoint]
+    return {sae.cfg.hookpoint: activations[sae.cfg.hookpoint], sae.cfg.target: activations[sae.cfg.target]}
+
+
+def splice_sites(sae: SparseAutoencoder, points: dict[str, Any]) -> tuple[Any, SparseAutoencoder] | tuple[Any, SparseAutoencoder, Any]:
+    """``(site replaced, sae)`` for ``splice_evaluate``; a transcoder replaces its target from its input: ``(target, sae, input)``."""
+    if sae.cfg.target is None:
+        return points[sae.cfg.hookpoint], sae
+    return points[sae.cfg.target], sae, points[sae.cfg.hookpoint]
+
+
+def sites_read(saes: dict[str, SparseAutoencoder]) -> list[str]:
+    """Every site the SAEs read or write, sorted."""
+    return sorted({s.cfg.hookpoint for s in saes.values()} | {s.cfg.target for s in saes.values() if s.cfg.target})
+
+
 def single_hookpoint_views(saes: dict[str, SparseAutoencoder]) -> dict[str, SparseAutoencoder]:
     """Every SAE as single-hookpoint SAEs: a stacked SAE becomes one view per layer, named ``layer_key(name, hookpoint)``."""
     single: dict[str, SparseAutoencoder] = {}
@@ -106,7 +123,7 @@ def single_hookpoint_views(saes: dict[str, SparseAutoencoder]) -> dict[str, Spar
 def _held_out_activations(loaded: LoadedModel, single: dict[str, SparseAutoencoder], data: LmDataConfig,
                           eval_tokens: int) -> tuple[dict[str, Any], Tensor, Any, dict[str, Tensor]]:
     """(hookpoints by name, held-out contexts, excluded token ids, activations by hookpoint) for the SAEs' sites."""
-    points = {p.name: p for p in resolve_hookpoints(loaded.model, sorted({s.cfg.hookpoint for s in single.values()}))}
+    points = {p.name: p for p in resolve_hookpoints(loaded.model, sites_read(single))}
     excluded = special_token_ids(loaded.tokenizer)
     contexts = held_out_contexts(loaded, data, eval_tokens)
     return points, contexts, excluded, harvest(loaded, list(points.values()), contexts, excluded, data.batch_contexts)
@@ -121,7 +138,7 @@ def description_length_on_model(
     fraction of a full evaluation. For suites measured before the tables were kept."""
     single = single_hookpoint_views(saes)
     _points, _contexts, _excluded, activations = _held_out_activations(loaded, single, data, eval_tokens)
-    measured = {key: measure_description_length(view.to(loaded.device).eval(), activations[view.cfg.hookpoint], device=loaded.device).to_dict()
+    measured = {key: measure_description_length(view.to(loaded.device).eval(), sae_activations(view, activations), device=loaded.device).to_dict()
                 for key, view in single.items()}
     results: dict[str, dict[str, Any]] = {}
     for name, sae in saes.items():

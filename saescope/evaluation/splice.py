@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from saescope.data.tokens import trainable_mask
 from saescope.errors import InvalidInput
-from saescope.lm.capture import replace_activation
+from saescope.lm.capture import hooked
 from saescope.lm.hookpoints import Hookpoint
 from saescope.lm.resume import (
     can_replay,
@@ -49,12 +49,21 @@ class SpliceMetrics:
         return asdict(self)
 
 
-def sae_splice(sae: SparseAutoencoder, mask: Tensor, add_error: bool = False) -> Callable[[Tensor], Tensor]:
-    """A replacement function: the SAE's reconstruction at ``mask`` positions (plus its error if asked)."""
+Replacement = Callable[[Tensor, Tensor | None], Tensor]
+"""``(activation at the replaced site, the input read elsewhere in the same forward or None) → what the model sees``."""
 
-    def replace(activation: Tensor) -> Tensor:
+
+def sae_splice(sae: SparseAutoencoder, mask: Tensor, add_error: bool = False) -> Replacement:
+    """A replacement function: the SAE's reconstruction at ``mask`` positions (plus its error if asked).
+
+    A transcoder's output is computed from its input (``layers.L.mlp_in``, captured in the same forward)
+    and replaces its target (``layers.L.mlp_out``): the MLP's computation is swapped for the features'.
+    """
+
+    def replace(activation: Tensor, source: Tensor | None = None) -> Tensor:
         flat = activation.reshape(-1, activation.shape[-1])
-        reconstruction = sae(flat.to(sae.W_dec.dtype)).to(activation.dtype)
+        reads = flat if source is None else source.reshape(-1, source.shape[-1])
+        reconstruction = sae(reads.to(sae.W_dec.dtype)).to(activation.dtype)
         if add_error:
             reconstruction = reconstruction + (flat - reconstruction)
         out = torch.where(mask.reshape(-1, 1), reconstruction, flat)
@@ -63,8 +72,8 @@ def sae_splice(sae: SparseAutoencoder, mask: Tensor, add_error: bool = False) ->
     return replace
 
 
-def zero_splice(mask: Tensor) -> Callable[[Tensor], Tensor]:
-    def replace(activation: Tensor) -> Tensor:
+def zero_splice(mask: Tensor) -> Replacement:
+    def replace(activation: Tensor, source: Tensor | None = None) -> Tensor:
         return activation * (~mask).unsqueeze(-1).to(activation.dtype)
 
     return replace
@@ -105,28 +114,45 @@ LOGIT_BUDGET = 1 << 27
 """Most logits (float32 elements) one stacked forward may produce: several splices share a forward up to this."""
 
 
-def _splice_groups(saes: Mapping[str, tuple[Hookpoint, SparseAutoencoder]]) -> dict[str, tuple[Hookpoint, list[str]]]:
-    """The SAEs by hookpoint, in forward order: each hookpoint's zero ablation and SAEs resume from the same layer."""
+Splice = tuple[Hookpoint, SparseAutoencoder] | tuple[Hookpoint, SparseAutoencoder, Hookpoint]
+"""``(site replaced, sae)``, or for a transcoder ``(site replaced, sae, site read)``."""
+
+
+def _splice_groups(saes: Mapping[str, Splice]) -> dict[str, tuple[Hookpoint, list[str]]]:
+    """The SAEs by replaced site, in forward order: each site's zero ablation and SAEs resume from the same layer."""
     groups: dict[str, tuple[Hookpoint, list[str]]] = {}
-    for name, (point, _) in sorted(saes.items(), key=lambda item: item[1][0].order):
-        groups.setdefault(point.name, (point, []))[1].append(name)
+    for name, splice in sorted(saes.items(), key=lambda item: item[1][0].order):
+        groups.setdefault(splice[0].name, (splice[0], []))[1].append(name)
     return groups
 
 
-def _stacked(functions: list[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor]:
-    """One replacement over the batch repeated len(functions) times: copy k gets function k."""
+def _read_point(splice: Splice) -> Hookpoint | None:
+    return splice[2] if len(splice) == 3 else None
+
+
+def _stacked(functions: list[Replacement], sources: list[Hookpoint | None], seen: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
+    """One replacement over the batch repeated len(functions) times: copy k gets function k, and the rows of
+    copy k of its read site (captured earlier in the same forward into ``seen``) when it reads one."""
 
     def replace(activation: Tensor) -> Tensor:
         parts = activation.chunk(len(functions), dim=0)
-        return torch.cat([fn(part) for fn, part in zip(functions, parts)], dim=0)
+        inputs = [None if point is None else seen[point.name].chunk(len(functions), dim=0)[k] for k, point in enumerate(sources)]
+        return torch.cat([fn(part, source) for fn, part, source in zip(functions, parts, inputs)], dim=0)
 
     return replace
+
+
+def _capture_into(seen: dict[str, Tensor], name: str) -> Callable[[Tensor], None]:
+    def keep(tensor: Tensor) -> None:
+        seen[name] = tensor
+
+    return keep
 
 
 @torch.no_grad()
 def splice_evaluate(
     model: torch.nn.Module,
-    saes: Mapping[str, tuple[Hookpoint, SparseAutoencoder]],
+    saes: Mapping[str, Splice],
     contexts: Tensor,
     excluded_ids: list[int],
     batch_contexts: int = 8,
@@ -134,6 +160,9 @@ def splice_evaluate(
     resume: bool = True,
 ) -> dict[str, SpliceMetrics]:
     """ΔLM loss, loss recovered and KL for each named ``(hookpoint, sae)`` over ``contexts`` [n, T].
+
+    A transcoder is named with ``(target site, sae, input site)``: its output, computed from the input
+    site's activation in the same forward, replaces the target site (the MLP replaced at one layer).
 
     With ``resume`` (the default) each splice resumes from its hookpoint's layer, replaying the clean
     forward's earlier layers, and the splices at one hookpoint (its zero ablation and every SAE there)
@@ -168,18 +197,21 @@ def splice_evaluate(
         n_contexts = input_ids.shape[0]
         per_forward = max(1, LOGIT_BUDGET // (n_contexts * input_ids.shape[1] * vocab)) if resume else 1
         for point, names in groups.values():
-            variants = [(None, zero_splice(mask))] + [(name, sae_splice(saes[name][1], mask)) for name in names]  # None: the ablation
+            variants = [(None, zero_splice(mask), None)] + [(name, sae_splice(saes[name][1], mask), _read_point(saes[name])) for name in names]  # None: the ablation
             zero_ce = None
             for first in range(0, len(variants), per_forward):
                 chunk = variants[first : first + per_forward]
+                seen: dict[str, Tensor] = {}
+                reads = {source.name: source for _, _, source in chunk if source is not None}
+                hooks = [(source, _capture_into(seen, name)) for name, source in reads.items()]
+                hooks.append((point, _stacked([fn for _, fn, _ in chunk], [source for _, _, source in chunk], seen)))
                 if resume:
-                    with replayed_layers(model, point.layer, kept.get(point.layer - 1), len(chunk), n_contexts), \
-                            replace_activation(model, point, _stacked([fn for _, fn in chunk])):
+                    with replayed_layers(model, point.layer, kept.get(point.layer - 1), len(chunk), n_contexts), hooked(model, hooks):
                         logits = stacked_logits(model, input_ids, len(chunk))
                 else:
-                    with replace_activation(model, point, chunk[0][1]):
+                    with hooked(model, hooks):
                         logits = model(input_ids=input_ids, use_cache=False).logits
-                for k, (name, _) in enumerate(chunk):
+                for k, (name, _, _) in enumerate(chunk):
                     spliced = _Scores(logits[k * n_contexts : (k + 1) * n_contexts], input_ids, score_mask)
                     if name is None:
                         zero_ce = spliced.ce.double().sum().cpu()

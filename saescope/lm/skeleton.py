@@ -62,8 +62,8 @@ def parameter_count(network: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in network.parameters()}.values())
 
 
-RESIDUAL_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
-"""Sites on (or added into) the residual stream: their width is the model's d_model."""
+RESIDUAL_SITES = ("resid_pre", "resid_mid", "mlp_in", "resid_post", "attn_out", "mlp_out")
+"""Sites on (or added into, or normalised from) the residual stream: their width is the model's d_model."""
 
 
 def skeleton_site_widths(network: nn.Module, hookpoints: list) -> dict[str, int]:

@@ -257,9 +257,13 @@ class SparseAutoencoder(nn.Module):
 
         Training losses live in the objectives.
         """
-        output = self.decode_code(self.encode_code(x))
+        return self.output(x, self.encode_code(x))
+
+    def output(self, x: Tensor, code: FeatureCode) -> Tensor:
+        """What the SAE writes for input ``x`` given its ``code``: the decoded code, plus a skip transcoder's ``x @ W_skip``."""
+        decoded = self.decode_code(code)
         skip = self.skip_output(x)
-        return output if skip is None else output + skip
+        return decoded if skip is None else decoded + skip
 
     # -- conversions ---------------------------------------------------------------------------------
     def export_tensors(self) -> dict[str, Tensor]:

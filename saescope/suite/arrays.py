@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from saescope.errors import AlreadyExists, InvalidInput
-from saescope.io.suite_index import sae_folder_name
-from saescope.plan import RunPlan, resolve_width
+from saescope.plan import RunPlan
+from saescope.plan_jobs import plan_jobs
 
 
 def load_array(path: str, key: str | None = None, metadata_columns: tuple[str, ...] | list[str] = ()) -> Any:
@@ -57,7 +57,6 @@ def _train_locked_array(plan: RunPlan, out: Path, resume: bool, progress: bool) 
     from saescope.data.preprocess import AffineSource, Log1pSource, input_statistics
     from saescope.io.checkpoint import save_sae
     from saescope.io.trainer_state import has_trainer_state
-    from saescope.jobs import create_job
     from saescope.parallel import current
     from saescope.training import TrainConfig, Trainer
     from saescope.training.trainer import other_world_checkpoint
@@ -74,20 +73,8 @@ def _train_locked_array(plan: RunPlan, out: Path, resume: bool, progress: bool) 
     if resume and not has_trainer_state(current().checkpoint_folder(checkpoint_dir)):
         raise InvalidInput(f"--resume: no checkpoint in {checkpoint_dir}; run without --resume (and with --checkpoint-every) first")
     d_in = int(data.d_in)
-    single = len(sweep.widths) == 1 and len(sweep.target_l0s) == 1
     torch.manual_seed(training.seed)  # SAE initialisation, so that the seed makes the run reproducible
-    jobs = []
-    for arch in sweep.architectures:
-        for width in sweep.widths:
-            d_sae = resolve_width(width, d_in, plan.source)
-            for target in sweep.target_l0s:
-                name = arch if single else sae_folder_name(arch, d_sae, float(target))
-                options = dict(sweep.options.get(arch, {}))
-                if "sparsity_coefficient" not in options:  # a fixed λ means no target-L0 controller
-                    options["target_l0"] = float(target)
-                if sweep.lr_for(arch) is not None:
-                    options["lr"] = sweep.lr_for(arch)
-                jobs.append(create_job(arch, d_in, d_sae, name=name, **options))
+    jobs = [planned.build() for planned in plan_jobs(sweep, {"": d_in}, source=plan.source, on_model=False)]
     checkpoint_every = training.checkpoint_every or None  # arrays checkpoint only when asked
     config = TrainConfig(
         total_tokens=training.tokens, batch_size=training.batch_size, seed=training.seed, device=plan.model.device, progress=progress,

@@ -99,6 +99,7 @@ def evaluate_suite(
 
 def _row(entry: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     return ({key: entry[key] for key in ("path", "hookpoint", "layer", "site", "architecture", "width", "target_l0")}
+            | {"kind": entry.get("kind", "sae")}
             | {key: metrics.get(key) for key in REQUIRED}
             | {"eval_tokens": metrics.get("n_tokens"), "dead_window_tokens": metrics.get("dead_window_tokens"),
                "density_histogram": metrics.get("density_histogram")})

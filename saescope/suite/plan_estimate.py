@@ -20,10 +20,10 @@ from saescope.lm.models import resolve_dtype
 from saescope.lm.skeleton import model_skeleton, parameter_count, skeleton_site_widths
 from saescope.parallel import Ranks, choose_placement
 from saescope.plan import RunPlan
+from saescope.plan_jobs import PlannedJob, plan_jobs, read_sites
 from saescope.suite.preflight import (
     GIB,
     Estimate,
-    PlannedSae,
     estimate,
     format_duration,
 )
@@ -32,7 +32,7 @@ from saescope.suite.preflight import (
 @dataclass
 class PlanEstimate:
     estimate: Estimate
-    saes: list[PlannedSae]
+    saes: list[PlannedJob]
     model_params: int
     n_layers: int
     hookpoints: int
@@ -68,8 +68,6 @@ def _count(n: int) -> str:
 
 def estimate_plan(plan: RunPlan, out_dir: str | Path, processes: int = 1, device_flops: float | None = None) -> PlanEstimate:
     """The preflight estimate of ``plan`` from the model's config alone (no weights loaded)."""
-    from saescope.suite.runner import _expand
-
     if plan.model.model is None:
         raise InvalidInput("--estimate-only plans a suite on a model: give --model (a hub id, a folder with config.json or a .gguf)")
     if processes < 1:
@@ -79,9 +77,10 @@ def estimate_plan(plan: RunPlan, out_dir: str | Path, processes: int = 1, device
         raise InvalidInput("the plan's device is CUDA but this machine has none to measure: give --device-tflops "
                            "(one GPU's matmul throughput, e.g. from benchmarks/train_step.py on that GPU)")
     skeleton = model_skeleton(plan.model.model)
-    points = resolve_hookpoints(skeleton, plan.sweep.hookpoints, check=False)
+    requested = [p.name for p in resolve_hookpoints(skeleton, plan.sweep.hookpoints, check=False)]
+    points = resolve_hookpoints(skeleton, requested + read_sites(plan.sweep, requested), check=False)
     widths = skeleton_site_widths(skeleton, points)
-    planned = _expand(plan, widths)
+    planned = plan_jobs(plan.sweep, widths, requested, plan.source)
     placement = choose_placement(plan.training.placement, len(planned), Ranks(0, processes))
     n_layers = len(find_layers(skeleton)[1])
     params = parameter_count(skeleton)
@@ -93,4 +92,4 @@ def estimate_plan(plan: RunPlan, out_dir: str | Path, processes: int = 1, device
         eval_tokens=plan.evaluation.eval_tokens, checkpointing=training.resolved_checkpoint_every() is not None, out_dir=out_dir,
         device=device, live_model=True, processes=processes, flops_per_second=device_flops, placement=placement,
     )
-    return PlanEstimate(guess, planned, params, n_layers, len(widths), device_flops)
+    return PlanEstimate(guess, planned, params, n_layers, len(requested), device_flops)

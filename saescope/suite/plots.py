@@ -1,6 +1,6 @@
 """The suite's plots, as PNG files (matplotlib, headless).
 
-- ``delta_lm_vs_l0.png``: ΔLM loss against L0, one colour per architecture, one line per
+- ``delta_lm_vs_l0.png``: ΔLM loss against L0, one colour per architecture (and kind: transcoders apart), one line per
   (hookpoint, width) through its target-L0 sweep: the Pareto view (lower left is better).
 - ``fvu_vs_l0.png``: the same with FVU.
 - ``depth.png``: FVU, ΔLM loss and dead fraction layer by layer, one panel row per site.
@@ -49,6 +49,12 @@ def write_plots(rows: list[dict[str, Any]], folder: str | Path, max_fvu: float |
 MARKERS = ["o", "s", "^", "D", "v"]
 
 
+def series(row: dict[str, Any]) -> str:
+    """A row's legend name: its architecture, with its kind for a transcoder (``topk transcoder``)."""
+    kind = row.get("kind", "sae")
+    return row["architecture"] if kind == "sae" else f"{row['architecture']} {kind.replace('_', ' ')}"
+
+
 def _colour(arch: str, seen: dict[str, str]) -> str:
     if arch not in seen:
         seen[arch] = ARCH_COLOURS.get(arch) or FALLBACK_COLOURS[len(seen) % len(FALLBACK_COLOURS)]
@@ -80,7 +86,7 @@ def _pareto(rows: list[dict[str, Any]], metric: str, label: str, path: Path) -> 
     for axis, (site, site_rows) in zip(axes, sorted(by_site.items())):
         lines: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
         for row in site_rows:
-            lines[(row["architecture"], row["layer"], row["width"])].append(row)
+            lines[(series(row), row["layer"], row["width"])].append(row)
         several_layers = len({r["layer"] for r in site_rows}) > 1
         widths = sorted({r["width"] for r in site_rows})
         labelled = set()
@@ -122,7 +128,7 @@ def _depth(rows: list[dict[str, Any]], path: Path) -> Path:
         lines: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
             if row["site"] == site and row["layer"] >= 0:  # a multi-layer SAE appears through its per-layer rows
-                arch = f"{row['architecture']} multi-layer" if row.get("layer_of") else row["architecture"]
+                arch = f"{row['architecture']} multi-layer" if row.get("layer_of") else series(row)
                 lines[(arch, row["width"], row["target_l0"])].append(row)
         styles = ["-o", "--s", ":^", "-.d"]
         targets = sorted({key[2] for key in lines})
@@ -156,12 +162,12 @@ def _density(rows: list[dict[str, Any]], path: Path) -> Path:
     figure, axes = _panels(len(by_hookpoint), width=5.0, height=3.6)
     colours: dict[str, str] = {}
     for axis, (hookpoint, hook_rows) in zip(axes, sorted(by_hookpoint.items(), key=lambda item: (item[1][0]["layer"], item[0]))):
-        for index, row in enumerate(sorted(hook_rows, key=lambda r: (r["architecture"], r["width"], r["target_l0"]))):
+        for index, row in enumerate(sorted(hook_rows, key=lambda r: (series(r), r["width"], r["target_l0"]))):
             histogram = row["density_histogram"]
             edges, counts = histogram["log10_density_edges"], histogram["counts"]
             style = ["-", "--", ":", "-."][index % 4]
-            axis.stairs(counts, edges, color=_colour(row["architecture"], colours), linestyle=style,
-                        label=f"{row['architecture']} w{row['width']} L0 {row['target_l0']:g} ({histogram['dead']} unfired)")
+            axis.stairs(counts, edges, color=_colour(series(row), colours), linestyle=style,
+                        label=f"{series(row)} w{row['width']} L0 {row['target_l0']:g} ({histogram['dead']} unfired)")
         axis.set_xlabel("log10 feature density")
         axis.set_ylabel("latents")
         axis.set_title(hookpoint)

@@ -27,33 +27,12 @@ import torch
 
 from saescope.errors import InsufficientDisk, InsufficientResources
 from saescope.parallel import assign_owners
+from saescope.plan_jobs import PlannedJob
 
 GIB = 2**30
 STEP_TRANSIENTS = 8
 """[batch, d_sae] fp32 tensors alive during one SAE step."""
 EFFICIENCY = 0.6
-
-
-@dataclass
-class PlannedSae:
-    hookpoint: str
-    layer: int
-    architecture: str
-    d_in: int
-    width: int
-    target_l0: float
-    reads: tuple[str, ...] = ()
-    """Every hookpoint the SAE reads (several for a multi-layer SAE); () means (hookpoint,)."""
-
-    @property
-    def hookpoints(self) -> tuple[str, ...]:
-        return self.reads or (self.hookpoint,)
-
-    @property
-    def n_params(self) -> int:
-        from saescope.jobs import parameter_count
-
-        return parameter_count(self.architecture, self.d_in, self.width)
 
 
 @dataclass
@@ -118,7 +97,7 @@ def matmul_flops_per_second(device: str, size: int = 1024, repeats: int = 3) -> 
 
 
 def estimate(
-    saes: list[PlannedSae],
+    saes: list[PlannedJob],
     *,
     tokens: int,
     batch_size: int,
@@ -147,18 +126,18 @@ def estimate(
         owners = assign_owners([tuple(s.hookpoints) for s in saes], processes)
         shares = [[s for s, owner in zip(saes, owners) if owner == rank] for rank in range(processes)]
     rows = batch_size // processes if replicated else batch_size
-    widths = {h: s.d_in for s in saes for h in s.hookpoints}
+    widths = {h: w for s in saes for h, w in s.site_widths().items()}
     d_total = sum(widths.values())
     from saescope.training.trainer import NORMALIZATION_SAMPLE_BYTES
 
-    def held_width(share: list[PlannedSae]) -> int:
-        return sum({h: s.d_in for s in share for h in s.hookpoints}.values())
+    def held_width(share: list[PlannedJob]) -> int:
+        return sum({h: w for s in share for h, w in s.site_widths().items()}.values())
 
-    def parts_of(share: list[PlannedSae]) -> dict[str, int]:
+    def parts_of(share: list[PlannedJob]) -> dict[str, int]:
         # sharded with several processes: each holds (and evaluates) only its own SAEs' hookpoints (the all-to-all)
         held = held_width(share) if processes > 1 and not replicated else d_total
         return {"SAE state": sum(4 * 4 * s.n_params for s in share),
-                "step transients": max((STEP_TRANSIENTS * 4 * rows * len(s.hookpoints) * s.width for s in share), default=0),
+                "step transients": max((STEP_TRANSIENTS * 4 * rows * len(s.reads.hookpoints) * s.width for s in share), default=0),
                 "shuffle buffer": 2 * 4 * shuffle_buffer_tokens * held if live_model else 2 * 4 * batch_size * held,
                 "evaluation activations": 4 * eval_tokens * held, "model": model_bytes,
                 "normalisation sample": min(NORMALIZATION_SAMPLE_BYTES, 4 * tokens * held)}
@@ -168,12 +147,12 @@ def estimate(
     weights = sum(4 * s.n_params for s in saes)
     waiting_rows = 4 * shuffle_buffer_tokens * d_total if live_model else 0
     disk = weights + (4 * weights + waiting_rows if checkpointing else 0)  # activations are written only as the buffer's rows
-    flops = tokens * max(sum(10 * len(s.hookpoints) * s.d_in * s.width for s in share) for share in shares)
+    flops = tokens * max(sum(10 * len(s.reads.hookpoints) * s.d_in * s.width for s in share) for share in shares)
     if replicated:
         flops /= processes  # each process steps every SAE on its share of the rows
     if live_model:
         flops += tokens * 2 * model_params * forward_fraction / processes
-    flops += eval_tokens * 2 * model_params * (max(sum(len(s.hookpoints) for s in share) for share in shares) + 2 * len(widths))
+    flops += eval_tokens * 2 * model_params * (max(sum(len(s.reads.hookpoints) for s in share) for share in shares) + 2 * len(widths))
     seconds = flops / (EFFICIENCY * (flops_per_second or matmul_flops_per_second(device)))
     received = d_total if replicated else max(held_width(share) for share in shares)
     gathered = 4 * batch_size * received * (processes - 1) // processes if live_model and processes > 1 else 0

@@ -19,20 +19,16 @@ from saescope.errors import InvalidInput
 from saescope.io.suite_index import (
     FORMAT,
     is_suite,
-    layer_and_site,
     read_index,
-    sae_folder_name,
     write_index,
 )
-from saescope.jobs import sets_k
 from saescope.plan import (
     LM_PROPORTIONAL_GAIN,
     PlanError,
     RunPlan,
-    parse_width,
-    resolve_width,
 )
-from saescope.suite.preflight import PlannedSae, check, estimate
+from saescope.plan_jobs import PlannedJob, plan_jobs, read_sites
+from saescope.suite.preflight import check, estimate
 
 logger = logging.getLogger("saescope")
 CONFIG_COPY = "suite.yaml"
@@ -130,9 +126,9 @@ def _train_locked_suite(plan: RunPlan, out: Path, resume: bool, progress: bool, 
         _check_output_folder(out, plan, resume, checkpoint_dir, report)
     resume = resume and has_trainer_state(ranks.checkpoint_folder(checkpoint_dir))  # stopped before its first checkpoint: start again here
 
-    loaded, widths, model_id, forward_fraction = _load_and_resolve(plan)
-    planned = _expand(plan, widths)
-    report(f"suite: {len(planned)} SAEs at {len(widths)} hookpoint(s) of {model_id}, {training.tokens:,} tokens each")
+    loaded, widths, requested, model_id, forward_fraction = _load_and_resolve(plan)
+    planned = plan_jobs(sweep, widths, requested, plan.source)
+    report(f"suite: {_count(planned)} at {len(requested)} hookpoint(s) of {model_id}, {training.tokens:,} tokens each")
 
     checkpoint_every = training.resolved_checkpoint_every()
     eval_tokens = plan.evaluation.eval_tokens if loaded is not None else 0
@@ -152,21 +148,11 @@ def _train_locked_suite(plan: RunPlan, out: Path, resume: bool, progress: bool, 
         "format": FORMAT, "version": 1, "status": "training", "saescope_version": __version__,
         "model": model_id, "dataset": data.dataset, "given": given, "config": plan.to_dict(),
         "estimate": {"memory_bytes": guess.memory_bytes, "seconds": round(guess.seconds, 1)},
-        "saes": [_entry(p) for p in planned],
+        "saes": [p.index_entry() for p in planned],
     }
     if ranks.main:
         write_index(out, index)
 
-    specs = []
-    for arch in sweep.architectures:
-        for width in sweep.widths:
-            for target in sweep.target_l0s:
-                absolute, expansion = parse_width(width)
-                common = dict(width=absolute, expansion=expansion or 8, target_l0=float(target), options=sweep.options_for(arch))
-                if sweep.multilayer:
-                    specs.append(SaeSpec(arch, stacked=True, **common))
-                if not sweep.multilayer or sweep.multilayer_baselines:
-                    specs.append(SaeSpec(arch, hookpoints=list(sweep.multilayer_baselines) if sweep.multilayer else None, **common))
     train = TrainConfig(
         total_tokens=training.tokens, batch_size=training.batch_size, seed=training.seed, device=model.device,
         normalization_tokens=min(TrainConfig.normalization_tokens, training.tokens), progress=progress,
@@ -177,7 +163,7 @@ def _train_locked_suite(plan: RunPlan, out: Path, resume: bool, progress: bool, 
     )
     started = time.perf_counter()
     results = train_on_model(
-        loaded if loaded is not None else model_id, list(widths), specs, train, plan.lm_data(), out_dir=str(out), resume=resume,
+        loaded if loaded is not None else model_id, list(widths), planned, train, plan.lm_data(), out_dir=str(out), resume=resume,
         dtype=model.dtype, cache=data.cache, eval_tokens=eval_tokens,
         end_to_end=EndToEndConfig(tokens=training.end_to_end_tokens) if training.end_to_end_tokens else None,
     )
@@ -223,88 +209,42 @@ def _check_output_folder(out: Path, plan: RunPlan, resume: bool, checkpoint_dir:
         raise PlanError(f"--out {out}: already holds a suite; choose another folder, or pass --overwrite to replace it")
 
 
-def _load_and_resolve(plan: RunPlan) -> tuple[Any, dict[str, int], str, float]:
-    """The loaded model (None when a cache is used and nothing is evaluated), {hookpoint: d_in}, model id, depth fraction."""
+def _load_and_resolve(plan: RunPlan) -> tuple[Any, dict[str, int], list[str], str, float]:
+    """The loaded model (None when a cache is used and nothing is evaluated), {site: width} of every site the run
+    harvests (the hookpoints and what their transcoders read), the hookpoints asked for, the model id, the depth fraction."""
     from saescope.lm.capture import site_widths
     from saescope.lm.hookpoints import resolve_hookpoints
     from saescope.lm.models import load_model
 
-    model = plan.model
+    model, sweep = plan.model, plan.sweep
     if plan.data.cache is not None:
         from saescope.lm.cache_source import cache_source
 
-        _source, widths, manifest = cache_source(plan.data.cache, plan.sweep.hookpoints)
+        _source, requested_widths, manifest = cache_source(plan.data.cache, sweep.hookpoints)
+        requested = list(requested_widths)
+        extra = read_sites(sweep, requested)
+        widths = cache_source(plan.data.cache, requested + extra)[1] if extra else requested_widths
         model_id = manifest.get("model", "unknown")
         loaded = None
         if plan.evaluation.eval_tokens > 0:
             loaded = load_model(model.model or model_id, device=model.device, dtype=model.dtype)
             model_id = loaded.model_id
-        return loaded, widths, model_id, 0.0
+        return loaded, widths, requested, model_id, 0.0
     assert model.model is not None
     loaded = load_model(model.model, device=model.device, dtype=model.dtype)
-    points = resolve_hookpoints(loaded.model, plan.sweep.hookpoints)
+    requested = [p.name for p in resolve_hookpoints(loaded.model, sweep.hookpoints)]
+    points = resolve_hookpoints(loaded.model, requested + read_sites(sweep, requested))
     widths = site_widths(loaded.model, points)
     deepest = max(p.layer for p in points)
-    return loaded, widths, loaded.model_id, (deepest + 1) / max(loaded.n_layers, 1)
+    return loaded, widths, requested, loaded.model_id, (deepest + 1) / max(loaded.n_layers, 1)
 
 
-def _expand(plan: RunPlan, widths: dict[str, int]) -> list[PlannedSae]:
-    """The sweep at the resolved hookpoints, one ``PlannedSae`` each; refuses combinations that cannot train."""
-    from saescope.lm.hookpoints import canonical_name, select_hookpoints
-    from saescope.training.on_model import (
-        MULTILAYER_FOLDER,
-        RUN_HOOKPOINTS,
-        stacked_width,
-    )
-
-    sweep = plan.sweep
-    groups: list[tuple[str, int, tuple[str, ...]]] = []  # (folder, layer, hookpoints read)
-    baselines = list(widths)
-    if sweep.multilayer:
-        try:
-            stacked_width(widths)
-        except InvalidInput as error:
-            raise PlanError(f"{plan.source}: {error}") from None
-        groups.append((MULTILAYER_FOLDER, -1, tuple(widths)))
-        try:
-            baselines = select_hookpoints(sweep.multilayer_baselines, list(widths), RUN_HOOKPOINTS)
-        except InvalidInput as error:
-            raise PlanError(f"{plan.source}: multilayer_baselines: {error}") from None
-    groups += [(h, layer_and_site(canonical_name(h))[0], (h,)) for h in baselines]
-    planned, seen = [], set()
-    for hookpoint, layer, reads in groups:
-        d_in = widths[reads[0]]
-        for arch in sweep.architectures:
-            for width in sweep.widths:
-                n = resolve_width(width, d_in)
-                for target in sweep.target_l0s:
-                    if target > n:
-                        raise PlanError(f"widths: {width!r} gives {n} latents at {hookpoint}, fewer than target L0 {target:g}; "
-                                               "use a larger width or a smaller target")
-                    if sets_k(arch, sweep.options.get(arch, {}).get("objective")) and round(target) < 1:
-                        raise PlanError(f"target_l0s: {arch} needs k = round(target) >= 1, got {target:g}")
-                    entry = PlannedSae(hookpoint, layer, arch, d_in, n, float(target), reads)
-                    key = (hookpoint, sae_folder_name(arch, n, float(target)))
-                    if key in seen:
-                        raise PlanError(f"widths: two entries give {n} latents at {hookpoint}; list each width once")
-                    seen.add(key)
-                    planned.append(entry)
-    return planned
-
-
-def _entry(planned: PlannedSae) -> dict[str, Any]:
-    from saescope.lm.hookpoints import canonical_name
-
-    stacked = len(planned.hookpoints) > 1
-    sites = {layer_and_site(canonical_name(h))[1] for h in planned.hookpoints}
-    entry = {
-        "path": f"{planned.hookpoint}/{sae_folder_name(planned.architecture, planned.width, planned.target_l0)}",
-        "hookpoint": planned.hookpoint, "layer": planned.layer, "site": sites.pop() if len(sites) == 1 else planned.hookpoint,
-        "architecture": planned.architecture, "width": planned.width, "d_in": planned.d_in, "target_l0": planned.target_l0,
-    }
-    if stacked:
-        entry["hookpoints"] = list(planned.hookpoints)  # a multi-layer SAE: its "hookpoint" is the folder name
-    return entry
+def _count(planned: list[PlannedJob]) -> str:
+    """``12 SAEs`` or ``4 SAEs and 4 transcoders``."""
+    transcoders = sum(p.kind != "sae" for p in planned)
+    saes = len(planned) - transcoders
+    parts = [f"{saes} SAEs"] if saes else []
+    return " and ".join(parts + ([f"{transcoders} transcoders"] if transcoders else []))
 
 
 def _write_config_copy(out: Path, plan: RunPlan) -> None:

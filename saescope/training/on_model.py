@@ -20,12 +20,14 @@ from saescope.data.tokens import TextContexts
 from saescope.errors import InvalidInput
 from saescope.evaluation.on_model import evaluate_on_model, save_metrics
 from saescope.io.checkpoint import save_sae
-from saescope.jobs import SaeJob, create_job, sets_k
+from saescope.io.suite_index import layer_and_site
+from saescope.jobs import ReadSpec, SaeJob, sets_k
 from saescope.lm.cache_source import cache_source
 from saescope.lm.hookpoints import select_hookpoints
 from saescope.lm.models import LoadedModel, load_model
 from saescope.lm.stream import ModelActivationSource
 from saescope.plan import EvaluationPlan
+from saescope.plan_jobs import MULTILAYER_FOLDER, RUN_HOOKPOINTS, PlannedJob, stacked_width
 from saescope.saes import ARCHITECTURES, SparseAutoencoder
 from saescope.training.config import TrainConfig
 from saescope.training.end_to_end import EndToEndConfig, finetune_suite
@@ -65,41 +67,28 @@ class SaeSpec:
         sparsity = f"l0_{self.target_l0:g}" if self.target_l0 is not None else "fixed"
         return f"{self.architecture}-w{width}-{sparsity}"
 
-    def build(self, d_in: int, reads: str | list[str], model_id: str, name: str) -> SaeJob:
-        width = self.resolved_width(d_in)
-        options = dict(self.options)
-        if self.target_l0 is not None:
-            options.setdefault("target_l0", self.target_l0)  # TopK/BatchTopK take k = round(target_l0)
-        return create_job(self.architecture, d_in, width, name=name, reads=reads, model_id=model_id, **options)
+    def planned(self, widths: dict[str, int]) -> list[PlannedJob]:
+        """This spec at the run's hookpoints ({hookpoint: d_in}), as the jobs a plan compiles to (``saescope.plan_jobs``)."""
+        if self.stacked:
+            d_in = stacked_width(widths)
+            name = f"{MULTILAYER_FOLDER}/{self.folder_name(d_in)}"
+            return [self._planned(name, MULTILAYER_FOLDER, -1, ReadSpec(tuple(widths)), d_in)]
+        chosen = widths if self.hookpoints is None else {h: widths[h] for h in select_hookpoints(self.hookpoints, list(widths), RUN_HOOKPOINTS)}
+        return [self._planned(f"{h}/{self.folder_name(d_in)}", h, layer_and_site(h)[0], ReadSpec((h,)), d_in) for h, d_in in chosen.items()]
+
+    def _planned(self, name: str, hookpoint: str, layer: int, reads: ReadSpec, d_in: int) -> PlannedJob:
+        return PlannedJob(name, hookpoint, layer, "sae", self.architecture, d_in, self.resolved_width(d_in), self.target_l0, reads,
+                          options=dict(self.options))
 
     def jobs(self, widths: dict[str, int], model_id: str) -> dict[str, SaeJob]:
         """This spec's jobs at the run's hookpoints ({hookpoint: d_in}), keyed by their folder under OUT."""
-        if self.stacked:
-            d_in = stacked_width(widths)
-            key = f"{MULTILAYER_FOLDER}/{self.folder_name(d_in)}"
-            return {key: self.build(d_in, list(widths), model_id, key)}
-        chosen = widths if self.hookpoints is None else {h: widths[h] for h in select_hookpoints(self.hookpoints, list(widths), RUN_HOOKPOINTS)}
-        return {f"{h}/{self.folder_name(d_in)}": self.build(d_in, h, model_id, f"{h}/{self.folder_name(d_in)}") for h, d_in in chosen.items()}
-
-
-MULTILAYER_FOLDER = "multilayer"
-"""Folder (under a suite) of the SAEs that read every hookpoint of the run."""
-RUN_HOOKPOINTS = "this run's hookpoints"
-
-
-def stacked_width(widths: dict[str, int]) -> int:
-    """The d_in of a multi-layer SAE over ``widths`` ({hookpoint: d_in}); refuses fewer than two hookpoints or mixed widths."""
-    if len(widths) < 2:
-        raise InvalidInput(f"multilayer: needs at least two hookpoints, the run has {list(widths)}")
-    if len(set(widths.values())) > 1:
-        raise InvalidInput(f"multilayer: the hookpoints have different widths {widths}; a multi-layer SAE reads one width")
-    return next(iter(widths.values()))
+        return {planned.name: planned.build(model_id) for planned in self.planned(widths)}
 
 
 def train_on_model(
     model: str | LoadedModel | None,
     hookpoints: str | list[str],
-    specs: list[SaeSpec],
+    specs: list[SaeSpec] | list[PlannedJob],
     train: TrainConfig,
     data: LmDataConfig | None = None,
     out_dir: str | None = None,
@@ -109,7 +98,9 @@ def train_on_model(
     eval_tokens: int = EvaluationPlan.eval_tokens,
     end_to_end: EndToEndConfig | None = None,
 ) -> dict[str, tuple[SparseAutoencoder, dict[str, Any]]]:
-    """Train every spec at every hookpoint from one pass over the model; evaluate; save.
+    """Train every spec at every hookpoint (or every planned job) from one pass over the model; evaluate; save.
+
+    ``hookpoints`` are every site the run harvests: with planned transcoders, their inputs (``mlp_in``) too.
 
     With ``cache`` (a folder written by ``saescope cache``) the activations come from disk instead;
     the model named in its manifest (or ``model``) is loaded only for the held-out evaluation, on the
