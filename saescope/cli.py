@@ -342,9 +342,22 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from saescope.io.interop import export_saelens, load_sae
+    from saescope.io.interop import export_circuit_tracer, export_saelens, load_sae
+    from saescope.io.suite_index import is_suite
 
+    if args.to == "circuit-tracer" and is_suite(args.source):
+        from saescope.io.interop.transcoders import export_suite_circuit_tracer
+
+        name, folder = export_suite_circuit_tracer(args.source, args.out, args.set)
+        print(f"{args.source}: transcoder set {name} written to {folder} as a circuit-tracer transcoder set")
+        return 0
+    if args.set is not None:
+        raise InvalidInput(f"--set picks a transcoder set of a suite; {args.source} is not a suite folder")
     sae = load_sae(args.source, hookpoint=args.hookpoint)
+    if args.to == "circuit-tracer":
+        export_circuit_tracer([sae], args.out)
+        print(f"{args.source} ({sae.architecture} transcoder, {sae.d_sae} latents) written to {args.out} in circuit-tracer format")
+        return 0
     if args.to == "saelens":
         export_saelens(sae, args.out)
     else:
@@ -562,11 +575,16 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--device", help="cuda or cpu for the prompt panel")
     view.set_defaults(func=_cmd_view)
 
-    convert = commands.add_parser("convert", help="read a saescope, SAELens or Gemma Scope SAE (path or hub id) and write it as saescope or SAELens")
-    convert.add_argument("source", help="SAE folder, params.npz, or hub id such as google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71")
+    convert = commands.add_parser("convert", help="read a saescope, SAELens, Gemma Scope or circuit-tracer SAE or transcoder (path or hub id) "
+                                  "and write it as saescope, SAELens or circuit-tracer")
+    convert.add_argument("source", help="SAE folder, params.npz, a suite (with --to circuit-tracer), or hub id such as "
+                                        "google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71")
     convert.add_argument("out", help="output folder")
-    convert.add_argument("--to", choices=["saelens", "saescope"], default="saescope")
-    convert.add_argument("--hookpoint", help="record this hookpoint (e.g. layers.20.resid_post) when the source does not say")
+    convert.add_argument("--to", choices=["saelens", "saescope", "circuit-tracer"], default="saescope",
+                         help="circuit-tracer: a transcoder set (config.yaml + layer_L.safetensors) from a suite's transcoders at every layer")
+    convert.add_argument("--set", help="with a suite and --to circuit-tracer: which transcoder set, e.g. transcoder-jumprelu-w4608-l0_32")
+    convert.add_argument("--hookpoint", help="record this hookpoint (e.g. layers.20.resid_post) when the source does not say; "
+                                             "for a circuit-tracer set or a Gemma Scope 2 transcoder, the layer's layers.L.mlp_out")
     convert.set_defaults(func=_cmd_convert)
 
     steer = commands.add_parser("steer", help="generate with and without SAE features added, clamped or ablated, side by side")

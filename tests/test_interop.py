@@ -159,7 +159,7 @@ def test_bad_files_give_clear_messages(tmp_path):
     lens.mkdir()
     (lens / "cfg.json").write_text(json.dumps({"architecture": "transcoder", "d_in": 4, "d_sae": 8}))
     save_file({"W_enc": np.zeros((4, 8), np.float32)}, str(lens / "sae_weights.safetensors"))
-    with pytest.raises(ValueError, match="SAELens architecture 'transcoder' cannot be loaded: a transcoder reads one site and writes another; saescope does not support transcoders yet"):
+    with pytest.raises(ValueError, match="a SAELens transcoder config needs hook_name_out"):
         saescope.load(lens)
     (lens / "cfg.json").write_text(json.dumps({"architecture": "abstopk", "d_in": 4, "d_sae": 8, "k": 2}))
     with pytest.raises(ValueError, match="AbsTopK keeps the k largest .* non-negative"):

@@ -72,3 +72,27 @@ def test_saelens_matryoshka_batchtopk_loads_with_its_levels(tmp_path):
         lens = sae_lens.SAE.load_from_disk(str(tmp_path / "save_inference_model"))
         with torch.no_grad():
             torch.testing.assert_close(ours.encode(x), lens.encode(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "relu"])
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_saescope_transcoder_loads_in_saelens_with_identical_outputs(tmp_path, arch, skip):
+    sae = create_job(arch, 12, 40, reads=saescope.jobs.ReadSpec(("layers.2.mlp_in",), target="layers.2.mlp_out"), target_l0=4,
+                     skip=skip, model_id="gpt2").sae
+    with torch.no_grad():
+        for _name, tensor in sae.named_parameters():
+            tensor.add_(torch.randn_like(tensor) * 0.3)
+        if hasattr(sae, "threshold"):
+            sae.threshold.copy_(torch.rand_like(sae.threshold) * 0.5)
+    lens = sae_lens.SAE.load_from_disk(str(export_saelens(sae, tmp_path / "tc")))
+    expected = {("jumprelu", False): "jumprelu_transcoder", ("jumprelu", True): "jumprelu_skip_transcoder",
+                ("relu", False): "transcoder", ("relu", True): "skip_transcoder"}[(arch, skip)]
+    assert lens.cfg.architecture() == expected and lens.cfg.metadata.hook_name == "blocks.2.ln2.hook_normalized"
+    assert lens.cfg.metadata.hook_name_out == "blocks.2.hook_mlp_out"
+    x = torch.randn(64, 12) * 2
+    with torch.no_grad():
+        out = lens(x)
+        out = out[0] if isinstance(out, tuple) else out
+        torch.testing.assert_close(out, sae(x), atol=1e-5, rtol=1e-5)
+        back = saescope.load(tmp_path / "tc")
+        torch.testing.assert_close(back(x), sae(x), atol=1e-6, rtol=1e-6)

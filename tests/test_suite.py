@@ -134,7 +134,7 @@ def test_evaluate_reuses_training_metrics_and_writes_outputs(trained_suite, monk
     saved = json.loads((out / "eval.json").read_text())
     assert [r["path"] for r in saved["saes"]] == [r["path"] for r in rows]
     csv_lines = (out / "eval.csv").read_text().strip().splitlines()
-    assert len(csv_lines) == 17 and csv_lines[0].startswith("path,hookpoint,layer,site,architecture,width,target_l0,l0,fvu,delta_lm_loss")
+    assert len(csv_lines) == 17 and csv_lines[0].startswith("path,hookpoint,layer,site,architecture,width,target_l0,kind,l0,fvu,delta_lm_loss")
     for name in ("delta_lm_vs_l0.png", "fvu_vs_l0.png", "depth.png", "density.png"):
         data = (out / "plots" / name).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 10_000

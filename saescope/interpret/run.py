@@ -64,8 +64,11 @@ def interpret_suite(
     device_ = loaded.device
     entries = index["saes"]
     saes = {e["path"]: load(str(folder / e["path"])).to(device_).eval() for e in entries}
-    reads = {e["path"]: read_multipliers(saes[e["path"]], e["hookpoint"]) for e in entries}
-    points = {p.name: p for p in resolve_hookpoints(loaded.model, sorted({h for pairs in reads.values() for h, _m in pairs}))}
+    # a transcoder's entry names the site it writes (mlp_out); it reads its own input site (mlp_in)
+    reads = {e["path"]: read_multipliers(saes[e["path"]], saes[e["path"]].cfg.hookpoint if saes[e["path"]].cfg.target else e["hookpoint"])
+             for e in entries}
+    targets = {e["path"]: saes[e["path"]].cfg.target for e in entries if saes[e["path"]].cfg.target}  # transcoders: the site they write
+    points = {p.name: p for p in resolve_hookpoints(loaded.model, sorted({h for pairs in reads.values() for h, _m in pairs} | set(targets.values())))}
     collectors = {p: FeatureCollector(sae.d_sae, top_k, n_samples, window, device=device_, seed=seed, n_layers=len(reads[p]))
                   for p, sae in saes.items()}
     # hookpoint -> [(sae path, layer index, input multiplier)]: a multi-layer SAE reads each of its layers in its common units
@@ -117,7 +120,8 @@ def interpret_suite(
         sae = saes[sae_path]
         stats = collectors[sae_path].finish()
         hookpoints = [h for h, _m in reads[sae_path]]
-        site_point = points[hookpoints[len(hookpoints) // 2]]  # a multi-layer SAE: its middle layer's projection
+        # where the decoder writes: a transcoder's target; a multi-layer SAE's middle layer
+        site_point = points[targets[sae_path]] if sae_path in targets else points[hookpoints[len(hookpoints) // 2]]
         logits = logit_effects(loaded.model, residual_directions(loaded.model, site_point, sae.W_dec.detach()))
         similar = similar_features(sae.W_dec.detach())
         adjacent = {}

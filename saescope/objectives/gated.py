@@ -35,8 +35,9 @@ class GatedObjective(Objective):
         return 2.5 / target_l0  # measured: λ ≈ 0.6 gives L0 ≈ 4 on unit-mean-square inputs
 
     def init_from_data(self, sae: SparseAutoencoder, sample: Tensor) -> None:
-        with torch.no_grad():
-            sae.b_dec.copy_(sample.mean(dim=0))
+        if sae.cfg.target is None:  # a transcoder's output bias starts at its target's mean (the trainer sets it)
+            with torch.no_grad():
+                sae.b_dec.copy_(sample.mean(dim=0))
 
     def loss(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> LossOutput:
         assert isinstance(sae, GatedSae)

@@ -157,8 +157,9 @@ class TopKObjective(Objective):
         return int(round(k + (start - k) * remaining))
 
     def init_from_data(self, sae: SparseAutoencoder, sample: Tensor) -> None:
-        with torch.no_grad():
-            sae.b_dec.copy_(sample.mean(dim=0))
+        if sae.cfg.target is None:  # a transcoder's output bias starts at its target's mean (the trainer sets it)
+            with torch.no_grad():
+                sae.b_dec.copy_(sample.mean(dim=0))
 
     @property
     def uses_firing_rate(self) -> bool:  # type: ignore[override]

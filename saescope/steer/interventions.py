@@ -47,7 +47,8 @@ class Intervention:
     """"raw" (activation units) or "max" (multiples of the feature's maximum observed activation)."""
     max_activation: float | None = None
     hookpoint: str | None = None
-    """Where to apply; default the SAE's own hookpoint."""
+    """Where to apply; default the SAE's own hookpoint, or the site a transcoder writes (its feature's output contribution
+    is added there; clamping and ablating read the feature's activation from the transcoder's input in the same forward)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -63,7 +64,9 @@ class Intervention:
             if self.hookpoint is None:
                 raise InvalidInput(f"a multi-layer SAE reads {len(stacked)} hookpoints; pass hookpoint= (one of {stacked[0]} … {stacked[-1]})")
             self.sae = at_hookpoint(self.sae, self.hookpoint)  # that layer's scale folded in: values are in its raw units
-        self.hookpoint = self.hookpoint or self.sae.cfg.hookpoint
+        if self.sae.cfg.target is not None and self.hookpoint not in (None, self.sae.cfg.target):
+            raise InvalidInput(f"a transcoder writes {self.sae.cfg.target}; steer its features there (hookpoint={self.hookpoint!r} was given)")
+        self.hookpoint = self.hookpoint or self.sae.cfg.target or self.sae.cfg.hookpoint
         if not self.hookpoint:
             raise InvalidInput("the SAE does not record its hookpoint; pass hookpoint= (e.g. 'layers.10.resid_post')")
         if self.unit == "max" and self.max_activation is None:
@@ -73,15 +76,24 @@ class Intervention:
     def raw_value(self) -> float:
         return self.value * self.max_activation if self.unit == "max" else self.value
 
-    def apply(self, hidden: Tensor) -> Tensor:
-        if hidden.shape[-1] != self.sae.d_in:
-            raise InvalidInput(f"the activations at {self.hookpoint} have width {hidden.shape[-1]}, but the SAE expects d_in={self.sae.d_in}; "
+    @property
+    def reads(self) -> str | None:
+        """The site a transcoder's feature activation is read from (its input), None for an SAE."""
+        return self.sae.cfg.hookpoint if self.sae.cfg.target is not None else None
+
+    def apply(self, hidden: Tensor, source: Tensor | None = None) -> Tensor:
+        """``hidden`` at the steered site with the feature changed; ``source``: a transcoder's input at the same positions."""
+        if hidden.shape[-1] != self.sae.d_out:
+            raise InvalidInput(f"the activations at {self.hookpoint} have width {hidden.shape[-1]}, but the SAE writes width {self.sae.d_out}; "
                              "steer at the hookpoint the SAE was trained on")
         direction = self.sae.W_dec[self.feature].to(hidden.dtype)
         if self.kind == "add":
             return hidden + self.raw_value * direction
         target = 0.0 if self.kind == "ablate" else self.raw_value
-        flat = hidden.reshape(-1, hidden.shape[-1]).float()
+        encoded = hidden if self.reads is None else source
+        if encoded is None:
+            raise InvalidInput(f"clamping or ablating a transcoder's feature needs its input ({self.reads}) from the same forward")
+        flat = encoded.reshape(-1, encoded.shape[-1]).float()
         current = self.sae.encode_code(flat).feature(self.feature).reshape(*hidden.shape[:-1], 1).to(hidden.dtype)
         return hidden + (target - current) * direction
 
@@ -97,15 +109,18 @@ class Steering:
             raise InvalidInput("give at least one intervention")
         self.model = model
         self.interventions = list(interventions)
-        names = sorted({i.hookpoint for i in self.interventions})
+        names = sorted({i.hookpoint for i in self.interventions} | {i.reads for i in self.interventions if i.reads})
         points = {p.name: p for p in resolve_hookpoints(model, names)}
+        self._reads = {name: points[name] for name in sorted({i.reads for i in self.interventions if i.reads})}
+        """Transcoders' input sites: captured in each forward before their target site is steered."""
+        self._seen: dict[str, Tensor] = {}
         self._points = {}
         expected = {}
         for intervention in self.interventions:
             point = points.get(intervention.hookpoint) or resolve_hookpoints(model, intervention.hookpoint)[0]
             self._points.setdefault(point.name, (point, []))[1].append(intervention)
             intervention.sae.to(next(model.parameters()).device).eval()
-            expected[f"feature {intervention.feature} at {intervention.hookpoint}"] = (point.name, intervention.sae.d_in)
+            expected[f"feature {intervention.feature} at {intervention.hookpoint}"] = (point.name, intervention.sae.d_out)
         from saescope.lm.capture import check_widths
 
         check_widths(model, [point for point, _group in self._points.values()], expected)
@@ -125,17 +140,27 @@ class Steering:
                         continue
                     if intervention.positions == "generated" and first_call:
                         continue
-                    steered = intervention.apply(steered)
+                    source = self._seen.get(intervention.reads) if intervention.reads else None
+                    if source is not None and keep is not None:
+                        source = source[:, 1:]
+                    steered = intervention.apply(steered, source)
             return torch.cat([keep, steered], dim=1) if keep is not None else steered
 
         return fn
+
+    def _reader(self, name: str):
+        def keep(hidden: Tensor) -> None:
+            self._seen[name] = hidden
+
+        return keep
 
     @contextmanager
     def active(self) -> Iterator[Steering]:
         from saescope.lm.capture import hooked
 
         self.calls_seen: dict[str, int] = {}
-        hooks = [(point, self._hook(group, name)) for name, (point, group) in self._points.items()]
+        hooks = [(point, self._reader(name)) for name, point in self._reads.items()]
+        hooks += [(point, self._hook(group, name)) for name, (point, group) in self._points.items()]
         with hooked(self.model, hooks):
             yield self
 

@@ -113,6 +113,7 @@ class SuiteData:
             saes.append({
                 "n": n, "path": entry["path"], "hookpoint": entry["hookpoint"], "layer": entry["layer"], "site": entry["site"],
                 "architecture": entry["architecture"], "width": entry["width"], "target_l0": entry["target_l0"],
+                "kind": entry.get("kind", "sae"), "reads": entry.get("reads"),
                 "hookpoints": entry.get("hookpoints"),
                 "metrics": {k: v for k, v in (entry.get("metrics") or {}).items() if isinstance(v, (int, float))},
                 "interpreted": (self._interpret_dir(n) / "summary.json").is_file(),

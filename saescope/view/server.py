@@ -137,7 +137,7 @@ class PromptInspector:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"][: MAX_PROMPT_TOKENS - 1]
             bos = tokenizer.bos_token_id
             input_ids = torch.tensor([([bos] if bos is not None else []) + ids], device=loaded.device)
-            reads = read_multipliers(sae, self.data.entries[n]["hookpoint"])
+            reads = read_multipliers(sae, sae.cfg.hookpoint if sae.cfg.target else self.data.entries[n]["hookpoint"])  # a transcoder reads mlp_in
             hookpoints = [h for h, _m in reads]
             points = resolve_hookpoints(loaded.model, hookpoints)
             with torch.no_grad():

@@ -14,8 +14,9 @@ saves as ``jumprelu`` with the global threshold broadcast); ``apply_b_dec_to_inp
 folds that in exactly: W_enc and b_enc times the norms, W_dec rows divided by them. Hook names are
 TransformerLens's (``blocks.8.hook_resid_pre``) and map onto saescope's sites both ways; an export
 writes ``metadata.sae_lens_version`` so SAELens reads it as a v6 config and keeps the hook and model.
-AbsTopK (signed activations) and transcoders (one site in, another out) have no saescope equivalent
-yet and are refused by name.
+AbsTopK (signed activations) has no saescope equivalent and is refused by name. Transcoders (one
+site in, another out) read and write through ``saescope.io.interop.transcoders``, as do circuit-tracer
+transcoder sets and Gemma Scope 2 files, which ``detect_format`` recognises too.
 
 Both map onto saescope's own classes with identical tensors, so ``encode``/``decode`` give the
 published formulas exactly (tested against an independent numpy implementation).
@@ -44,19 +45,21 @@ SAELENS_FORMAT_VERSION = "6.0.0"
 """The SAELens config format an export follows (v6: architecture fields at the top, the rest under metadata)."""
 _UNSUPPORTED_SAELENS = {
     "abstopk": "AbsTopK keeps the k largest |pre-activations| with their sign; saescope's architectures are non-negative",
-    "transcoder": "a transcoder reads one site and writes another; saescope does not support transcoders yet",
-    "skip_transcoder": "a skip transcoder reads one site and writes another; saescope does not support transcoders yet",
-    "jumprelu_transcoder": "a transcoder reads one site and writes another; saescope does not support transcoders yet",
-    "jumprelu_skip_transcoder": "a transcoder reads one site and writes another; saescope does not support transcoders yet",
 }
 _GEMMA_PATH = re.compile(r"layer_(\d+)/width_(\w+)/average_l0_(\d+)")
 
 
 def detect_format(path: str | Path) -> str:
-    """"saescope", "saelens" or "gemma_scope" for a local file or folder; ValueError otherwise."""
+    """"saescope", "saelens", "gemma_scope", "gemma_scope_2" or "circuit_tracer" for a local file or folder; ValueError otherwise."""
+    from saescope.io.interop.transcoders import is_circuit_tracer, is_gemma_scope_2
+
     target = Path(path)
     if target.is_file() and target.suffix == ".npz" or (target.is_dir() and (target / "params.npz").is_file()):
         return "gemma_scope"
+    if is_circuit_tracer(target):
+        return "circuit_tracer"
+    if is_gemma_scope_2(target) or (target.is_dir() and is_gemma_scope_2(target / "params.safetensors")):
+        return "gemma_scope_2"
     if target.is_dir() and (target / "cfg.json").is_file():
         cfg = read_json(target / "cfg.json")
         if not isinstance(cfg, dict):
@@ -68,7 +71,8 @@ def detect_format(path: str | Path) -> str:
         raise InvalidInput(f"{target / 'cfg.json'}: neither a saescope nor a SAELens config (no architecture)")
     if not target.exists():
         raise MissingFile(f"{path}: no such file or folder")
-    raise InvalidInput(f"{path}: not an SAE (expected a folder with cfg.json + sae_weights.safetensors, or a Gemma Scope params.npz)")
+    raise InvalidInput(f"{path}: not an SAE (expected a folder with cfg.json + sae_weights.safetensors, a Gemma Scope params.npz or "
+                       "params.safetensors, or a circuit-tracer transcoder set with config.yaml + layer_L.safetensors)")
 
 
 # -- Gemma Scope -----------------------------------------------------------------------------------------
@@ -117,13 +121,15 @@ def load_saelens(path: str | Path) -> SparseAutoencoder:
     cfg_file, weights_file = folder / "cfg.json", folder / "sae_weights.safetensors"
     if not weights_file.is_file():
         raise MissingFile(f"{weights_file}: missing; a SAELens folder holds cfg.json and sae_weights.safetensors")
+    from saescope.io.interop.transcoders import SAELENS_TRANSCODERS, load_saelens_transcoder
+
     cfg = _saelens_cfg(cfg_file)
     arch = cfg["architecture"]
-    if arch in _UNSUPPORTED_SAELENS or "transcoder" in str(arch):
-        reason = _UNSUPPORTED_SAELENS.get(arch, "saescope does not support transcoders yet")
-        raise InvalidInput(f"{cfg_file}: SAELens architecture {arch!r} cannot be loaded: {reason}; supported: {sorted(SAELENS_TO_SAESCOPE)}")
-    if arch not in SAELENS_TO_SAESCOPE:
-        raise InvalidInput(f"{cfg_file}: SAELens architecture {arch!r} is not supported; supported: {sorted(SAELENS_TO_SAESCOPE)}")
+    supported = sorted([*SAELENS_TO_SAESCOPE, *SAELENS_TRANSCODERS.values()])
+    if arch in _UNSUPPORTED_SAELENS:
+        raise InvalidInput(f"{cfg_file}: SAELens architecture {arch!r} cannot be loaded: {_UNSUPPORTED_SAELENS[arch]}; supported: {supported}")
+    if arch not in SAELENS_TO_SAESCOPE and arch not in SAELENS_TRANSCODERS.values():
+        raise InvalidInput(f"{cfg_file}: SAELens architecture {arch!r} is not supported; supported: {supported}")
     norm = cfg.get("normalize_activations", "none")
     if norm not in (None, "none", False):
         raise InvalidInput(f"{cfg_file}: normalize_activations={norm!r} needs a dataset-dependent scale that is not in the folder; "
@@ -132,6 +138,11 @@ def load_saelens(path: str | Path) -> SparseAutoencoder:
         tensors = load_file(str(weights_file))
     except (SafetensorError, OSError, ValueError) as error:
         raise InvalidInput(f"{weights_file}: cannot read weights ({error})") from None
+    if arch in SAELENS_TRANSCODERS.values():
+        sae = load_saelens_transcoder(cfg, tensors, weights_file)
+        sae.normalization = {"method": "none", "folded": True, "note": f"loaded from SAELens ({arch})"}
+        sae.training_summary = {"source": "saelens", "path": str(path), "architecture": arch}
+        return sae
     d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
     metadata = cfg.get("metadata") or {}
     hook_name = metadata.get("saescope_hookpoint") or metadata.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
@@ -204,7 +215,9 @@ def export_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
 
     from saescope._version import __version__
 
-    if sae.saelens_architecture is None:
+    from saescope.io.interop.transcoders import saelens_transcoder_fields
+
+    if sae.saelens_architecture is None and not sae.cfg.is_transcoder:
         exportable = sorted(name for name, cls in ARCHITECTURES.items() if cls.saelens_architecture)
         raise InvalidInput(f"{sae.architecture} SAEs have no SAELens equivalent; exportable: {exportable}")
     if stacked_hookpoints(sae):
@@ -237,9 +250,16 @@ def export_saelens(sae: SparseAutoencoder, path: str | Path) -> Path:
             "exported_by": f"saescope {__version__}",
         },
     }
-    if sae.saelens_architecture == "topk":
+    if sae.saelens_architecture == "topk" and not sae.cfg.is_transcoder:
         cfg["k"] = int(sae.cfg.k)
         cfg["rescale_acts_by_decoder_norm"] = False
+    if sae.cfg.is_transcoder:
+        fields, tensors = saelens_transcoder_fields(sae)
+        cfg["metadata"]["hook_name_out"] = fields.pop("hook_name_out")
+        cfg["metadata"]["saescope_target"] = sae.cfg.target
+        cfg.update(fields)
+        if "threshold" in tensors and not fields["architecture"].startswith("jumprelu"):
+            tensors.pop("threshold")
     atomic_write(folder / "sae_weights.safetensors", lambda path: save_file(tensors, str(path)))
     atomic_write_json(folder / "cfg.json", cfg, indent=2)
     return folder

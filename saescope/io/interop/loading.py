@@ -17,10 +17,11 @@ from saescope.saes.stacked import at_hookpoint, stacked_hookpoints
 
 
 def load_sae(path: str | Path, device: str = "cpu", hookpoint: str | None = None) -> SparseAutoencoder:
-    """Load a saescope, SAELens or Gemma Scope SAE from a local path or a hub id.
+    """Load a saescope, SAELens, Gemma Scope (1 or 2) SAE or transcoder, or a circuit-tracer transcoder, from a local path or a hub id.
 
     ``hookpoint`` records where the SAE reads; for a multi-layer SAE it picks one of its layers, and the
-    SAE returned takes that layer's raw activations.
+    SAE returned takes that layer's raw activations; for a circuit-tracer set or a Gemma Scope 2
+    transcoder it names the layer (``layers.L.mlp_out``).
     """
     local = Path(path).expanduser()
     if local.exists():
@@ -37,6 +38,15 @@ def load_sae(path: str | Path, device: str = "cpu", hookpoint: str | None = None
         sae = load(str(local), device=device)
     elif kind == "saelens":
         sae = load_saelens(local)
+    elif kind == "circuit_tracer":
+        from saescope.io.interop.transcoders import load_circuit_tracer
+
+        return load_circuit_tracer(local, hookpoint=hookpoint).to(device).eval()  # a set's layer is named by hookpoint
+    elif kind == "gemma_scope_2":
+        from saescope.io.interop.transcoders import load_gemma_scope_2
+
+        file = local / "params.safetensors" if local.is_dir() else local
+        return load_gemma_scope_2(file, hookpoint=hookpoint).to(device).eval()
     else:
         sae = load_gemma_scope(local, hookpoint=hookpoint)
         if hookpoint is None and sae.cfg.hookpoint is None:

@@ -134,6 +134,11 @@ function lineageLinks(title, links, byPath) {
       text: `${l.sae.split("/")[0]} #${l.feature} (cos ${fmt(l.cosine, 2)}${l.jaccard === null ? "" : ", J " + fmt(l.jaccard, 2)})` })));
 }
 
+// A transcoder's architecture with its kind ("topk transcoder"); an SAE's architecture alone.
+function kindLabel(sae) {
+  return sae.kind && sae.kind !== "sae" ? `${sae.architecture} ${sae.kind.replace("_", " ")}` : sae.architecture;
+}
+
 // -- pages -------------------------------------------------------------------------------------------
 async function overview() {
   const suite = await load("suite");
@@ -142,7 +147,7 @@ async function overview() {
   for (const sae of suite.saes) {
     const m = sae.metrics || {};
     const name = sae.interpreted ? el("a", { href: "#/sae/" + sae.n, text: sae.path }) : el("span", { text: sae.path + " (not interpreted)" });
-    table.append(el("tr", {}, el("td", { class: "left" }, name), el("td", { class: "left", text: sae.architecture }), el("td", { text: String(sae.width) }),
+    table.append(el("tr", {}, el("td", { class: "left" }, name), el("td", { class: "left", text: kindLabel(sae) }), el("td", { text: String(sae.width) }),
       el("td", { text: String(sae.target_l0) }), el("td", { text: fmt(m.l0, 1) }), el("td", { text: fmt(m.fvu) }), el("td", { text: fmt(m.delta_lm_loss, 4) }),
       el("td", { text: pct(m.loss_recovered) }), el("td", { text: pct(m.dead_fraction) }), el("td", { text: pct(m.unfired_fraction) })));
   }
@@ -299,11 +304,16 @@ async function featurePage(n, f) {
     ? el("div", { id: "lineage" }, el("h2", { text: "Lineage (adjacent layers)" }),
       lineageLinks("parents", lineage.parents[String(f)], byPath), lineageLinks("children", lineage.children[String(f)], byPath))
     : null;
+  const transcoder = sae.kind && sae.kind !== "sae"
+    ? el("p", { id: "transcoder-note", class: "muted", text: `A ${kindLabel(sae)} feature: it fires on what the MLP reads (${sae.reads}) and writes ` +
+      `${sae.hookpoint} in the MLP's place. Top activations are its input side; logit effects are its output side (its decoder row ` +
+      "through the rest of the model's unembedding)." })
+    : null;
   setPage([[suite.name, "#/"], [sae.path, `#/sae/${n}`], ["#" + f, null]],
     el("h1", { text: `Feature #${f}` }),
     el("p", { class: "stats" }, el("span", { text: "density " + pct(record.density) }), el("span", { text: "max activation " + fmt(record.max) }),
       el("span", { text: "mean when active " + fmt(record.mean) }), el("span", { class: "muted", text: sae.path })),
-    level, layers,
+    transcoder, level, layers,
     el("h2", { text: "Top activations" }),
     el("div", { id: "top-examples" }, ...(record.top.length ? record.top.map((e) => example(e, vocab, scale, summary.hookpoints)) : [el("p", { class: "muted", text: "This feature never fired on the interpreted tokens." })])),
     el("div", { class: "columns" },
@@ -463,6 +473,11 @@ async function vectorFeaturePage(suite, n, f) {
   const correlations = Object.entries(record.correlation || {});
   const loadings = el("table", { id: "loadings" }, el("tr", {}, el("th", { class: "left", text: "input dimension" }), el("th", { text: "decoder weight" })),
     ...record.loadings.map(([name, w]) => el("tr", {}, el("td", { class: "left", text: String(name) }), el("td", { text: fmt(w) }))));
+  const transcoder = sae.kind && sae.kind !== "sae"
+    ? el("p", { id: "transcoder-note", class: "muted", text: `A ${kindLabel(sae)} feature: it fires on what the MLP reads (${sae.reads}) and writes ` +
+      `${sae.hookpoint} in the MLP's place. Top activations are its input side; logit effects are its output side (its decoder row ` +
+      "through the rest of the model's unembedding)." })
+    : null;
   setPage([[suite.name, "#/"], [sae.path, `#/sae/${n}`], ["#" + f, null]],
     el("h1", { text: `Feature #${f}` }),
     el("p", { class: "stats" }, el("span", { text: "density " + pct(record.density) }), el("span", { text: "max activation " + fmt(record.max) }),
