@@ -154,6 +154,10 @@ def _print_trained(plan: Any, args: argparse.Namespace, result: dict[str, Any]) 
         return
     for entry in result["saes"]:
         print(f"{Path(args.out) / entry['path']}: {_format_metrics(entry.get('metrics', {}))}")
+    if result.get("replacement"):
+        from saescope.suite.replacement import format_replacements
+
+        print("\n" + format_replacements(result["replacement"]))
     transcoders = sum(entry.get("kind", "sae") != "sae" for entry in result["saes"])
     counted = f"{len(result['saes']) - transcoders} SAEs" + (f" and {transcoders} transcoders" if transcoders else "")
     print(f"\n{counted} in {args.out} (index: {Path(args.out) / 'suite.json'}); "
@@ -218,6 +222,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 0
     print(format_table(rows))
     folder = Path(args.path)
+    report = json.loads((folder / "eval.json").read_text())
+    if report.get("replacement"):
+        from saescope.suite.replacement import format_replacements
+
+        print("\n" + format_replacements(report["replacement"]))
     outputs = [folder / "eval.json", folder / "eval.csv"] + ([] if args.no_plots else sorted((folder / "plots").glob("*.png")))
     print("\nwritten: " + ", ".join(str(p) for p in outputs))
     return 0

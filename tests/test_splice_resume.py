@@ -71,8 +71,8 @@ def test_scores_equal_the_log_softmax_definitions() -> None:
     ids = torch.randint(0, 50, (3, 7))
     mask = torch.rand(3, 6) > 0.3
     clean_logits, other_logits = 3 * torch.randn(3, 7, 50), 3 * torch.randn(3, 7, 50)
-    clean = splice_module._Scores(clean_logits, ids, mask).as_reference()
-    other = splice_module._Scores(other_logits, ids, mask)
+    clean = splice_module.Scores(clean_logits, ids, mask).as_reference()
+    other = splice_module.Scores(other_logits, ids, mask)
     log_p = clean_logits[:, :-1].log_softmax(-1)[mask]
     log_q = other_logits[:, :-1].log_softmax(-1)[mask]
     targets = ids[:, 1:][mask].unsqueeze(1)

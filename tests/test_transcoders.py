@@ -69,7 +69,7 @@ def test_every_architecture_trains_as_a_transcoder_and_its_saved_form_predicts_t
 
 @pytest.mark.parametrize("arch", ["topk", "jumprelu", "relu", "gated", "batchtopk"])
 def test_folding_two_scales_gives_the_scaled_computation_exactly(arch):
-    """fold_scales(c_in, c_out): sae(x) equals (the unfolded transcoder applied to c_in·x) / c_out, in float64."""
+    """fold_input_offset(o) then fold_scales(c_in, c_out): sae(x) equals (the unfolded transcoder on c_in·x - o) / c_out, in float64."""
     torch.manual_seed(3)
     sae = create_sae(arch, 10, 30, target="t", d_out=7, skip=True, **({"k": 4} if arch in ("topk", "batchtopk") else {})).double()
     with torch.no_grad():
@@ -79,8 +79,10 @@ def test_folding_two_scales_gives_the_scaled_computation_exactly(arch):
             sae.threshold.copy_(torch.rand_like(sae.threshold) * 0.3)
     x = torch.randn(50, 10, dtype=torch.float64)
     c_in, c_out = 0.37, 2.9
+    offset = torch.randn(10, dtype=torch.float64)
     with torch.no_grad():
-        expected = sae(x * c_in) / c_out
+        expected = sae(x * c_in - offset) / c_out  # what training computed: centred, scaled input; scaled target
+        sae.fold_input_offset(offset)
         sae.fold_scales(c_in, c_out)
         torch.testing.assert_close(sae(x), expected, atol=1e-12, rtol=1e-10)
 
@@ -310,3 +312,77 @@ def test_steering_a_transcoder_feature_changes_its_output_contribution(suite):
         torch.testing.assert_close(change, expected.expand_as(change), atol=1e-5, rtol=1e-4)
     with pytest.raises(InvalidInput, match="a transcoder writes layers.1.mlp_out; steer its features there"):
         Intervention(sae, feature, 1.0, hookpoint="layers.1.mlp_in")
+
+
+def test_the_replacement_model_of_one_layer_is_that_layers_splice_and_of_all_layers_compounds():
+    from saescope.evaluation.replacement import replacement_evaluate
+
+    loaded = tiny_loaded("llama")
+    model = loaded.model
+    points = {p.name: p for p in resolve_hookpoints(model, [f"layers.{l}.{s}" for l in range(3) for s in ("mlp_in", "mlp_out")])}
+    torch.manual_seed(1)
+    transcoders = {}
+    for layer in range(3):
+        sae = create_sae("jumprelu", 32, 48, hookpoint=f"layers.{layer}.mlp_in", target=f"layers.{layer}.mlp_out")
+        with torch.no_grad():
+            for parameter in sae.parameters():
+                parameter.add_(torch.randn_like(parameter) * 0.05)
+        transcoders[layer] = sae
+    contexts = torch.randint(4, 300, (6, 12))
+    one = replacement_evaluate(model, {1: transcoders[1]}, contexts, [], progress=False)
+    splice = splice_evaluate(model, {"t": (points["layers.1.mlp_out"], transcoders[1], points["layers.1.mlp_in"])}, contexts, [], progress=False)["t"]
+    assert one.replaced_loss == pytest.approx(splice.spliced_loss, rel=1e-5)
+    assert one.ablated_loss == pytest.approx(splice.zero_ablation_loss, rel=1e-5)
+    assert one.kl == pytest.approx(splice.kl, rel=1e-4, abs=1e-7) and one.clean_loss == pytest.approx(splice.clean_loss, rel=1e-6)
+    every = replacement_evaluate(model, transcoders, contexts, [], progress=False)
+    assert every.layers == [0, 1, 2] and every.kl > one.kl  # three replaced MLPs move the distribution further than one
+    with pytest.raises(InvalidInput, match="layer 2's transcoder reads layers.1.mlp_in"):
+        replacement_evaluate(model, {2: transcoders[1]}, contexts, [], progress=False)
+
+
+def test_the_suite_records_each_transcoder_sets_replacement_model(suite):
+    index = json.loads((suite / "suite.json").read_text())
+    assert sorted(index["replacement"]) == ["skip_transcoder-jumprelu-w64-l0_4", "skip_transcoder-topk-w64-l0_4",
+                                            "transcoder-jumprelu-w64-l0_4", "transcoder-topk-w64-l0_4"]
+    for figures in index["replacement"].values():
+        assert figures["layers"] == [0, 1] and figures["n_tokens"] > 0 and figures["kl"] >= 0
+
+
+def test_a_transcoder_feature_page_shows_its_input_and_output_sides(suite, tmp_path):
+    """The browser labels the transcoder in the overview and on its feature page (run after interpretation above)."""
+    import threading
+
+    from test_browser import _chromium
+
+    from saescope.view.server import make_server
+
+    path = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    if not (suite / "layers.1.mlp_out/transcoder-topk-w64-l0_4/interpret/summary.json").is_file():
+        assert main(["interpret", str(suite), "--tokens", "512"]) == 0
+    index = json.loads((suite / "suite.json").read_text())
+    n = [e["path"] for e in index["saes"]].index("layers.1.mlp_out/transcoder-topk-w64-l0_4")
+    records = json.loads((suite / index["saes"][n]["path"] / "interpret" / "features_00000.json").read_text())
+    feature = next(r["id"] for r in records if r["top"])
+    httpd = make_server(suite, port=0, device="cpu")
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"http://127.0.0.1:{httpd.server_address[1]}/#/")
+            page.wait_for_selector("#sae-table")
+            assert "topk transcoder" in page.locator("#sae-table").inner_text()
+            page.goto(f"http://127.0.0.1:{httpd.server_address[1]}/#/sae/{n}/feature/{feature}")
+            page.wait_for_selector("#transcoder-note")
+            note = page.locator("#transcoder-note").inner_text()
+            assert "layers.1.mlp_in" in note and "writes layers.1.mlp_out" in note
+            assert page.locator("#top-examples .tok").count() > 0 and page.locator("table.logits").count() == 2
+            assert not errors, errors
+            browser.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

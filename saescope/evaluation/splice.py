@@ -79,7 +79,7 @@ def zero_splice(mask: Tensor) -> Replacement:
     return replace
 
 
-class _Scores:
+class Scores:
     """Next-token cross-entropy at the scored positions, and what KL(p_clean ‖ p) needs, without a log-softmax matrix.
 
     With lse = logsumexp(logits) per position: CE = lse − logit[target], and for a clean distribution p,
@@ -93,14 +93,14 @@ class _Scores:
         targets = input_ids[:, 1:][score_mask]
         self.ce = self.lse - self.logits.gather(1, targets.unsqueeze(1)).squeeze(1)
 
-    def as_reference(self) -> _Scores:
+    def as_reference(self) -> Scores:
         """Keep p = softmax(logits) and Σ p·log p for KL against later splices."""
         self.probs = (self.logits - self.lse.unsqueeze(1)).exp_()
         self.neg_entropy = _row_dot(self.probs, self.logits) - self.lse
         self.logits = None  # only the probabilities are needed from here
         return self
 
-    def kl_from(self, reference: _Scores) -> Tensor:
+    def kl_from(self, reference: Scores) -> Tensor:
         """KL(p_reference ‖ p_self) per scored position."""
         return reference.neg_entropy - _row_dot(reference.probs, self.logits) + self.lse
 
@@ -190,7 +190,7 @@ def splice_evaluate(
         with keep_layer_outputs(model, kept_layers) as kept:
             logits = model(input_ids=input_ids, use_cache=False).logits
         vocab = logits.shape[-1]
-        clean = _Scores(logits, input_ids, score_mask).as_reference()
+        clean = Scores(logits, input_ids, score_mask).as_reference()
         del logits
         clean_total += clean.ce.double().sum().cpu()
         n_scored += int(score_mask.sum())
@@ -212,7 +212,7 @@ def splice_evaluate(
                     with hooked(model, hooks):
                         logits = model(input_ids=input_ids, use_cache=False).logits
                 for k, (name, _, _) in enumerate(chunk):
-                    spliced = _Scores(logits[k * n_contexts : (k + 1) * n_contexts], input_ids, score_mask)
+                    spliced = Scores(logits[k * n_contexts : (k + 1) * n_contexts], input_ids, score_mask)
                     if name is None:
                         zero_ce = spliced.ce.double().sum().cpu()
                         continue

@@ -20,6 +20,7 @@ draws nothing from the random generator and leaves seeded runs unchanged.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -103,41 +104,36 @@ def mlp_input_errors(model: nn.Module, layers: list[int]) -> dict[int, float]:
 def check_sites(model: nn.Module, hookpoints: list[Hookpoint]) -> None:
     """Refuse sublayer sites that do not add up to the residual stream on this model (once per layer), and
     ``mlp_in`` sites whose MLP reads something else (once per layer)."""
-    _check_mlp_inputs(model, hookpoints)
-    layers = sorted({p.layer for p in hookpoints if p.site in SUBLAYER_SITES})
-    done = _checked.setdefault(model, set())
-    todo = [layer for layer in layers if layer not in done]
-    if not todo:
-        return
-    parameter = next(model.parameters(), None)
-    limit = tolerance(parameter.dtype if parameter is not None else torch.float32)
-    for layer, error in sublayer_errors(model, todo).items():
-        if error > limit:
-            sites = sorted({p.name for p in hookpoints if p.layer == layer and p.site in SUBLAYER_SITES})
-            raise InvalidInput(
-                f"{type(model).__name__}: {', '.join(sites)} would read the wrong tensor: at layer {layer}, "
+
+    def wrong_sum(layer: int, error: float, limit: float) -> str:
+        sites = sorted({p.name for p in hookpoints if p.layer == layer and p.site in SUBLAYER_SITES})
+        return (f"{type(model).__name__}: {', '.join(sites)} would read the wrong tensor: at layer {layer}, "
                 f"resid_post - resid_pre - attn_out - mlp_out is {error:.3g} of resid_post - resid_pre "
                 f"(tolerance {limit:g}), so this model class wires its blocks in a way saescope does not understand. "
-                f"Use layers.{layer}.resid_pre or layers.{layer}.resid_post, which are always right, and please report the model class."
-            )
-    done.update(todo)
+                f"Use layers.{layer}.resid_pre or layers.{layer}.resid_post, which are always right, and please report the model class.")
+
+    def reads_more(layer: int, error: float, limit: float) -> str:
+        return (f"{type(model).__name__}: layers.{layer}.mlp_in is not all the MLP reads: with it replaced, layers.{layer}.mlp_out "
+                f"moved by {error:.3g} of its norm from what the replaced input implies (tolerance {limit:g}), so a transcoder "
+                f"could not stand in for this MLP. Train SAEs on layers.{layer}.mlp_out instead, and please report the model class.")
+
+    _check_once(model, {p.layer for p in hookpoints if p.site == "mlp_in"}, _mlp_checked, mlp_input_errors, reads_more)
+    _check_once(model, {p.layer for p in hookpoints if p.site in SUBLAYER_SITES}, _checked, sublayer_errors, wrong_sum)
 
 
 _mlp_checked: weakref.WeakKeyDictionary[nn.Module, set[int]] = weakref.WeakKeyDictionary()
 
 
-def _check_mlp_inputs(model: nn.Module, hookpoints: list[Hookpoint]) -> None:
-    done = _mlp_checked.setdefault(model, set())
-    todo = sorted({p.layer for p in hookpoints if p.site == "mlp_in"} - done)
+def _check_once(model: nn.Module, layers: set[int], checked: weakref.WeakKeyDictionary[nn.Module, set[int]],
+                errors: Callable[[nn.Module, list[int]], dict[int, float]], message: Callable[[int, float, float], str]) -> None:
+    """Run one check at the layers not yet checked on this model; raise ``message(layer, error, tolerance)`` on a failure."""
+    done = checked.setdefault(model, set())
+    todo = sorted(layers - done)
     if not todo:
         return
     parameter = next(model.parameters(), None)
     limit = tolerance(parameter.dtype if parameter is not None else torch.float32)
-    for layer, error in mlp_input_errors(model, todo).items():
+    for layer, error in errors(model, todo).items():
         if error > limit:
-            raise InvalidInput(
-                f"{type(model).__name__}: layers.{layer}.mlp_in is not all the MLP reads: with it replaced, layers.{layer}.mlp_out "
-                f"moved by {error:.3g} of its norm from what the replaced input implies (tolerance {limit:g}), so a transcoder "
-                f"could not stand in for this MLP. Train SAEs on layers.{layer}.mlp_out instead, and please report the model class."
-            )
+            raise InvalidInput(message(layer, error, limit))
     done.update(todo)

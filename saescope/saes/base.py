@@ -308,6 +308,25 @@ class SparseAutoencoder(nn.Module):
         self.load_export_tensors(tensors)
 
     @torch.no_grad()
+    def fold_input_offset(self, offset: Tensor) -> None:
+        """Make a transcoder trained on ``x - offset`` take ``x``: pre-activations and the skip output shift by constants.
+
+        ``(x - o) @ W_enc + b_enc = x @ W_enc + (b_enc - o @ W_enc)`` and ``(x - o) @ W_skip = x @ W_skip - o @ W_skip``:
+        exact for every architecture (``shift_pre_activations`` adds the constant where its encoder adds biases).
+        """
+        if self.apply_b_dec_to_input:
+            raise InvalidInput("fold_input_offset: this SAE subtracts b_dec from its input already; the offset is for transcoders")
+        offset = offset.to(self.W_enc.device, self.W_enc.dtype).reshape(-1)
+        self.shift_pre_activations(-(offset @ self.W_enc))
+        if self.cfg.skip:
+            self.b_dec.sub_(offset @ self.W_skip)
+
+    @torch.no_grad()
+    def shift_pre_activations(self, shift: Tensor) -> None:
+        """Add ``shift`` [d_sae] to every pre-activation ``x @ W_enc``'s bias (architectures with other biases override)."""
+        self.b_enc.add_(shift)
+
+    @torch.no_grad()
     def fold_input_affine(self, mean: Tensor, std: Tensor | None = None) -> None:
         """Make an SAE trained on ``(x - mean) / std`` take raw ``x`` and reconstruct it in raw units.
 

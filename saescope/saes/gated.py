@@ -46,6 +46,12 @@ class GatedSae(SparseAutoencoder):
             if self.cfg.skip:
                 self.W_skip.zero_()
 
+    @torch.no_grad()
+    def shift_pre_activations(self, shift: Tensor) -> None:
+        """u → u + shift: the gate's bias takes it, the magnitude's bias takes it times exp(r_mag)."""
+        self.b_gate.add_(shift)
+        self.b_mag.add_(shift * self.r_mag.exp())
+
     def pre_activations(self, x: Tensor) -> Tensor:
         """The gate pre-activation π_gate (what decides which latents fire)."""
         return self.gate_and_magnitude(x)[0]

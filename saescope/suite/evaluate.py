@@ -84,6 +84,9 @@ def evaluate_suite(
     report = {"model": index.get("model"), "dataset": index.get("dataset"), "saes": rows}
     if multilayer:
         report["multilayer"] = multilayer
+    replacements = _replacements(folder, index, wanted_tokens, recompute, progress, device)
+    if replacements:
+        report["replacement"] = replacements
     atomic_write_json(folder / "eval.json", report, indent=2)
     _write_csv(folder / "eval.csv", rows)
     if plots:
@@ -159,6 +162,19 @@ def _complete(metrics: dict[str, Any], wanted_tokens: int, keys: list[str] = REQ
     BOS/EOS positions are not scored, so a context of 128 yields about 127 counted tokens: 90% is enough.
     """
     return all(key in metrics for key in keys) and int(metrics.get("n_tokens") or 0) >= 0.9 * wanted_tokens
+
+
+def _replacements(folder: Path, index: dict[str, Any], eval_tokens: int, recompute: bool, progress: bool,
+                  device: str | None) -> dict[str, dict[str, Any]]:
+    """The replacement-model figure of every transcoder set, measured where suite.json has none (the model loaded only then)."""
+    from saescope.suite.replacement import REPLACEMENT_KEY, measure_replacements, transcoder_sets
+
+    stored = dict(index.get(REPLACEMENT_KEY) or {})
+    sets = transcoder_sets(index["saes"])
+    if not sets or (not recompute and set(sets) <= set(stored)):
+        return {name: stored[name] for name in sets}
+    loaded, data = _model_and_text(folder, index, device)
+    return measure_replacements(folder, loaded, data, eval_tokens, recompute=recompute, progress=progress)
 
 
 def _model_and_text(folder: Path, index: dict[str, Any], device: str | None) -> tuple[Any, Any]:

@@ -182,6 +182,17 @@ def _train_locked_suite(plan: RunPlan, out: Path, resume: bool, progress: bool, 
         write_index(out, index)
         if not training.keep_checkpoint and checkpoint_dir.exists():
             shutil.rmtree(checkpoint_dir)
+    if ranks.main and not ranks.distributed and loaded is not None and eval_tokens > 0:
+        # transcoder sets at two or more layers: the model with all their MLPs replaced at once
+        from dataclasses import replace as replaced
+
+        from saescope.suite.replacement import REPLACEMENT_KEY, measure_replacements
+
+        data_config = replaced(plan.lm_data(), dataset=index.get("dataset") or data.dataset)
+        figures = measure_replacements(out, loaded, data_config, eval_tokens, saes={path: sae for path, (sae, _m) in results.items()},
+                                       progress=progress)
+        if figures:
+            index[REPLACEMENT_KEY] = figures
     return index
 
 

@@ -73,6 +73,10 @@ class SaeTrainer:
         self.input_scale = 1.0
         self.output_scale: float | None = None
         """A transcoder's target scale (None for an SAE, whose output is its input)."""
+        self.input_offset: Tensor | None = None
+        """A transcoder's input mean (scaled units), subtracted before encoding and folded into the biases at the end.
+        SAEs centre by subtracting b_dec; a transcoder's b_dec is in the output space, and an uncentred input whose
+        mean dominates (a norm's large fixed gains) drives every pre-activation down together until most latents die."""
         self.layer_scales = torch.ones(max(1, len(job.reads.hookpoints)), device=device)
         self.dead_window = config.resolved_dead_window()
         self.tokens_since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
@@ -100,6 +104,9 @@ class SaeTrainer:
         self.layer_scales = torch.tensor(scales, dtype=torch.float32, device=self.device)
         self.input_scale = math.exp(sum(math.log(c) for c in scales) / len(scales))
         scaled = sample.to(self.device) * (self.input_scale if layer_index is None else self.layer_scales[layer_index].unsqueeze(1))
+        if target_sample is not None:
+            self.input_offset = scaled.mean(dim=0)
+            scaled = scaled - self.input_offset
         self.objective.init_from_data(self.sae, scaled)
         if target_sample is not None:
             target_sample = target_sample.to(self.device).double()
@@ -115,6 +122,8 @@ class SaeTrainer:
         sae, objective, config = self.sae, self.objective, self.config
         x = x_raw * (self.input_scale if layer_index is None else self.layer_scales[layer_index].unsqueeze(1))
         y = x if target_raw is None else target_raw * self.output_scale
+        if self.input_offset is not None:
+            x = x - self.input_offset
         lr = self.base_lr * lr_multiplier(step, config.total_steps, config.lr_warmup_fraction, self.lr_decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -218,6 +227,8 @@ class SaeTrainer:
         tensors["tokens_since_fired"] = self.tokens_since_fired
         tensors["firing_rate_sum"] = self.firing_rate_sum
         tensors["firing_rate_weight"] = self.firing_rate_weight
+        if self.input_offset is not None:
+            tensors["input_offset"] = self.input_offset
         return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
     def state_info(self) -> dict[str, Any]:
@@ -251,5 +262,6 @@ class SaeTrainer:
         self.firing_rate_weight.copy_(tensors["firing_rate_weight"])
         self.input_scale = info["input_scale"]
         self.output_scale = info.get("output_scale")
+        self.input_offset = tensors["input_offset"].to(self.device) if "input_offset" in tensors else None
         self.layer_scales = torch.tensor(info.get("layer_scales", [self.input_scale]), dtype=torch.float32, device=self.device)
         self.any_dead = info["any_dead"]

@@ -348,6 +348,8 @@ class Trainer:
             sae = trainer.sae
             trainer.finalize()
             output_scale = trainer.output_scale or trainer.input_scale
+            if trainer.input_offset is not None:
+                sae.fold_input_offset(trainer.input_offset)  # in training units, before the scales
             sae.fold_scales(trainer.input_scale, output_scale)
             sae.normalization = {
                 "method": trainer.objective.input_norm,
