@@ -322,6 +322,17 @@ class SparseAutoencoder(nn.Module):
             self.b_dec.sub_(offset @ self.W_skip)
 
     @torch.no_grad()
+    def scale_activations(self, factor: float) -> None:
+        """Multiply every feature activation by ``factor`` > 0 (encoder weights, biases and thresholds), leaving the decoder alone.
+
+        Exact for the positively homogeneous encoders (ReLU, JumpReLU, TopK, Gated): f(x; aW, ab, aθ) = a·f(x; W, b, θ).
+        """
+        tensors = self.export_tensors()
+        for name in ("W_enc", *[n for n in self.scaled_tensor_names if n != "b_dec"]):
+            tensors[name] = tensors[name] * factor
+        self.load_export_tensors(tensors)
+
+    @torch.no_grad()
     def shift_pre_activations(self, shift: Tensor) -> None:
         """Add ``shift`` [d_sae] to every pre-activation ``x @ W_enc``'s bias (architectures with other biases override)."""
         self.b_enc.add_(shift)
