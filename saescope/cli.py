@@ -354,6 +354,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from saescope.io.interop import export_circuit_tracer, export_saelens, load_sae
     from saescope.io.suite_index import is_suite
 
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise InvalidInput(f"{out}: already exists and is not empty; choose another folder, or pass --overwrite to write the "
+                           "converted files over it (files of other names are left alone)")
     if args.to == "circuit-tracer" and is_suite(args.source):
         from saescope.io.interop.transcoders import export_suite_circuit_tracer
 
@@ -591,6 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("out", help="output folder")
     convert.add_argument("--to", choices=["saelens", "saescope", "circuit-tracer"], default="saescope",
                          help="circuit-tracer: a transcoder set (config.yaml + layer_L.safetensors) from a suite's transcoders at every layer")
+    convert.add_argument("--overwrite", action="store_true", help="write into an output folder that already holds files")
     convert.add_argument("--set", help="with a suite and --to circuit-tracer: which transcoder set, e.g. transcoder-jumprelu-w4608-l0_32")
     convert.add_argument("--hookpoint", help="record this hookpoint (e.g. layers.20.resid_post) when the source does not say; "
                                              "for a circuit-tracer set or a Gemma Scope 2 transcoder, the layer's layers.L.mlp_out")

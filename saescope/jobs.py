@@ -72,6 +72,10 @@ class SaeJob:
     reads: ReadSpec = field(default_factory=ReadSpec)
 
     def __post_init__(self) -> None:
+        parts = str(self.name).replace("\\", "/").split("/")
+        if not isinstance(self.name, str) or not self.name or self.name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise InvalidInput(f"job name {self.name!r}: a job's name is its folder under the output, so it must be a relative path "
+                               "without '..', '.' or empty parts (e.g. 'topk' or 'layers.6.resid_post/topk-w4608-l0_32')")
         if not isinstance(self.sae, SparseAutoencoder):
             raise TypeError(f"job {self.name!r}: expected a saescope SparseAutoencoder, got {type(self.sae).__name__}")
         if self.sae.architecture not in self.objective.architectures:

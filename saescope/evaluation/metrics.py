@@ -179,6 +179,8 @@ def evaluate_sae(
         >>> metrics = evaluate_sae(sae, activations)              # doctest: +SKIP
         >>> metrics.l0, metrics.fvu                               # doctest: +SKIP
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInput(f"evaluate_sae: batch_size must be a positive integer, got {batch_size!r}")
     source = as_source(data)
     device = torch.device(device) if device is not None else sae.W_enc.device
     was_training = sae.training

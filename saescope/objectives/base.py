@@ -123,6 +123,10 @@ class Objective:
 
     def __post_init__(self) -> None:
         label = type(self).__name__
+        for name in ("lr", "lr_base", "target_l0", "sparsity_coefficient", "adam_beta1"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise InvalidInput(f"{label}.{name} must be a number, got {value!r}")
         for name in ("lr", "lr_base"):
             value = getattr(self, name)
             if value is not None and not value > 0:
