@@ -47,10 +47,6 @@ class ReadSpec:
             if self.target in self.hookpoints:
                 raise InvalidInput(f"ReadSpec: target {self.target!r} is the hookpoint it reads; leave target=None for an SAE")
 
-    def to_dict(self) -> dict[str, Any]:
-        """What ``cfg.json`` records under ``reads``."""
-        return {"hookpoints": list(self.hookpoints), "target": self.target}
-
     @property
     def stacked(self) -> bool:
         """True when several hookpoints feed one SAE (rows carry a layer index)."""
@@ -127,14 +123,13 @@ def create_job(
     reads = reads or ReadSpec((sae_options["hookpoint"],) if sae_options.get("hookpoint") else ())
     if reads.hookpoint is not None:
         sae_options.setdefault("hookpoint", reads.hookpoint)
-    if reads.target is not None:
-        if sae_options.setdefault("target", reads.target) != reads.target:
-            raise InvalidInput(f"{architecture}: target={sae_options['target']!r} differs from the job's reads.target={reads.target!r}; give one")
-    elif sae_options.get("target") is not None:
-        reads = ReadSpec(reads.hookpoints, target=sae_options["target"])
     elif reads.stacked and sae_options.get("hookpoint"):
         raise InvalidInput(f"{architecture}: hookpoint={sae_options['hookpoint']!r} names one site, but the job reads {len(reads.hookpoints)} "
                            "stacked hookpoints; drop hookpoint= (a stacked SAE records its hookpoints in its normalisation)")
+    if reads.target is None and sae_options.get("target") is not None:
+        reads = ReadSpec(reads.hookpoints, target=sae_options["target"])  # target= given as an SAE field
+    elif sae_options.setdefault("target", reads.target) != reads.target:
+        raise InvalidInput(f"{architecture}: target={sae_options['target']!r} differs from the job's reads.target={reads.target!r}; give one")
     sae = create_sae(architecture, d_in, d_sae, **sae_options)
     recipe.prepare(sae)
     return SaeJob(name or architecture, sae, recipe, reads)

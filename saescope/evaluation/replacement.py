@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from saescope.data.tokens import trainable_mask
 from saescope.errors import InvalidInput
 from saescope.evaluation.splice import Scores, sae_splice, zero_splice
-from saescope.lm.capture import hooked
+from saescope.lm.capture import hooked, recorder
 from saescope.lm.hookpoints import resolve_hookpoints
 from saescope.saes import SparseAutoencoder
 
@@ -60,6 +60,8 @@ def replacement_evaluate(model: torch.nn.Module, transcoders: dict[int, SparseAu
     layers = sorted(transcoders)
     points = {p.name: p for p in resolve_hookpoints(model, [f"layers.{l}.{s}" for l in layers for s in ("mlp_in", "mlp_out")])}
     device = next(model.parameters()).device
+    for sae in transcoders.values():
+        sae.to(device).eval()
     totals = torch.zeros(4, dtype=torch.float64)  # clean CE, replaced CE, ablated CE, KL
     n_scored = 0
     for start in tqdm(range(0, contexts.shape[0], batch_contexts), desc="replacement model", disable=not progress, leave=False):
@@ -73,8 +75,8 @@ def replacement_evaluate(model: torch.nn.Module, transcoders: dict[int, SparseAu
         replace_hooks: list[tuple[object, Callable[[Tensor], Tensor | None]]] = []
         for layer in layers:
             read, write = points[f"layers.{layer}.mlp_in"], points[f"layers.{layer}.mlp_out"]
-            replace_hooks.append((read, _keeper(seen, read.name)))
-            replace_hooks.append((write, _from_input(sae_splice(transcoders[layer].to(device).eval(), mask), seen, read.name)))
+            replace_hooks.append((read, recorder(seen, read.name)))
+            replace_hooks.append((write, _from_input(sae_splice(transcoders[layer], mask), seen, read.name)))
         with hooked(model, replace_hooks):
             replaced = Scores(model(input_ids=input_ids, use_cache=False).logits, input_ids, score_mask)
         ablate = zero_splice(mask)
@@ -91,13 +93,6 @@ def replacement_evaluate(model: torch.nn.Module, transcoders: dict[int, SparseAu
         layers=layers, clean_loss=clean_ce, replaced_loss=replaced_ce, ablated_loss=ablated_ce, delta_lm_loss=replaced_ce - clean_ce,
         loss_recovered=(ablated_ce - replaced_ce) / denominator if abs(denominator) > 1e-12 else float("nan"), kl=kl, n_tokens=n_scored,
     )
-
-
-def _keeper(seen: dict[str, Tensor], name: str) -> Callable[[Tensor], None]:
-    def keep(tensor: Tensor) -> None:
-        seen[name] = tensor
-
-    return keep
 
 
 def _from_input(replace: Callable[[Tensor, Tensor | None], Tensor], seen: dict[str, Tensor], name: str) -> Callable[[Tensor], Tensor]:

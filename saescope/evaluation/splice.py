@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from saescope.data.tokens import trainable_mask
 from saescope.errors import InvalidInput
-from saescope.lm.capture import hooked
+from saescope.lm.capture import hooked, recorder
 from saescope.lm.hookpoints import Hookpoint
 from saescope.lm.resume import (
     can_replay,
@@ -142,13 +142,6 @@ def _stacked(functions: list[Replacement], sources: list[Hookpoint | None], seen
     return replace
 
 
-def _capture_into(seen: dict[str, Tensor], name: str) -> Callable[[Tensor], None]:
-    def keep(tensor: Tensor) -> None:
-        seen[name] = tensor
-
-    return keep
-
-
 @torch.no_grad()
 def splice_evaluate(
     model: torch.nn.Module,
@@ -203,7 +196,7 @@ def splice_evaluate(
                 chunk = variants[first : first + per_forward]
                 seen: dict[str, Tensor] = {}
                 reads = {source.name: source for _, _, source in chunk if source is not None}
-                hooks = [(source, _capture_into(seen, name)) for name, source in reads.items()]
+                hooks = [(source, recorder(seen, name)) for name, source in reads.items()]
                 hooks.append((point, _stacked([fn for _, fn, _ in chunk], [source for _, _, source in chunk], seen)))
                 if resume:
                     with replayed_layers(model, point.layer, kept.get(point.layer - 1), len(chunk), n_contexts), hooked(model, hooks):

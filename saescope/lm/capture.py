@@ -153,6 +153,16 @@ def capture(
             pass
 
 
+def recorder(store: dict[str, Tensor], name: str) -> Callable[[Tensor], None]:
+    """A hook function that keeps the site's tensor in ``store[name]`` and changes nothing: how a transcoder's
+    input is read earlier in the same forward that replaces its output."""
+
+    def keep(tensor: Tensor) -> None:
+        store[name] = tensor
+
+    return keep
+
+
 def masked_collector(store: dict[str, list[Tensor]], mask: Tensor, to_cpu: bool = True) -> Consumer:
     """A consumer that appends each hookpoint's rows at ``mask`` (flattened [b·s]) to ``store`` (on the CPU by default)."""
 

@@ -148,18 +148,13 @@ class Steering:
 
         return fn
 
-    def _reader(self, name: str):
-        def keep(hidden: Tensor) -> None:
-            self._seen[name] = hidden
-
-        return keep
 
     @contextmanager
     def active(self) -> Iterator[Steering]:
-        from saescope.lm.capture import hooked
+        from saescope.lm.capture import hooked, recorder
 
         self.calls_seen: dict[str, int] = {}
-        hooks = [(point, self._reader(name)) for name, point in self._reads.items()]
+        hooks = [(point, recorder(self._seen, name)) for name, point in self._reads.items()]
         hooks += [(point, self._hook(group, name)) for name, (point, group) in self._points.items()]
         with hooked(self.model, hooks):
             yield self

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from saescope.errors import InvalidInput
 from saescope.io.suite_index import (
     FORMAT,
     is_suite,
@@ -116,7 +115,7 @@ def _train_locked_suite(plan: RunPlan, out: Path, resume: bool, progress: bool, 
     from saescope.parallel import current, gather_objects
     from saescope.training import TrainConfig
     from saescope.training.end_to_end import EndToEndConfig
-    from saescope.training.on_model import SaeSpec, train_on_model
+    from saescope.training.on_model import train_on_model
 
     ranks = current()
     plan, given = plan.with_absolute_paths()  # so the suite works from any folder later

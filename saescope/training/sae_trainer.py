@@ -126,10 +126,10 @@ class SaeTrainer:
         A stacked read gets one c per hookpoint (residual norms grow with depth); ``input_scale`` is
         then their geometric mean, the scale folded into the saved weights, and the per-hookpoint
         ratios are recorded beside it (``saescope.saes.stacked``). A transcoder's target gets its own
-        scale by the same rule (``output_scale``), and its output bias starts at the scaled target's mean.
+        scale by the same rule (``output_scale``), its input is centred (``input_offset``) and its decoder
+        starts from the data (``init_transcoder_decoder``).
         """
-        wanted = 1.0 if self.objective.input_norm == "unit_mean_square" else float(self.sae.d_in)
-        scales = [math.sqrt(wanted / value) for value in mean_squared_norms]
+        scales = [math.sqrt(self._wanted_mean_square(self.sae.d_in) / value) for value in mean_squared_norms]
         self.layer_scales = torch.tensor(scales, dtype=torch.float32, device=self.device)
         self.input_scale = math.exp(sum(math.log(c) for c in scales) / len(scales))
         scaled = sample.to(self.device) * (self.input_scale if layer_index is None else self.layer_scales[layer_index].unsqueeze(1))
@@ -139,9 +139,12 @@ class SaeTrainer:
         self.objective.init_from_data(self.sae, scaled)
         if target_sample is not None:
             target_sample = target_sample.to(self.device).double()
-            wanted = 1.0 if self.objective.input_norm == "unit_mean_square" else float(self.sae.d_out)
-            self.output_scale = math.sqrt(wanted / target_sample.pow(2).sum(dim=1).mean().item())
+            self.output_scale = math.sqrt(self._wanted_mean_square(self.sae.d_out) / target_sample.pow(2).sum(dim=1).mean().item())
             init_transcoder_decoder(self.sae, scaled, (target_sample * self.output_scale).float())
+
+    def _wanted_mean_square(self, width: int) -> float:
+        """E‖c·v‖² the objective's convention asks for: 1, or the vector's width."""
+        return 1.0 if self.objective.input_norm == "unit_mean_square" else float(width)
 
     # -- the hot step ---------------------------------------------------------------------------
     def train_step(self, x_raw: Tensor, step: int, layer_index: Tensor | None = None, target_raw: Tensor | None = None) -> None:
